@@ -1,0 +1,45 @@
+"""The library's errors. Each message is written for the person who caused it: it names the problem."""
+
+
+class MagicNamingError(Exception):
+    """Base of every error this library raises on purpose."""
+
+
+class TagError(MagicNamingError):
+    """A malformed ``<name:...>`` tag in a prompt."""
+
+    def __init__(self, message: str, span: tuple[int, int] | None = None):
+        super().__init__(message)
+        self.span = span
+
+
+class IdentityError(MagicNamingError):
+    """A bad identity name, a bad identity file, or an operation the library refuses."""
+
+
+class IdentityNotFound(IdentityError):
+    """No saved identity has this name (or hash)."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
+
+
+class IdentityExists(IdentityError):
+    """An identity of this name exists and overwriting was not asked for."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
+
+
+class SpliceError(MagicNamingError):
+    """Conditioning of a shape an identity cannot be spliced into."""
+
+
+class EncoderError(MagicNamingError):
+    """An encoder checkpoint, tower file or model that cannot be used."""
+
+
+class FaceError(MagicNamingError):
+    """A photo with no usable face, a bad image, or a missing face detector."""
