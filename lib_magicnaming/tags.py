@@ -63,15 +63,15 @@ def validate_identity_name(name: str) -> str:
         raise IdentityError(
             f"The identity name {_quote(name)} is {len(name)} characters long; the limit is {NAME_MAX_CHARS}."
         )
-    if name.startswith("."):
-        raise IdentityError(f"The identity name {_quote(name)} starts with '.'; names may not.")
-    if NAME_RE.fullmatch(name) is None:
-        bad = sorted({ch for ch in name if NAME_RE.fullmatch("a" + ch) is None})
+    bad = sorted({ch for ch in name if NAME_RE.fullmatch("a" + ch) is None})
+    if bad:
         shown = ", ".join(repr(ch) for ch in bad)
         raise IdentityError(
             f"The identity name {_quote(name)} contains {shown}; names may hold only ASCII letters, "
             "digits, '_', '-' and '.'."
         )
+    if name.startswith("."):
+        raise IdentityError(f"The identity name {_quote(name)} starts with '.'; names may not.")
     return name
 
 
