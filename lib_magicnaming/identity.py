@@ -501,6 +501,24 @@ def read_identity_info(path: str | os.PathLike) -> IdentityInfo:
 # ------------------------------------------------------------------------------------------ atomic publishing
 
 
+def _publish(data: bytes, target: Path, *, overwrite: bool) -> bool:
+    """Atomically give ``target`` the content ``data``; False (and no change) if it exists and not overwrite.
+
+    Raises IdentityError when the folder cannot be written.
+    """
+    try:
+        temp = _write_temp(target.parent, data)
+        try:
+            if overwrite:
+                _replace(temp, target)
+                return True
+            return _publish_new(temp, target)
+        finally:
+            _remove_quietly(temp)
+    except OSError as error:
+        raise IdentityError(f"cannot write {target}: {error.strerror or error}") from error
+
+
 def _write_temp(folder: Path, data: bytes) -> Path:
     """Write ``data`` to a new hidden temp file in ``folder`` (same file system as the final name), synced."""
     descriptor, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".part", dir=folder)
@@ -608,15 +626,8 @@ def write_identity_file(
     once exactly one wins. The folder must exist. Raises IdentityError for an unstorable identity.
     """
     path = Path(path)
-    data = encode_identity_file(identity, dtype)
-    temp = _write_temp(path.parent, data)
-    try:
-        if overwrite:
-            _replace(temp, path)
-        elif not _publish_new(temp, path):
-            raise IdentityExists(f"an identity file already exists at {path}", identity.name)
-    finally:
-        _remove_quietly(temp)
+    if not _publish(encode_identity_file(identity, dtype), path, overwrite=overwrite):
+        raise IdentityExists(f"an identity file already exists at {path}", identity.name)
 
 
 # ------------------------------------------------------------------------------------------------- library
@@ -735,18 +746,15 @@ class IdentityLibrary:
         """
         path = self.path_for(identity.name)
         data = encode_identity_file(identity, dtype)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        temp = _write_temp(self.folder, data)
         try:
-            if overwrite:
-                _replace(temp, path)
-            elif not _publish_new(temp, path):
-                raise IdentityExists(
-                    f"an identity named {identity.name!r} already exists; choose another name or overwrite",
-                    identity.name,
-                )
-        finally:
-            _remove_quietly(temp)
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise IdentityError(f"cannot create the identity folder {self.folder}: {error}") from error
+        if not _publish(data, path, overwrite=overwrite):
+            raise IdentityExists(
+                f"an identity named {identity.name!r} already exists; choose another name or overwrite",
+                identity.name,
+            )
         return _info_from_bytes(data, path, str(path))[0]
 
     def rename(self, old: str, new: str) -> IdentityInfo:
@@ -768,6 +776,8 @@ class IdentityLibrary:
             path.unlink()
         except FileNotFoundError as error:
             raise IdentityNotFound(f"no identity named {name!r} in {self.folder}", name) from error
+        except OSError as error:
+            raise IdentityError(f"cannot delete {path}: {error.strerror or error}") from error
 
     def import_file(
         self, path: str | os.PathLike, *, name: str | None = None, overwrite: bool = False
@@ -797,14 +807,8 @@ class IdentityLibrary:
         target = Path(dest)
         if target.is_dir():
             target = target / source.name
-        temp = _write_temp(target.parent, data)
-        try:
-            if overwrite:
-                _replace(temp, target)
-            elif not _publish_new(temp, target):
-                raise IdentityExists(f"{target} already exists; choose another file or overwrite it", name)
-        finally:
-            _remove_quietly(temp)
+        if not _publish(data, target, overwrite=overwrite):
+            raise IdentityExists(f"{target} already exists; choose another file or overwrite it", name)
         return target
 
 

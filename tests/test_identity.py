@@ -670,6 +670,15 @@ def test_export_to_folder_and_file_and_back(library, tmp_path):
     assert sorted(os.listdir(exports)) == ["alice.safetensors", "for-bob.safetensors"]
 
 
+def test_unwritable_destinations_are_identity_errors(library, tmp_path):
+    library.save(make_identity("alice"))
+    with pytest.raises(IdentityError, match="cannot write"):
+        library.export_file("alice", tmp_path / "missing-folder" / "alice.safetensors")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(IdentityError, match="cannot create the identity folder"):
+        IdentityLibrary(tmp_path / "a-file" / "identities").save(make_identity())
+
+
 def test_write_identity_file_refuses_overwrite_when_asked(tmp_path):
     path = tmp_path / "x.safetensors"
     write_identity_file(make_identity("x", seed=1), path)
