@@ -160,7 +160,7 @@ def test_only_float16_and_float32_storage(library, dtype):
         ({"origin": {"kind": "imported", "weight": float("nan")}}, "not plain JSON"),
         ({"created": "yesterday"}, "not ISO 8601"),
         ({"created": "2025-01-31T12:00:00"}, "no time zone"),
-        ({"name": "no spaces"}, "not a valid identity name"),
+        ({"name": "no spaces"}, "contains ' '"),
         ({"thumbnail": np.zeros((4, 4, 3), dtype=np.uint8)}, "not a PIL image"),
     ],
 )
