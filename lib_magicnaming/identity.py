@@ -315,10 +315,14 @@ def _parse_header_bytes(prefix: bytes, file_size: int, source: str) -> tuple[dic
 
 
 def _tensor_entry(header: dict, name: str, source: str) -> dict | None:
-    entry = header.get(name)
-    if entry is None:
+    if name not in header:
         return None
-    if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list) and "dtype" in entry):
+    entry = header[name]
+    if not (
+        isinstance(entry, dict)
+        and isinstance(entry.get("shape"), list)
+        and isinstance(entry.get("dtype"), str)
+    ):
         raise IdentityError(f"{source} has a malformed entry for tensor {name!r}")
     offsets = entry.get("data_offsets")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):

@@ -18,6 +18,8 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from lib_magicnaming import identity as identity_module
@@ -367,6 +369,42 @@ def test_bad_identity_files_give_clear_errors_everywhere(library, tmp_path, case
     else:
         assert scan.identities == []
         assert [problem.path for problem in scan.problems] == [inside]
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_arbitrary_bytes_give_identity_errors_only(data):
+    with pytest.raises(IdentityError):
+        decode_identity_file(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.sampled_from(["embedding", "thumbnail", "__metadata__", "extra"]), value=JSON_VALUES)
+def test_any_header_entry_gives_an_identity_error_or_a_valid_identity(key, value):
+    data = encode_identity_file(make_identity())
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    header[key] = value
+    text = json.dumps(header).encode()
+    mutated = struct.pack("<Q", len(text)) + text + data[8 + length :]
+    try:
+        identity = decode_identity_file(mutated)
+    except IdentityError:
+        return
+    assert key == "extra"  # only an unknown extra entry may be ignored
+    assert identity.embedding.shape == (ID_TOKENS, SDXL_CONTEXT_WIDTH)
 
 
 def test_reading_a_missing_file_is_an_identity_error(tmp_path):
