@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +106,8 @@ def validate_file_name_safe(name: str) -> str:
     """Check that an identity name is legal AND safe as a file name everywhere; return it unchanged.
 
     Beyond the name rule (which already excludes separators, NUL, spaces, non-ASCII look-alikes and names over
-    64 characters), refuse Windows device names (``con``, ``nul.txt``, ``com1`` ...) and trailing dots, which
-    Windows strips or maps to devices. Raises IdentityError.
+    64 characters), refuse Windows device names (``con``, ``nul.txt``, ``com1`` ...: opening one opens the
+    device) and a trailing dot (Windows drops trailing dots from names). Raises IdentityError.
     """
     validate_identity_name(name)
     stem = name.split(".", 1)[0].lower()
@@ -126,7 +126,7 @@ class Identity:
 
     Constructing one validates the name, the embedding (shape ID_TOKENS x SDXL_CONTEXT_WIDTH, floating point,
     finite; copied to a new float32 CPU tensor) and the origin (a JSON object whose ``kind`` is one of
-    ORIGIN_KINDS with that kind's details).
+    ORIGIN_KINDS; saving also requires that kind's details, see _ORIGIN_REQUIRED_KEYS).
     """
 
     name: str
@@ -228,18 +228,18 @@ def _check_created(created: Any) -> None:
         stamp = datetime.fromisoformat(created[:-1] + "+00:00" if created.endswith("Z") else created)
     except ValueError as error:
         raise IdentityError(f"an identity's created time {created!r} is not ISO 8601") from error
-    if stamp.utcoffset() is None:
-        raise IdentityError(f"an identity's created time {created!r} has no time zone; expected UTC")
+    if stamp.utcoffset() != timedelta(0):
+        raise IdentityError(f"an identity's created time {created!r} is not in UTC (end it with 'Z')")
 
 
 def _thumbnail_rgb(image: Image.Image) -> Image.Image:
     """A new RGB copy of ``image``, upright, transparent parts on white, at most THUMBNAIL_MAX_SIDE a side."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "F") or image.mode.startswith("I;"):
-        values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
     try:
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
             rgba = image.convert("RGBA")

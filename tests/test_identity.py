@@ -161,7 +161,8 @@ def test_only_float16_and_float32_storage(library, dtype):
         ({"origin": {"kind": "imported", "when": object()}}, "not plain JSON"),
         ({"origin": {"kind": "imported", "weight": float("nan")}}, "not plain JSON"),
         ({"created": "yesterday"}, "not ISO 8601"),
-        ({"created": "2025-01-31T12:00:00"}, "no time zone"),
+        ({"created": "2025-01-31T12:00:00"}, "not in UTC"),
+        ({"created": "2025-01-31T12:00:00+05:00"}, "not in UTC"),
         ({"name": "no spaces"}, "contains ' '"),
         ({"thumbnail": np.zeros((4, 4, 3), dtype=np.uint8)}, "not a PIL image"),
     ],
@@ -225,6 +226,13 @@ def test_sixteen_bit_thumbnail_uses_its_range():
     stored = identity_module._thumbnail_rgb(Image.fromarray(gradient))
     row = np.asarray(stored)[10, :, 0]
     assert row[0] < 10 and row[-1] > 245 and np.all(np.diff(row.astype(int)) >= -1)
+
+
+def test_float_thumbnail_with_nan_is_stored():
+    values = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    values[0, 0] = np.nan
+    stored = identity_module._thumbnail_rgb(Image.fromarray(values, mode="F"))
+    assert stored.mode == "RGB" and np.asarray(stored)[7, 7, 0] == 255
 
 
 def test_identity_without_thumbnail(library):
