@@ -78,6 +78,9 @@ WINDOWS_RESERVED_STEMS = frozenset(
 _TEMP_PREFIX = ".tmp-"
 _LOCK_SUFFIX = ".lock"
 _STALE_LOCK_SECONDS = 30.0
+_NO_HARD_LINK_ERRNOS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS, errno.EMLINK}
+)
 _SHORT_HASH_RE = re.compile(f"[0-9a-f]{{{SHORT_HASH_CHARS}}}")
 _EMBEDDING_SHAPE = [ID_TOKENS, SDXL_CONTEXT_WIDTH]
 
@@ -571,14 +574,9 @@ def _publish_new(temp: Path, target: Path) -> bool:
     except FileExistsError:
         return False
     except OSError as error:
-        if error.errno not in (
-            errno.EPERM,
-            errno.ENOTSUP,
-            errno.EOPNOTSUPP,
-            errno.EXDEV,
-            errno.ENOSYS,
-            errno.EMLINK,
-        ):
+        # Windows reports a volume without hard links in several ways (ERROR_INVALID_FUNCTION, ...); the
+        # rename that follows refuses an existing name by itself and raises real problems (a full disk).
+        if os.name != "nt" and error.errno not in _NO_HARD_LINK_ERRNOS:
             raise
         return _publish_new_without_links(temp, target)
     _remove_quietly(temp)
