@@ -678,7 +678,8 @@ class IdentityLibrary:
                 info = read_identity_info(path)
                 _check_file_name_matches(info, path)
             except IdentityError as error:
-                problems.append(LibraryProblem(path, str(error)))
+                if path.exists():  # a file deleted or renamed while we scanned is no problem
+                    problems.append(LibraryProblem(path, str(error)))
                 continue
             identities.append(info)
         identities.sort(key=lambda info: info.key)

@@ -465,6 +465,20 @@ def test_a_file_whose_name_does_not_match_its_identity_is_a_problem(library):
     assert "file name should be alice.safetensors" in scan.problems[0].message
 
 
+def test_a_file_deleted_during_listing_is_not_a_problem(library, monkeypatch):
+    library.save(make_identity("alice"))
+    library.save(make_identity("bob"))
+    real_read_info = identity_module.read_identity_info
+
+    def delete_bob_first(path):
+        (library.folder / "bob.safetensors").unlink(missing_ok=True)
+        return real_read_info(path)
+
+    monkeypatch.setattr(identity_module, "read_identity_info", delete_bob_first)
+    scan = library.scan()
+    assert [info.name for info in scan.identities] == ["alice"] and scan.problems == []
+
+
 def test_list_of_a_missing_folder_is_empty(tmp_path):
     assert IdentityLibrary(tmp_path / "not-yet").list() == []
 
