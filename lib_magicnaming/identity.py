@@ -670,6 +670,8 @@ class IdentityLibrary:
             entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
         except FileNotFoundError:
             return LibraryScan([], [])
+        except OSError as error:
+            raise IdentityError(f"cannot read the identity folder {self.folder}: {error}") from error
         for entry in entries:
             if entry.name.startswith(_TEMP_PREFIX) or not entry.name.lower().endswith(FILE_SUFFIX):
                 continue

@@ -483,6 +483,12 @@ def test_list_of_a_missing_folder_is_empty(tmp_path):
     assert IdentityLibrary(tmp_path / "not-yet").list() == []
 
 
+def test_a_folder_that_is_a_file_is_an_identity_error(tmp_path):
+    (tmp_path / "identities").write_text("oops")
+    with pytest.raises(IdentityError, match="cannot read the identity folder"):
+        IdentityLibrary(tmp_path / "identities").list()
+
+
 def test_list_reads_only_headers_of_a_thousand_files(library, monkeypatch):
     count = 1000
     library.folder.mkdir()
