@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from webui_standin import webui  # noqa: F401  (pytest fixture)
-from webui_standin.extension import magicnaming, save_identity  # noqa: F401  (pytest fixture)
+from webui_standin.extension import save_identity
 
 from lib_magicnaming.errors import MagicNamingError
+
+pytest_plugins = ["webui_standin", "webui_standin.extension"]  # fixtures: webui, magicnaming
 
 
 def first_cond(p, pass_name="first", step=0, item=0):
@@ -46,8 +47,11 @@ def test_strength_from_the_tag_then_the_accordion(magicnaming):
     cond, _ = first_cond(p)
     crossattn = cond["crossattn"]
     assert not torch.allclose(crossattn[1:9], magicnaming.alice)
-    assert torch.allclose(crossattn[1:9, :768] / magicnaming.alice[:, :768],
-                          (crossattn[1, 0] / magicnaming.alice[0, 0]).expand(8, 768), atol=1e-4)
+    assert torch.allclose(
+        crossattn[1:9, :768] / magicnaming.alice[:, :768],
+        (crossattn[1, 0] / magicnaming.alice[0, 0]).expand(8, 768),
+        atol=1e-4,
+    )
     p2, _ = magicnaming.run("<name:alice> smiling", args=(True, "prepend", 0.5))
     assert torch.allclose(first_cond(p2)[0]["crossattn"], crossattn)
     assert "strength: 1.5" in processed.infotexts[0]
@@ -69,8 +73,8 @@ def test_in_place_rows_across_long_prompts_break_and_emphasis(magicnaming):
     crossattn = first_cond(p)[0]["crossattn"]
     assert crossattn.shape[0] == 3 * 77
     # chunk 1 holds words 76..80 then alice (offset 5); BREAK starts chunk 2: "x" then bob (offset 1)
-    assert torch.equal(crossattn[77 + 6:77 + 14], magicnaming.alice)
-    bob_rows = crossattn[154 + 2:154 + 10]
+    assert torch.equal(crossattn[77 + 6 : 77 + 14], magicnaming.alice)
+    bob_rows = crossattn[154 + 2 : 154 + 10]
     assert not torch.equal(bob_rows, magicnaming.bob)
     ratio = bob_rows[:, 768:] / magicnaming.bob[:, 768:]
     assert torch.allclose(ratio, ratio[0, 0].expand_as(ratio), atol=1e-4)
@@ -79,7 +83,12 @@ def test_in_place_rows_across_long_prompts_break_and_emphasis(magicnaming):
 def test_cache_follows_the_identity_alice_bob_none_alice(magicnaming):
     prompt = "portrait of {} in the rain"
     runs = {}
-    for name, tag in [("alice", "<name:alice>"), ("bob", "<name:bob>"), ("none", ""), ("alice2", "<name:alice>")]:
+    for name, tag in [
+        ("alice", "<name:alice>"),
+        ("bob", "<name:bob>"),
+        ("none", ""),
+        ("alice2", "<name:alice>"),
+    ]:
         p, _ = magicnaming.run(prompt.format(tag))
         runs[name] = first_cond(p)[0]["crossattn"].clone()
     base = magicnaming.encode("portrait of  in the rain")["crossattn"]
@@ -117,11 +126,14 @@ def test_hires_prompts_get_their_own_identities_and_infotext_shows_the_users_tex
 
 
 def test_each_prompt_of_a_batch_gets_its_own_identity(magicnaming):
-    p, processed = magicnaming.run(["<name:alice> dancing", "<name:bob> dancing", "nobody dancing"],
-                                   batch_size=3)
+    p, processed = magicnaming.run(
+        ["<name:alice> dancing", "<name:bob> dancing", "nobody dancing"], batch_size=3
+    )
     assert torch.equal(first_cond(p, item=0)[0]["crossattn"][1:9], magicnaming.alice)
     assert torch.equal(first_cond(p, item=1)[0]["crossattn"][1:9], magicnaming.bob)
-    assert torch.equal(first_cond(p, item=2)[0]["crossattn"], magicnaming.encode("nobody dancing")["crossattn"])
+    assert torch.equal(
+        first_cond(p, item=2)[0]["crossattn"], magicnaming.encode("nobody dancing")["crossattn"]
+    )
     assert "alice:" in processed.infotexts[0] and "bob:" not in processed.infotexts[0]
     assert "bob:" in processed.infotexts[1] and "alice:" not in processed.infotexts[1]
     assert "MagicNaming" not in processed.infotexts[2]
@@ -201,8 +213,9 @@ def test_xyz_axes_replace_identity_and_strength_per_cell(magicnaming):
     xyz_module = xyz.find_xyz_module()
     labels = [option.label for option in xyz_module.axis_options]
     assert labels.count(xyz.IDENTITY_AXIS) == 1 and labels.count(xyz.STRENGTH_AXIS) == 1
-    p = magicnaming.webui.txt2img(magicnaming.runner, {"magicnaming": [True]}, prompt="<name:alice> waving",
-                                  steps=2)
+    p = magicnaming.webui.txt2img(
+        magicnaming.runner, {"magicnaming": [True]}, prompt="<name:alice> waving", steps=2
+    )
     cells = xyz_module.process_axis(p, xyz.IDENTITY_AXIS, ["bob", "alice"])
     assert "bob:" in cells[0].infotexts[0] and "alice:" in cells[1].infotexts[0]
     cells = xyz_module.process_axis(p, xyz.STRENGTH_AXIS, ["0.5", "1.0"])

@@ -1,7 +1,7 @@
 """MagicNaming loaded into the WebUI stand-in: a library with two identities, a fake photo encoder, the
 script file loaded as the WebUI loads it, and helpers to run txt2img and read what reached the sampler.
 
-Use the ``magicnaming`` fixture (it depends on ``webui`` from this package); import both into a test module.
+A test module uses both fixtures with ``pytest_plugins = ["webui_standin", "webui_standin.extension"]``.
 """
 
 from __future__ import annotations
@@ -54,8 +54,11 @@ def random_embedding(seed: int) -> torch.Tensor:
 
 def save_identity(library: IdentityLibrary, name: str, seed: int, *, overwrite: bool = False) -> torch.Tensor:
     """Save an identity made "from names" with a seeded embedding; returns the embedding as stored."""
-    library.save(Identity(name, random_embedding(seed), {"kind": "names", "names": [[name, 1.0]]}),
-                 overwrite=overwrite, dtype=torch.float32)
+    library.save(
+        Identity(name, random_embedding(seed), {"kind": "names", "names": [[name, 1.0]]}),
+        overwrite=overwrite,
+        dtype=torch.float32,
+    )
     return library.load(name).embedding
 
 
@@ -77,18 +80,32 @@ def build_extension(webui, folder) -> types.SimpleNamespace:
 
     def run(prompt="", negative_prompt="", args=(True,), **fields):
         """Process a txt2img job with MagicNaming args; returns (p, processed)."""
-        p = webui.txt2img(runner, {"magicnaming": list(args)}, prompt=prompt, negative_prompt=negative_prompt,
-                          **{"steps": 2, **fields})
+        fields = {"steps": 2, **fields}
+        p = webui.txt2img(
+            runner, {"magicnaming": list(args)}, prompt=prompt, negative_prompt=negative_prompt, **fields
+        )
         return p, webui.processing.process_images(p)
 
     def encode(text: str, negative: bool = False, size: int = 64) -> dict:
         """The toy model's own conditioning of one text (the WebUI path without MagicNaming)."""
-        batch = webui.prompt_parser.SdConditioning([text], width=size, height=size, is_negative_prompt=negative)
+        batch = webui.prompt_parser.SdConditioning(
+            [text], width=size, height=size, is_negative_prompt=negative
+        )
         cond = webui.shared.sd_model.get_learned_conditioning(batch)
         return {key: value[0] for key, value in cond.items()}
 
-    return types.SimpleNamespace(library=library, alice=alice, bob=bob, encoder=encoder, module=module,
-                                 runner=runner, script=script, run=run, encode=encode, webui=webui)
+    return types.SimpleNamespace(
+        library=library,
+        alice=alice,
+        bob=bob,
+        encoder=encoder,
+        module=module,
+        runner=runner,
+        script=script,
+        run=run,
+        encode=encode,
+        webui=webui,
+    )
 
 
 @pytest.fixture
