@@ -1,0 +1,209 @@
+"""The extension's services: the identity library and the photo encoder, built from the current settings.
+
+The WebUI glue (tab, REST API, AlwaysOn script) asks here instead of building its own. The only state shared
+between requests is :data:`_ENCODERS`, a cache keyed by the encoder checkpoint's content hash (plus the device
+and detector it was built for): a changed file is a new key, so a stale encoder is never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lib_magicnaming.constants import SHORT_HASH_CHARS
+from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
+
+OPTIONAL_PACKAGES = {
+    "open_clip": "open_clip_torch",
+    "insightface": "insightface",
+    "onnxruntime": "onnxruntime (or onnxruntime-gpu)",
+}
+"""Importable module -> what to install; the photo encoder needs all three (install.py installs them)."""
+
+_ENCODERS: dict[tuple[str, str, str], Any] = {}
+"""(checkpoint sha256, device, detector pack) -> IdentityEncoder. Holds at most one entry."""
+_ENCODERS_LOCK = threading.Lock()
+
+
+@dataclass
+class EncoderStatus:
+    """What the photo encoder needs and has; shown in the tab, the accordion and the REST API."""
+
+    loaded: bool
+    checkpoint: str | None = None
+    checkpoint_hash: str | None = None
+    device: str | None = None
+    detector_pack: str | None = None
+    detector_provider: str | None = None
+    encoder_dir: str | None = None
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        """True when nothing is missing (a checkpoint exists and the packages import)."""
+        return not self.missing
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (the REST route's body)."""
+        return {**asdict(self), "ready": self.ready}
+
+    def summary(self) -> str:
+        """One line for a status label."""
+        if self.missing:
+            return "MagicNaming encoder unavailable: " + "; ".join(self.missing)
+        state = "loaded" if self.loaded else "not loaded yet"
+        detector = self.detector_provider or "detector not loaded yet"
+        return f"MagicNaming encoder {self.checkpoint} [{self.checkpoint_hash}] {state} ({self.device}; {detector})"
+
+
+def missing_packages() -> list[str]:
+    """Install hints for the optional packages that do not import here."""
+    return [hint for module, hint in OPTIONAL_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+def identity_library(settings: MagicNamingSettings | None = None):
+    """The identity library of the configured folder (``<folder>/identities``)."""
+    from lib_magicnaming.identity import IdentityLibrary
+
+    settings = settings or current_settings()
+    return IdentityLibrary(settings.identities_dir)
+
+
+def find_encoder_checkpoint(settings: MagicNamingSettings) -> Path:
+    """The encoder checkpoint file to use; EncoderError naming the folder when there is none."""
+    folder = settings.encoder_dir
+    if settings.encoder_checkpoint:
+        path = folder / settings.encoder_checkpoint
+        if not path.is_file():
+            raise EncoderError(
+                f"MagicNaming encoder checkpoint {settings.encoder_checkpoint!r} is not in {folder}: put the "
+                "file there or clear the 'Encoder checkpoint' setting"
+            )
+        return path
+    candidates = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not candidates:
+        raise EncoderError(
+            f"No MagicNaming encoder checkpoint installed: put a *.safetensors encoder checkpoint in {folder} "
+            "(identities from names and mixes work without one)"
+        )
+    return candidates[0]
+
+
+def file_sha256(path: Path) -> str:
+    """Full sha256 hex of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> the WebUI's device, or CPU under --lowvram/--medvram (keep extra models off the GPU)."""
+    if device != "auto":
+        return device
+    try:
+        from modules import devices, shared
+    except ImportError:
+        return "cpu"
+    if getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False):
+        return "cpu"
+    return str(devices.device)
+
+
+def _require_packages() -> None:
+    missing = missing_packages()
+    if missing:
+        raise EncoderError(
+            "The MagicNaming photo encoder needs packages that are not installed: " + ", ".join(missing)
+            + ". Restart the WebUI without --skip-install, or pip install them into its environment."
+        )
+
+
+def _build_encoder(checkpoint: Path, settings: MagicNamingSettings, device: str) -> Any:
+    from lib_magicnaming.encode import IdentityEncoder
+
+    return IdentityEncoder(
+        checkpoint,
+        models_dir=settings.models_dir,
+        detector_dir=settings.detector_dir,
+        device=device,
+    )
+
+
+def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
+    """The photo encoder (an ``IdentityEncoder``, loaded lazily on first use) for the current settings.
+
+    Raises EncoderError naming the folder to put a checkpoint in when none is installed, or the packages
+    to install when open_clip/insightface/onnxruntime are missing.
+    """
+    settings = settings or current_settings()
+    checkpoint = find_encoder_checkpoint(settings)
+    _require_packages()
+    device = resolve_device(settings.encoder_device)
+    key = (file_sha256(checkpoint), device, settings.detector_pack)
+    with _ENCODERS_LOCK:
+        encoder = _ENCODERS.get(key)
+        if encoder is None:
+            _ENCODERS.clear()  # one encoder at a time: a replaced checkpoint frees the old one
+            encoder = _build_encoder(checkpoint, settings, device)
+            _ENCODERS[key] = encoder
+    return encoder
+
+
+def release_encoder(settings: MagicNamingSettings | None = None) -> None:
+    """Forget the cached encoder unless 'keep encoder loaded' is on (call after a one-off use)."""
+    settings = settings or current_settings()
+    if settings.keep_encoder_loaded:
+        return
+    with _ENCODERS_LOCK:
+        encoders = list(_ENCODERS.values())
+        _ENCODERS.clear()
+    for encoder in encoders:
+        unload = getattr(encoder, "unload", None)
+        if callable(unload):
+            unload()
+
+
+def _cached_encoder(checkpoint_sha256: str) -> Any | None:
+    with _ENCODERS_LOCK:
+        for (sha, _device, _pack), encoder in _ENCODERS.items():
+            if sha == checkpoint_sha256:
+                return encoder
+    return None
+
+
+def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus:
+    """Loaded or not, checkpoint name and hash, device, detector provider, and what is missing."""
+    settings = settings or current_settings()
+    status = EncoderStatus(
+        loaded=False,
+        encoder_dir=str(settings.encoder_dir),
+        detector_pack=settings.detector_pack,
+        device=resolve_device(settings.encoder_device),
+        missing=[f"package {hint}" for hint in missing_packages()],
+    )
+    try:
+        checkpoint = find_encoder_checkpoint(settings)
+    except EncoderError as error:
+        status.missing.insert(0, str(error))
+        return status
+    sha = file_sha256(checkpoint)
+    status.checkpoint = checkpoint.name
+    status.checkpoint_hash = sha[:SHORT_HASH_CHARS]
+    if not settings.detector_dir.is_dir():
+        status.detector_provider = (
+            f"no detector pack at {settings.detector_dir}: photos must be face crops already"
+        )
+    encoder = _cached_encoder(sha)
+    if encoder is not None:
+        status.loaded = bool(getattr(encoder, "is_loaded", True))
+        provider = getattr(encoder, "detector_provider", None)
+        if provider:
+            status.detector_provider = str(provider)
+    return status
