@@ -17,5 +17,5 @@ def preload(parser: argparse.ArgumentParser) -> None:
         "--magicnaming-device",
         type=str,
         default=None,
-        help="MagicNaming: device for the photo encoder: auto, cpu, cuda, cuda:N or mps (default: the setting)",
+        help="MagicNaming: photo encoder device: auto, cpu, cuda, cuda:N or mps (default: the setting)",
     )

@@ -67,7 +67,9 @@ class MagicNamingSettings:
 def validate_device(device: str) -> str:
     """Return ``device`` if it is auto, cpu, cuda, cuda:N or mps; raise EncoderError otherwise."""
     if not isinstance(device, str) or not DEVICE_RE.match(device.strip()):
-        raise EncoderError(f"MagicNaming encoder device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+        raise EncoderError(
+            f"MagicNaming encoder device must be auto, cpu, cuda, cuda:N or mps, got {device!r}"
+        )
     return device.strip()
 
 

@@ -58,7 +58,10 @@ class EncoderStatus:
             return "MagicNaming encoder unavailable: " + "; ".join(self.missing)
         state = "loaded" if self.loaded else "not loaded yet"
         detector = self.detector_provider or "detector not loaded yet"
-        return f"MagicNaming encoder {self.checkpoint} [{self.checkpoint_hash}] {state} ({self.device}; {detector})"
+        return (
+            f"MagicNaming encoder {self.checkpoint} [{self.checkpoint_hash}] {state} "
+            f"({self.device}; {detector})"
+        )
 
 
 def missing_packages() -> list[str]:
@@ -88,7 +91,8 @@ def find_encoder_checkpoint(settings: MagicNamingSettings) -> Path:
     candidates = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not candidates:
         raise EncoderError(
-            f"No MagicNaming encoder checkpoint installed: put a *.safetensors encoder checkpoint in {folder} "
+            "No MagicNaming encoder checkpoint installed: put a *.safetensors encoder checkpoint in "
+            f"{folder} "
             "(identities from names and mixes work without one)"
         )
     return candidates[0]

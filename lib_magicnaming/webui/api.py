@@ -1,0 +1,417 @@
+"""REST routes under ``/magicnaming/v1/`` (registered from ``script_callbacks.on_app_started``).
+
+Routes added straight on the app do not get the WebUI's ``--api-auth``; :func:`register_routes` applies the
+same HTTP Basic check the built-in API uses (``modules/api/api.py``: ``cmd_opts.api_auth`` is
+``"user:pass,user2:pass2"``; passwords compared with ``secrets.compare_digest``; 401 with
+``WWW-Authenticate: Basic``). Every bad input is answered with a 4xx JSON body whose ``detail`` is a message
+naming the problem. Work on the GPU (encoding photos or names) holds ``modules.call_queue.queue_lock`` so it
+never runs beside a generation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from secrets import compare_digest
+from typing import Any, List, Optional
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, Field
+
+from lib_magicnaming.errors import (
+    EncoderError,
+    FaceError,
+    IdentityExists,
+    IdentityNotFound,
+    MagicNamingError,
+)
+
+PREFIX = "/magicnaming/v1"
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """Payload limits (413 beyond them). Defaults: 16 photos of at most 16 MiB each, 96 MiB per request."""
+
+    max_photos: int = 16
+    max_photo_bytes: int = 16 << 20
+    max_request_bytes: int = 96 << 20
+    max_mix_items: int = 16
+
+
+# ------------------------------------------------------------------------------------------- request models
+# Plain fields with defaults only: the same models validate on pydantic 1 (A1111) and pydantic 2 (Forge).
+
+
+class FromPhotosRequest(BaseModel):
+    """Create an identity from face photos."""
+
+    name: str = Field(..., description="identity name: 1-64 of A-Z a-z 0-9 _ - . (not starting with .)")
+    photos: List[str] = Field(..., description="base64 images (a data:image/...;base64, prefix is accepted)")
+    assume_cropped: bool = Field(False, description="the photos are face crops already: skip detection")
+    overwrite: bool = Field(False, description="replace an existing identity of the same name")
+
+
+class WeightedName(BaseModel):
+    """One name (or saved identity) and its weight."""
+
+    name: str
+    weight: float = 1.0
+
+
+class FromNamesRequest(BaseModel):
+    """Create an identity from names SDXL knows; uses the loaded SDXL checkpoint's text encoders."""
+
+    name: str
+    names: List[WeightedName] = Field(..., description="names and weights; weights are normalised to sum 1")
+    method: str = Field("linear", description="linear or slerp")
+    overwrite: bool = False
+
+
+class MixRequest(BaseModel):
+    """Create an identity as a weighted mix of saved identities."""
+
+    name: str
+    identities: List[WeightedName]
+    method: str = Field("linear", description="linear or slerp")
+    overwrite: bool = False
+
+
+class SampleRequest(BaseModel):
+    """Create a fictional identity sampled from the encoder's name-space statistics."""
+
+    name: str
+    seed: int = 0
+    scale: float = 1.0
+    overwrite: bool = False
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """What the routes need from the WebUI; tests pass their own."""
+
+    library: Callable[[], Any]
+    """-> IdentityLibrary"""
+    encoder: Callable[[], Any]
+    """-> IdentityEncoder (EncoderError when none is installed)"""
+    encoder_status: Callable[[], Any]
+    """-> EncoderStatus"""
+    encode_texts: Callable[[list[str]], Any]
+    """prompts -> crossattn (N, 77k, 2048) of the loaded SDXL model (EncoderError when none is loaded)"""
+    gpu_lock: Callable[[], Any]
+    """-> a context manager held around GPU work (the WebUI's queue lock)"""
+    release_encoder: Callable[[], None] = lambda: None
+
+
+def http_error(error: Exception) -> HTTPException:
+    """Map a library error to its HTTP status (message as ``detail``)."""
+    if isinstance(error, IdentityNotFound):
+        return HTTPException(status_code=404, detail=str(error))
+    if isinstance(error, IdentityExists):
+        return HTTPException(status_code=409, detail=str(error))
+    if isinstance(error, EncoderError):
+        return HTTPException(status_code=503, detail=str(error))
+    if isinstance(error, FaceError):
+        return HTTPException(status_code=422, detail=str(error))
+    return HTTPException(status_code=400, detail=str(error))
+
+
+@contextmanager
+def library_errors() -> Iterator[None]:
+    """Turn MagicNamingError raised inside into the matching HTTPException."""
+    try:
+        yield
+    except MagicNamingError as error:
+        raise http_error(error) from error
+
+
+def decode_photo(text: str, index: int, limits: ApiLimits) -> bytes:
+    """Base64 (optionally a data URL) -> bytes; 400 for bad base64, 413 beyond the per-photo limit."""
+    if not isinstance(text, str) or not text.strip():
+        raise HTTPException(status_code=400, detail=f"photo {index}: empty; send a base64-encoded image")
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if ";base64" not in head:
+            raise HTTPException(status_code=400, detail=f"photo {index}: data URL is not base64-encoded")
+    if len(text) > (limits.max_photo_bytes * 4) // 3 + 4:
+        raise HTTPException(
+            status_code=413, detail=f"photo {index}: larger than {limits.max_photo_bytes >> 20} MiB"
+        )
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise HTTPException(status_code=400, detail=f"photo {index}: not valid base64 ({error})") from error
+    if len(data) > limits.max_photo_bytes:
+        raise HTTPException(
+            status_code=413, detail=f"photo {index}: larger than {limits.max_photo_bytes >> 20} MiB"
+        )
+    return data
+
+
+def check_image(data: bytes, index: int) -> Any:
+    """Open ``data`` as an image (face.load_image); 400 naming the photo if it is not one."""
+    from lib_magicnaming.face import load_image
+
+    try:
+        return load_image(data)
+    except FaceError as error:
+        raise HTTPException(status_code=400, detail=f"photo {index}: {error}") from error
+
+
+def thumbnail_base64(image: Any) -> str | None:
+    """PNG base64 of a PIL image, or None."""
+    if image is None:
+        return None
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def info_json(info: Any) -> dict[str, Any]:
+    """JSON body of an IdentityInfo (no file path: it is the server's business)."""
+    return {
+        "name": info.name,
+        "key": info.key,
+        "short_hash": info.short_hash,
+        "created": info.created,
+        "origin": info.origin,
+        "dtype": info.dtype,
+        "has_thumbnail": info.has_thumbnail,
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """Dataclasses, tuples, paths and the like -> JSON values; images and tensors become None."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "shape") or (hasattr(value, "mode") and hasattr(value, "size")):
+        return None
+    return str(value)
+
+
+def _weights(items: list[WeightedName]) -> list[tuple[str, float]]:
+    return [(item.name, float(item.weight)) for item in items]
+
+
+def check_body_size(limits: ApiLimits) -> Callable[[Request], None]:
+    """A dependency refusing bodies whose Content-Length exceeds the request limit (413) before parsing."""
+
+    def dependency(request: Request) -> None:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
+            raise HTTPException(
+                status_code=413,
+                detail=f"request body larger than {limits.max_request_bytes >> 20} MiB",
+            )
+
+    return dependency
+
+
+def basic_auth_dependency(api_auth: str) -> Callable[..., bool]:
+    """The built-in API's ``--api-auth`` check, for ``"user:pass,user2:pass2"``."""
+    credentials_by_user: dict[str, str] = {}
+    for pair in api_auth.split(","):
+        user, _, password = pair.partition(":")
+        credentials_by_user[user] = password
+
+    def auth(credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> bool:
+        expected = credentials_by_user.get(credentials.username)
+        if expected is not None and compare_digest(credentials.password, expected):
+            return True
+        raise HTTPException(
+            status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"}
+        )
+
+    return auth
+
+
+# ---------------------------------------------------------------------------------------------- routes
+
+
+def build_router(
+    context: ApiContext, *, api_auth: str | None = None, limits: ApiLimits = ApiLimits()
+) -> APIRouter:
+    """The ``/magicnaming/v1`` router; with ``api_auth`` every route requires those Basic credentials."""
+    dependencies = [Depends(check_body_size(limits))]
+    if api_auth:
+        dependencies.insert(0, Depends(basic_auth_dependency(api_auth)))
+    router = APIRouter(prefix=PREFIX, dependencies=dependencies, tags=["MagicNaming"])
+
+    @router.get("/identities")
+    def list_identities() -> dict[str, Any]:
+        """Every saved identity (from file headers)."""
+        with library_errors():
+            return {"identities": [info_json(info) for info in context.library().list()]}
+
+    @router.get("/identities/{name}")
+    def get_identity(name: str) -> dict[str, Any]:
+        """One identity's metadata and its thumbnail (PNG base64, or null)."""
+        with library_errors():
+            identity = context.library().load(name)
+            info = context.library().get_info(name)
+        return {**info_json(info), "thumbnail": thumbnail_base64(identity.thumbnail)}
+
+    @router.delete("/identities/{name}")
+    def delete_identity(name: str) -> dict[str, Any]:
+        """Delete a saved identity."""
+        with library_errors():
+            context.library().delete(name)
+        return {"deleted": name}
+
+    @router.post("/identities/from-photos", status_code=201)
+    def create_from_photos(request: FromPhotosRequest) -> dict[str, Any]:
+        """Encode 1..N face photos into one identity and save it."""
+        if not request.photos:
+            raise HTTPException(status_code=400, detail="send at least one photo")
+        if len(request.photos) > limits.max_photos:
+            raise HTTPException(status_code=413, detail=f"at most {limits.max_photos} photos per request")
+        with library_errors():
+            _refuse_existing(context, request.name, request.overwrite)
+            photos = [decode_photo(text, i, limits) for i, text in enumerate(request.photos)]
+            images = [check_image(data, i) for i, data in enumerate(photos)]
+            encoder = context.encoder()
+            try:
+                with context.gpu_lock():
+                    identity, result = encoder.make_identity_from_photos(
+                        request.name, images, assume_cropped=request.assume_cropped
+                    )
+            finally:
+                context.release_encoder()
+            info = context.library().save(identity, overwrite=request.overwrite)
+        return {"identity": info_json(info), "per_photo": jsonable(getattr(result, "per_photo", []))}
+
+    @router.post("/identities/from-names", status_code=201)
+    def create_from_names(request: FromNamesRequest) -> dict[str, Any]:
+        """Make an identity from weighted names with the loaded SDXL text encoders (no photo encoder)."""
+        from lib_magicnaming.identity import Identity
+        from lib_magicnaming.namespace import identity_from_names
+
+        if not request.names:
+            raise HTTPException(status_code=400, detail="send at least one name")
+        with library_errors():
+            _refuse_existing(context, request.name, request.overwrite)
+            weighted = _weights(request.names)
+            with context.gpu_lock():
+                embedding = identity_from_names(context.encode_texts, weighted, method=request.method)
+            origin = {"kind": "names", "names": [[text, weight] for text, weight in weighted]}
+            identity = Identity(request.name, embedding, origin)
+            info = context.library().save(identity, overwrite=request.overwrite)
+        return {"identity": info_json(info)}
+
+    @router.post("/identities/mix", status_code=201)
+    def create_mix(request: MixRequest) -> dict[str, Any]:
+        """Mix saved identities (weights normalised to sum 1) into a new one."""
+        if not request.identities:
+            raise HTTPException(status_code=400, detail="send at least one identity to mix")
+        if len(request.identities) > limits.max_mix_items:
+            raise HTTPException(status_code=413, detail=f"at most {limits.max_mix_items} identities per mix")
+        with library_errors():
+            _refuse_existing(context, request.name, request.overwrite)
+            weighted = _weights(request.identities)
+            identity = mix_identities(context.library(), request.name, weighted, request.method)
+            info = context.library().save(identity, overwrite=request.overwrite)
+        return {"identity": info_json(info)}
+
+    @router.post("/identities/sample", status_code=201)
+    def create_sampled(request: SampleRequest) -> dict[str, Any]:
+        """Sample a fictional identity from the encoder checkpoint's name-space statistics."""
+        from lib_magicnaming.identity import Identity
+
+        with library_errors():
+            _refuse_existing(context, request.name, request.overwrite)
+            encoder = context.encoder()
+            embedding = encoder.sample_identity(request.seed, scale=request.scale)
+            origin = {"kind": "sampled", "encoder_hash": encoder.checkpoint_hash, "seed": request.seed,
+                      "scale": request.scale}
+            identity = Identity(request.name, embedding, origin)
+            info = context.library().save(identity, overwrite=request.overwrite)
+        return {"identity": info_json(info)}
+
+    @router.get("/encoder")
+    def get_encoder_status() -> dict[str, Any]:
+        """Whether the photo encoder is installed/loaded, its checkpoint and hash, and what is missing."""
+        return context.encoder_status().to_dict()
+
+    return router
+
+
+def _refuse_existing(context: ApiContext, name: str, overwrite: bool) -> None:
+    """Validate the name and refuse a duplicate before any expensive work."""
+    if not overwrite and context.library().exists(name):
+        raise IdentityExists(
+            f"an identity named {name!r} already exists; choose another name or overwrite", name
+        )
+
+
+def mix_identities(library: Any, name: str, weighted: list[tuple[str, float]], method: str) -> Any:
+    """A new Identity mixing saved identities; origin records each one's name, hash and weight."""
+    from lib_magicnaming.identity import Identity
+    from lib_magicnaming.namespace import mix_embeddings
+
+    sources = [library.load(source) for source, _ in weighted]
+    weights = [weight for _, weight in weighted]
+    embedding = mix_embeddings([source.embedding for source in sources], weights, method=method)
+    origin = {
+        "kind": "mix",
+        "identities": [
+            [source.name, source.short_hash, weight] for source, weight in zip(sources, weights, strict=True)
+        ],
+        "method": method,
+    }
+    return Identity(name, embedding, origin)
+
+
+# ------------------------------------------------------------------------------------------ WebUI wiring
+
+
+def webui_encode_texts(texts: list[str]) -> Any:
+    """The loaded SDXL model's ``get_learned_conditioning(texts)['crossattn']``; EncoderError if not SDXL."""
+    import torch
+    from modules import devices, shared
+
+    model = shared.sd_model
+    if model is None or not getattr(model, "is_sdxl", False):
+        raise EncoderError("identities from names need an SDXL checkpoint loaded in the WebUI: load one")
+    with torch.no_grad(), devices.autocast():
+        cond = model.get_learned_conditioning(texts)
+    crossattn = cond["crossattn"] if isinstance(cond, dict) else cond
+    return crossattn.float()
+
+
+def webui_context() -> ApiContext:
+    """The ApiContext of the running WebUI (settings read at each call, so changes apply at once)."""
+    from modules import call_queue
+
+    from lib_magicnaming.webui import services
+
+    return ApiContext(
+        library=services.identity_library,
+        encoder=services.get_encoder,
+        encoder_status=services.encoder_status,
+        encode_texts=webui_encode_texts,
+        gpu_lock=lambda: call_queue.queue_lock,
+        release_encoder=services.release_encoder,
+    )
+
+
+def on_app_started(_demo: Optional[Any], app: FastAPI) -> None:
+    """``script_callbacks.on_app_started``: add the routes, honouring ``--api-auth``."""
+    from modules import shared
+
+    api_auth = getattr(shared.cmd_opts, "api_auth", None)
+    app.include_router(build_router(webui_context(), api_auth=api_auth))
