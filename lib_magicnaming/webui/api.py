@@ -31,6 +31,13 @@ from lib_magicnaming.errors import (
     IdentityNotFound,
     MagicNamingError,
 )
+from lib_magicnaming.webui.services import (
+    ServiceContext,
+    mix_identity,
+    names_identity,
+    refuse_existing,
+    sampled_identity,
+)
 
 PREFIX = "/magicnaming/v1"
 
@@ -93,23 +100,6 @@ class SampleRequest(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-@dataclass(frozen=True)
-class ApiContext:
-    """What the routes need from the WebUI; tests pass their own."""
-
-    library: Callable[[], Any]
-    """-> IdentityLibrary"""
-    encoder: Callable[[], Any]
-    """-> IdentityEncoder (EncoderError when none is installed)"""
-    encoder_status: Callable[[], Any]
-    """-> EncoderStatus"""
-    encode_texts: Callable[[list[str]], Any]
-    """prompts -> crossattn (N, 77k, 2048) of the loaded SDXL model (EncoderError when none is loaded)"""
-    gpu_lock: Callable[[], Any]
-    """-> a context manager held around GPU work (the WebUI's queue lock)"""
-    release_encoder: Callable[[], None] = lambda: None
 
 
 def http_error(error: Exception) -> HTTPException:
@@ -244,7 +234,7 @@ def basic_auth_dependency(api_auth: str) -> Callable[..., bool]:
 
 
 def build_router(
-    context: ApiContext, *, api_auth: str | None = None, limits: ApiLimits = ApiLimits()
+    context: ServiceContext, *, api_auth: str | None = None, limits: ApiLimits = ApiLimits()
 ) -> APIRouter:
     """The ``/magicnaming/v1`` router; with ``api_auth`` every route requires those Basic credentials."""
     dependencies = [Depends(check_body_size(limits))]
@@ -281,7 +271,7 @@ def build_router(
         if len(request.photos) > limits.max_photos:
             raise HTTPException(status_code=413, detail=f"at most {limits.max_photos} photos per request")
         with library_errors():
-            _refuse_existing(context, request.name, request.overwrite)
+            refuse_existing(context.library(), request.name, request.overwrite)
             photos = [decode_photo(text, i, limits) for i, text in enumerate(request.photos)]
             images = [check_image(data, i) for i, data in enumerate(photos)]
             encoder = context.encoder()
@@ -298,18 +288,11 @@ def build_router(
     @router.post("/identities/from-names", status_code=201)
     def create_from_names(request: FromNamesRequest) -> dict[str, Any]:
         """Make an identity from weighted names with the loaded SDXL text encoders (no photo encoder)."""
-        from lib_magicnaming.identity import Identity
-        from lib_magicnaming.namespace import identity_from_names
-
         if not request.names:
             raise HTTPException(status_code=400, detail="send at least one name")
         with library_errors():
-            _refuse_existing(context, request.name, request.overwrite)
-            weighted = _weights(request.names)
-            with context.gpu_lock():
-                embedding = identity_from_names(context.encode_texts, weighted, method=request.method)
-            origin = {"kind": "names", "names": [[text, weight] for text, weight in weighted]}
-            identity = Identity(request.name, embedding, origin)
+            refuse_existing(context.library(), request.name, request.overwrite)
+            identity = names_identity(context, request.name, _weights(request.names), request.method)
             info = context.library().save(identity, overwrite=request.overwrite)
         return {"identity": info_json(info)}
 
@@ -321,24 +304,18 @@ def build_router(
         if len(request.identities) > limits.max_mix_items:
             raise HTTPException(status_code=413, detail=f"at most {limits.max_mix_items} identities per mix")
         with library_errors():
-            _refuse_existing(context, request.name, request.overwrite)
+            refuse_existing(context.library(), request.name, request.overwrite)
             weighted = _weights(request.identities)
-            identity = mix_identities(context.library(), request.name, weighted, request.method)
+            identity = mix_identity(context.library(), request.name, weighted, request.method)
             info = context.library().save(identity, overwrite=request.overwrite)
         return {"identity": info_json(info)}
 
     @router.post("/identities/sample", status_code=201)
     def create_sampled(request: SampleRequest) -> dict[str, Any]:
         """Sample a fictional identity from the encoder checkpoint's name-space statistics."""
-        from lib_magicnaming.identity import Identity
-
         with library_errors():
-            _refuse_existing(context, request.name, request.overwrite)
-            encoder = context.encoder()
-            embedding = encoder.sample_identity(request.seed, scale=request.scale)
-            origin = {"kind": "sampled", "encoder_hash": encoder.checkpoint_hash, "seed": request.seed,
-                      "scale": request.scale}
-            identity = Identity(request.name, embedding, origin)
+            refuse_existing(context.library(), request.name, request.overwrite)
+            identity = sampled_identity(context, request.name, request.seed, request.scale)
             info = context.library().save(identity, overwrite=request.overwrite)
         return {"identity": info_json(info)}
 
@@ -350,68 +327,11 @@ def build_router(
     return router
 
 
-def _refuse_existing(context: ApiContext, name: str, overwrite: bool) -> None:
-    """Validate the name and refuse a duplicate before any expensive work."""
-    if not overwrite and context.library().exists(name):
-        raise IdentityExists(
-            f"an identity named {name!r} already exists; choose another name or overwrite", name
-        )
-
-
-def mix_identities(library: Any, name: str, weighted: list[tuple[str, float]], method: str) -> Any:
-    """A new Identity mixing saved identities; origin records each one's name, hash and weight."""
-    from lib_magicnaming.identity import Identity
-    from lib_magicnaming.namespace import mix_embeddings
-
-    sources = [library.load(source) for source, _ in weighted]
-    weights = [weight for _, weight in weighted]
-    embedding = mix_embeddings([source.embedding for source in sources], weights, method=method)
-    origin = {
-        "kind": "mix",
-        "identities": [
-            [source.name, source.short_hash, weight] for source, weight in zip(sources, weights, strict=True)
-        ],
-        "method": method,
-    }
-    return Identity(name, embedding, origin)
-
-
-# ------------------------------------------------------------------------------------------ WebUI wiring
-
-
-def webui_encode_texts(texts: list[str]) -> Any:
-    """The loaded SDXL model's ``get_learned_conditioning(texts)['crossattn']``; EncoderError if not SDXL."""
-    import torch
-    from modules import devices, shared
-
-    model = shared.sd_model
-    if model is None or not getattr(model, "is_sdxl", False):
-        raise EncoderError("identities from names need an SDXL checkpoint loaded in the WebUI: load one")
-    with torch.no_grad(), devices.autocast():
-        cond = model.get_learned_conditioning(texts)
-    crossattn = cond["crossattn"] if isinstance(cond, dict) else cond
-    return crossattn.float()
-
-
-def webui_context() -> ApiContext:
-    """The ApiContext of the running WebUI (settings read at each call, so changes apply at once)."""
-    from modules import call_queue
-
-    from lib_magicnaming.webui import services
-
-    return ApiContext(
-        library=services.identity_library,
-        encoder=services.get_encoder,
-        encoder_status=services.encoder_status,
-        encode_texts=webui_encode_texts,
-        gpu_lock=lambda: call_queue.queue_lock,
-        release_encoder=services.release_encoder,
-    )
-
-
 def on_app_started(_demo: Optional[Any], app: FastAPI) -> None:
     """``script_callbacks.on_app_started``: add the routes, honouring ``--api-auth``."""
     from modules import shared
 
+    from lib_magicnaming.webui import services
+
     api_auth = getattr(shared.cmd_opts, "api_auth", None)
-    app.include_router(build_router(webui_context(), api_auth=api_auth))
+    app.include_router(build_router(services.webui_context(), api_auth=api_auth))

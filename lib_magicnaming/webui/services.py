@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lib_magicnaming.constants import SHORT_HASH_CHARS
-from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.errors import EncoderError, IdentityExists
+from lib_magicnaming.tags import validate_identity_name
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
 
 OPTIONAL_PACKAGES = {
@@ -211,3 +213,96 @@ def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus
         if provider:
             status.detector_provider = str(provider)
     return status
+
+
+# --------------------------------------------------------------------------- what the tab and the API share
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What the tab and the REST routes need from the WebUI; tests pass their own."""
+
+    library: Callable[[], Any]
+    """-> IdentityLibrary"""
+    encoder: Callable[[], Any]
+    """-> IdentityEncoder (EncoderError when none is installed)"""
+    encoder_status: Callable[[], EncoderStatus]
+    encode_texts: Callable[[list[str]], Any]
+    """prompts -> crossattn (N, 77k, 2048) of the loaded SDXL model (EncoderError when none is loaded)"""
+    gpu_lock: Callable[[], Any]
+    """-> a context manager held around GPU work (the WebUI's queue lock)"""
+    release_encoder: Callable[[], None] = lambda: None
+
+
+def names_identity(context: ServiceContext, name: str, weighted: list[tuple[str, float]], method: str) -> Any:
+    """A new Identity from weighted names, encoded by the loaded SDXL text encoders (under the GPU lock)."""
+    from lib_magicnaming.identity import Identity
+    from lib_magicnaming.namespace import identity_from_names
+
+    validate_identity_name(name)
+    with context.gpu_lock():
+        embedding = identity_from_names(context.encode_texts, weighted, method=method)
+    origin = {"kind": "names", "names": [[text, float(weight)] for text, weight in weighted]}
+    return Identity(name, embedding, origin)
+
+
+def mix_identity(library: Any, name: str, weighted: list[tuple[str, float]], method: str) -> Any:
+    """A new Identity mixing saved identities; its origin records each one's name, hash and weight."""
+    from lib_magicnaming.identity import Identity
+    from lib_magicnaming.namespace import mix_embeddings
+
+    validate_identity_name(name)
+    sources = [library.load(source) for source, _ in weighted]
+    weights = [float(weight) for _, weight in weighted]
+    embedding = mix_embeddings([source.embedding for source in sources], weights, method=method)
+    pairs = zip(sources, weights, strict=True)
+    mixed = [[source.name, source.short_hash, weight] for source, weight in pairs]
+    return Identity(name, embedding, {"kind": "mix", "identities": mixed, "method": method})
+
+
+def sampled_identity(context: ServiceContext, name: str, seed: int, scale: float) -> Any:
+    """A new fictional Identity drawn from the encoder checkpoint's name-space statistics."""
+    from lib_magicnaming.identity import Identity
+
+    validate_identity_name(name)
+    encoder = context.encoder()
+    embedding = encoder.sample_identity(int(seed), scale=float(scale))
+    origin = {"kind": "sampled", "encoder_hash": encoder.checkpoint_hash, "seed": int(seed),
+              "scale": float(scale)}
+    return Identity(name, embedding, origin)
+
+
+def refuse_existing(library: Any, name: str, overwrite: bool) -> None:
+    """Validate ``name`` and raise IdentityExists for a taken one (before any expensive work)."""
+    if not overwrite and library.exists(name):
+        raise IdentityExists(
+            f"an identity named {name!r} already exists; choose another name or overwrite", name
+        )
+
+
+def webui_encode_texts(texts: list[str]) -> Any:
+    """The loaded SDXL model's ``get_learned_conditioning(texts)['crossattn']``; EncoderError if not SDXL."""
+    import torch
+    from modules import devices, shared
+
+    model = shared.sd_model
+    if model is None or not getattr(model, "is_sdxl", False):
+        raise EncoderError("identities from names need an SDXL checkpoint loaded in the WebUI: load one")
+    with torch.no_grad(), devices.autocast():
+        cond = model.get_learned_conditioning(texts)
+    crossattn = cond["crossattn"] if isinstance(cond, dict) else cond
+    return crossattn.float()
+
+
+def webui_context() -> ServiceContext:
+    """The ServiceContext of the running WebUI (settings are read at each call, so changes apply at once)."""
+    from modules import call_queue
+
+    return ServiceContext(
+        library=identity_library,
+        encoder=get_encoder,
+        encoder_status=encoder_status,
+        encode_texts=webui_encode_texts,
+        gpu_lock=lambda: call_queue.queue_lock,
+        release_encoder=release_encoder,
+    )
