@@ -260,6 +260,29 @@ def mix_identity(library: Any, name: str, weighted: list[tuple[str, float]], met
     return Identity(name, embedding, {"kind": "mix", "identities": mixed, "method": method})
 
 
+def first_image(report: Any) -> Any | None:
+    """The first PIL image on a per-photo report (its face crop), searching one level of nesting."""
+    for value in vars(report).values() if hasattr(report, "__dict__") else []:
+        if hasattr(value, "mode") and hasattr(value, "size"):
+            return value
+        nested = first_image(value) if hasattr(value, "__dict__") else None
+        if nested is not None:
+            return nested
+    return None
+
+
+def photos_identity(name: str, result: Any, photo_bytes: list[bytes], encoder_hash: str) -> Any:
+    """A new Identity from an encoder result (``encode_photos``); the first face crop is its thumbnail."""
+    from lib_magicnaming.identity import Identity, bytes_hash
+
+    validate_identity_name(name)
+    crops = [first_image(report) for report in getattr(result, "per_photo", [])]
+    thumbnail = next((crop for crop in crops if crop is not None), None)
+    photo_hashes = [bytes_hash(data) for data in photo_bytes]
+    origin = {"kind": "photos", "encoder_hash": encoder_hash, "photo_hashes": photo_hashes}
+    return Identity(name, result.embedding, origin, thumbnail=thumbnail)
+
+
 def sampled_identity(context: ServiceContext, name: str, seed: int, scale: float) -> Any:
     """A new fictional Identity drawn from the encoder checkpoint's name-space statistics."""
     from lib_magicnaming.identity import Identity
