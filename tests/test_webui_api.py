@@ -3,43 +3,18 @@
 from __future__ import annotations
 
 import base64
-import contextlib
-import hashlib
 import io
-import threading
 
 import pytest
 import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
+from webuiapp_doubles import make_context, no_encoder, random_identity, text_encoding
 
-from lib_magicnaming.constants import CHUNK_ROWS, ID_TOKENS, SDXL_CONTEXT_WIDTH
 from lib_magicnaming.errors import EncoderError
-from lib_magicnaming.identity import Identity, IdentityLibrary
+from lib_magicnaming.identity import IdentityLibrary
 from lib_magicnaming.webui.api import PREFIX, ApiLimits, build_router
-from lib_magicnaming.webui.services import EncoderStatus, ServiceContext
-
-
-def text_encoding(text: str) -> torch.Tensor:
-    """A deterministic stand-in for one prompt's SDXL crossattn (77, 2048), different per text."""
-    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(CHUNK_ROWS, SDXL_CONTEXT_WIDTH, generator=generator)
-
-
-class RecordingLock:
-    """A lock that records whether work ran while it was held."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.entered = 0
-
-    @contextlib.contextmanager
-    def __call__(self):
-        with self.lock:
-            self.entered += 1
-            yield
 
 
 @pytest.fixture()
@@ -47,31 +22,8 @@ def library(tmp_path):
     return IdentityLibrary(tmp_path / "identities")
 
 
-def random_identity(name: str, seed: int, thumbnail: Image.Image | None = None) -> Identity:
-    embedding = torch.randn(ID_TOKENS, SDXL_CONTEXT_WIDTH, generator=torch.Generator().manual_seed(seed))
-    return Identity(name, embedding, {"kind": "imported"}, thumbnail=thumbnail)
-
-
-def no_encoder():
-    raise EncoderError("No MagicNaming encoder checkpoint installed: put a *.safetensors file in /x/encoder")
-
-
-def make_client(library, *, encoder=no_encoder, api_auth=None, limits=ApiLimits(), lock=None,
-                encode_texts=None):
-    lock = lock or RecordingLock()
-    calls = []
-
-    def encode(texts):
-        calls.append(list(texts))
-        return torch.stack([text_encoding(text) for text in texts])
-
-    context = ServiceContext(
-        library=lambda: library,
-        encoder=encoder,
-        encoder_status=lambda: EncoderStatus(loaded=False, missing=["no checkpoint in /x/encoder"]),
-        encode_texts=encode_texts or encode,
-        gpu_lock=lock,
-    )
+def make_client(library, *, encoder=no_encoder, api_auth=None, limits=ApiLimits(), encode_texts=None):
+    context, calls, lock = make_context(library, encoder=encoder, encode_texts=encode_texts)
     app = FastAPI()
     app.include_router(build_router(context, api_auth=api_auth, limits=limits))
     client = TestClient(app)
