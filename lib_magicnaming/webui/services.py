@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib_magicnaming.constants import SHORT_HASH_CHARS
+from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
 from lib_magicnaming.errors import EncoderError, IdentityExists
 from lib_magicnaming.tags import validate_identity_name
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
@@ -314,6 +314,11 @@ def webui_encode_texts(texts: list[str]) -> Any:
     with torch.no_grad(), devices.autocast():
         cond = model.get_learned_conditioning(texts)
     crossattn = cond["crossattn"] if isinstance(cond, dict) else cond
+    if crossattn.shape[-1] != SDXL_CONTEXT_WIDTH:
+        raise EncoderError(
+            f"the loaded checkpoint's text conditioning is {crossattn.shape[-1]} wide, not SDXL's "
+            f"{SDXL_CONTEXT_WIDTH} (the SDXL refiner?): load an SDXL base checkpoint to encode names"
+        )
     return crossattn.float()
 
 
