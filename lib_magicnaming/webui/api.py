@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from lib_magicnaming.webui.services import (
     ServiceContext,
     mix_identity,
     names_identity,
+    photo_report_json,
     refuse_existing,
     sampled_identity,
 )
@@ -62,6 +62,7 @@ class FromPhotosRequest(BaseModel):
     name: str = Field(..., description="identity name: 1-64 of A-Z a-z 0-9 _ - . (not starting with .)")
     photos: List[str] = Field(..., description="base64 images (a data:image/...;base64, prefix is accepted)")
     assume_cropped: bool = Field(False, description="the photos are face crops already: skip detection")
+    skip_failed: bool = Field(False, description="leave out photos without a usable face (reported)")
     overwrite: bool = Field(False, description="replace an existing identity of the same name")
 
 
@@ -179,21 +180,6 @@ def info_json(info: Any) -> dict[str, Any]:
     }
 
 
-def jsonable(value: Any) -> Any:
-    """Dataclasses, tuples, paths and the like -> JSON values; images and tensors become None."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if hasattr(value, "shape") or (hasattr(value, "mode") and hasattr(value, "size")):
-        return None
-    return str(value)
-
-
 def _weights(items: list[WeightedName]) -> list[tuple[str, float]]:
     return [(item.name, float(item.weight)) for item in items]
 
@@ -273,17 +259,19 @@ def build_router(
         with library_errors():
             refuse_existing(context.library(), request.name, request.overwrite)
             photos = [decode_photo(text, i, limits) for i, text in enumerate(request.photos)]
-            images = [check_image(data, i) for i, data in enumerate(photos)]
+            for index, data in enumerate(photos):
+                check_image(data, index)
             encoder = context.encoder()
             try:
                 with context.gpu_lock():
                     identity, result = encoder.make_identity_from_photos(
-                        request.name, images, assume_cropped=request.assume_cropped
+                        request.name, photos, assume_cropped=request.assume_cropped,
+                        skip_failed=request.skip_failed,
                     )
             finally:
                 context.release_encoder()
             info = context.library().save(identity, overwrite=request.overwrite)
-        return {"identity": info_json(info), "per_photo": jsonable(getattr(result, "per_photo", []))}
+        return {"identity": info_json(info), "per_photo": [photo_report_json(r) for r in result.per_photo]}
 
     @router.post("/identities/from-names", status_code=201)
     def create_from_names(request: FromNamesRequest) -> dict[str, Any]:

@@ -7,7 +7,6 @@ and detector it was built for): a changed file is a new key, so a stale encoder 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import threading
 from collections.abc import Callable
@@ -100,26 +99,24 @@ def find_encoder_checkpoint(settings: MagicNamingSettings) -> Path:
     return candidates[0]
 
 
-def file_sha256(path: Path) -> str:
-    """Full sha256 hex of a file's content, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve_device(device: str) -> str:
-    """``auto`` -> the WebUI's device, or CPU under --lowvram/--medvram (keep extra models off the GPU)."""
+    """``auto`` -> the WebUI's device (``modules.devices.device``); CPU outside the WebUI."""
     if device != "auto":
         return device
     try:
-        from modules import devices, shared
+        from modules import devices
     except ImportError:
         return "cpu"
-    if getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False):
-        return "cpu"
     return str(devices.device)
+
+
+def webui_lowvram() -> bool:
+    """Whether the WebUI runs with --lowvram/--medvram (then the encoder moves one tower at a time)."""
+    try:
+        from modules import shared
+    except ImportError:
+        return False
+    return bool(getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False))
 
 
 def _require_packages() -> None:
@@ -131,61 +128,66 @@ def _require_packages() -> None:
         )
 
 
-def _build_encoder(checkpoint: Path, settings: MagicNamingSettings, device: str) -> Any:
-    from lib_magicnaming.encode import IdentityEncoder
-
-    return IdentityEncoder(
-        checkpoint,
-        models_dir=settings.models_dir,
-        detector_dir=settings.detector_dir,
-        device=device,
-    )
+def _encoder_key(checkpoint_sha256: str, settings: MagicNamingSettings) -> tuple:
+    return (checkpoint_sha256, resolve_device(settings.encoder_device), settings.detector_pack,
+            settings.keep_encoder_loaded, webui_lowvram(), str(settings.models_dir))
 
 
 def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
-    """The photo encoder (an ``IdentityEncoder``, loaded lazily on first use) for the current settings.
+    """The photo encoder (an ``IdentityEncoder``; its model loads on first use) for the current settings.
 
     Raises EncoderError naming the folder to put a checkpoint in when none is installed, or the packages
     to install when open_clip/insightface/onnxruntime are missing.
     """
+    from lib_magicnaming.checkpoint import file_sha256
+
     settings = settings or current_settings()
     checkpoint = find_encoder_checkpoint(settings)
     _require_packages()
-    device = resolve_device(settings.encoder_device)
-    key = (file_sha256(checkpoint), device, settings.detector_pack)
+    key = _encoder_key(file_sha256(checkpoint), settings)
     with _ENCODERS_LOCK:
         encoder = _ENCODERS.get(key)
         if encoder is None:
-            _ENCODERS.clear()  # one encoder at a time: a replaced checkpoint frees the old one
-            encoder = _build_encoder(checkpoint, settings, device)
+            from lib_magicnaming.encode import IdentityEncoder
+
+            _ENCODERS.clear()  # one encoder at a time: a replaced checkpoint or setting frees the old one
+            encoder = IdentityEncoder(
+                checkpoint,
+                models_dir=settings.models_dir,
+                insightface_root=settings.insightface_root,
+                pack=settings.detector_pack,
+                device=resolve_device(settings.encoder_device),
+                keep_loaded=settings.keep_encoder_loaded,
+                lowvram=webui_lowvram(),
+            )
             _ENCODERS[key] = encoder
     return encoder
 
 
 def release_encoder(settings: MagicNamingSettings | None = None) -> None:
-    """Forget the cached encoder unless 'keep encoder loaded' is on (call after a one-off use)."""
+    """Unload the encoder's model unless 'keep encoder loaded' is on (call after each use).
+
+    The encoder object stays cached with its photo cache; the next use loads the model again.
+    """
     settings = settings or current_settings()
     if settings.keep_encoder_loaded:
         return
     with _ENCODERS_LOCK:
         encoders = list(_ENCODERS.values())
-        _ENCODERS.clear()
     for encoder in encoders:
-        unload = getattr(encoder, "unload", None)
-        if callable(unload):
-            unload()
+        encoder.unload()
 
 
-def _cached_encoder(checkpoint_sha256: str) -> Any | None:
+def _cached_encoder(key: tuple) -> Any | None:
     with _ENCODERS_LOCK:
-        for (sha, _device, _pack), encoder in _ENCODERS.items():
-            if sha == checkpoint_sha256:
-                return encoder
-    return None
+        return _ENCODERS.get(key)
 
 
 def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus:
     """Loaded or not, checkpoint name and hash, device, detector provider, and what is missing."""
+    from lib_magicnaming.checkpoint import file_sha256
+    from lib_magicnaming.face import missing_pack_message
+
     settings = settings or current_settings()
     status = EncoderStatus(
         loaded=False,
@@ -194,6 +196,9 @@ def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus
         device=resolve_device(settings.encoder_device),
         missing=[f"package {hint}" for hint in missing_packages()],
     )
+    if not (settings.detector_dir.is_dir() and any(settings.detector_dir.glob("*.onnx"))):
+        missing = missing_pack_message(settings.insightface_root, settings.detector_pack)
+        status.detector_provider = "none: " + missing
     try:
         checkpoint = find_encoder_checkpoint(settings)
     except EncoderError as error:
@@ -202,16 +207,12 @@ def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus
     sha = file_sha256(checkpoint)
     status.checkpoint = checkpoint.name
     status.checkpoint_hash = sha[:SHORT_HASH_CHARS]
-    if not settings.detector_dir.is_dir():
-        status.detector_provider = (
-            f"no detector pack at {settings.detector_dir}: photos must be face crops already"
-        )
-    encoder = _cached_encoder(sha)
+    encoder = _cached_encoder(_encoder_key(sha, settings))
     if encoder is not None:
-        status.loaded = bool(getattr(encoder, "is_loaded", True))
-        provider = getattr(encoder, "detector_provider", None)
-        if provider:
-            status.detector_provider = str(provider)
+        status.loaded = bool(encoder.is_loaded)
+        detector = encoder.detector
+        if detector is not None and detector.provider:
+            status.detector_provider = str(detector.provider)
     return status
 
 
@@ -260,39 +261,37 @@ def mix_identity(library: Any, name: str, weighted: list[tuple[str, float]], met
     return Identity(name, embedding, {"kind": "mix", "identities": mixed, "method": method})
 
 
-def first_image(report: Any) -> Any | None:
-    """The first PIL image on a per-photo report (its face crop), searching one level of nesting."""
-    for value in vars(report).values() if hasattr(report, "__dict__") else []:
-        if hasattr(value, "mode") and hasattr(value, "size"):
-            return value
-        nested = first_image(value) if hasattr(value, "__dict__") else None
-        if nested is not None:
-            return nested
-    return None
+def photo_report_json(report: Any) -> dict[str, Any]:
+    """One photo's report (``encode.PhotoReport``) as JSON: face found, detector score, notes, ..."""
+    crop = report.crop
+    return {
+        "index": report.index,
+        "photo_hash": report.photo_hash,
+        "face_found": report.face_found,
+        "faces_found": report.faces_found,
+        "score": None if crop is None or crop.score is None else round(float(crop.score), 4),
+        "box": None if crop is None or crop.box is None else [round(float(v), 1) for v in crop.box],
+        "provider": None if crop is None else crop.provider,
+        "distance_from_mean": report.distance_from_mean,
+        "cached": report.cached,
+        "notes": list(report.notes),
+        "error": report.error,
+    }
 
 
-def photos_identity(name: str, result: Any, photo_bytes: list[bytes], encoder_hash: str) -> Any:
-    """A new Identity from an encoder result (``encode_photos``); the first face crop is its thumbnail."""
-    from lib_magicnaming.identity import Identity, bytes_hash
+def photos_identity(name: str, result: Any) -> Any:
+    """A new Identity from an ``EncodeResult`` (origin 'photos'; the first face crop is its thumbnail)."""
+    from lib_magicnaming.identity import Identity
 
     validate_identity_name(name)
-    crops = [first_image(report) for report in getattr(result, "per_photo", [])]
-    thumbnail = next((crop for crop in crops if crop is not None), None)
-    photo_hashes = [bytes_hash(data) for data in photo_bytes]
-    origin = {"kind": "photos", "encoder_hash": encoder_hash, "photo_hashes": photo_hashes}
-    return Identity(name, result.embedding, origin, thumbnail=thumbnail)
+    origin = {"kind": "photos", "encoder_hash": result.encoder_hash, "photo_hashes": result.photo_hashes}
+    return Identity(name, result.embedding, origin, thumbnail=result.thumbnail)
 
 
 def sampled_identity(context: ServiceContext, name: str, seed: int, scale: float) -> Any:
     """A new fictional Identity drawn from the encoder checkpoint's name-space statistics."""
-    from lib_magicnaming.identity import Identity
-
     validate_identity_name(name)
-    encoder = context.encoder()
-    embedding = encoder.sample_identity(int(seed), scale=float(scale))
-    origin = {"kind": "sampled", "encoder_hash": encoder.checkpoint_hash, "seed": int(seed),
-              "scale": float(scale)}
-    return Identity(name, embedding, origin)
+    return context.encoder().make_sampled_identity(name, int(seed), float(scale))
 
 
 def refuse_existing(library: Any, name: str, overwrite: bool) -> None:

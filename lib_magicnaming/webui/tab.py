@@ -13,16 +13,15 @@ import html
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.webui.services import (
     ServiceContext,
-    first_image,
     mix_identity,
     names_identity,
+    photo_report_json,
     photos_identity,
     refuse_existing,
     sampled_identity,
@@ -30,15 +29,6 @@ from lib_magicnaming.webui.services import (
 
 METHODS = ["linear", "slerp"]
 LIBRARY_HEADERS = ["name", "hash", "made from", "created", "stored as"]
-
-
-@dataclass
-class PhotoPreview:
-    """A photo encoding waiting for the user to save it (kept in ``gr.State``)."""
-
-    result: Any
-    photo_bytes: list[bytes] = field(default_factory=list)
-    encoder_hash: str = ""
 
 
 def message_html(text: str, *, error: bool = False) -> str:
@@ -69,29 +59,25 @@ def parse_weighted(text: str) -> list[tuple[str, float]]:
     return parse_weighted_names(text)
 
 
-def _scalar_fields(report: Any, prefix: str = "") -> dict[str, Any]:
-    """Scalar fields of a per-photo report (score, faces found, provider, ...), nested ones flattened."""
-    flat: dict[str, Any] = {}
-    for key, value in (vars(report).items() if hasattr(report, "__dict__") else []):
-        if isinstance(value, str | int | float | bool) or value is None:
-            flat[prefix + key] = value
-        elif isinstance(value, tuple | list) and all(isinstance(v, int | float) for v in value):
-            flat[prefix + key] = ", ".join(f"{v:g}" for v in value)
-        elif hasattr(value, "__dict__") and not hasattr(value, "mode"):
-            flat.update(_scalar_fields(value, prefix=f"{key}."))
-    return flat
+REPORT_COLUMNS = [
+    ("face", lambda r: "yes" if r["face_found"] else "no"),
+    ("faces found", lambda r: "(not run)" if r["faces_found"] is None else r["faces_found"]),
+    ("score", lambda r: r["score"]),
+    ("distance from mean", lambda r: r["distance_from_mean"] and round(r["distance_from_mean"], 3)),
+    ("notes", lambda r: "; ".join(r["notes"] + ([r["error"]] if r["error"] else []))),
+]
 
 
 def report_markdown(per_photo: Sequence[Any]) -> str:
-    """A markdown table, one row per photo, of what the encoder reported."""
-    rows = [_scalar_fields(report) for report in per_photo]
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    if not keys:
+    """A markdown table, one row per photo, of what the encoder reported (encode.PhotoReport)."""
+    if not per_photo:
         return ""
-    lines = ["| photo | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for index, row in enumerate(rows):
-        cells = [str(row.get(key, "")).replace("|", "/") for key in keys]
-        lines.append(f"| {index + 1} | " + " | ".join(cells) + " |")
+    lines = ["| photo | " + " | ".join(name for name, _ in REPORT_COLUMNS) + " |",
+             "|---" * (len(REPORT_COLUMNS) + 1) + "|"]
+    for report in per_photo:
+        row = photo_report_json(report)
+        cells = ["" if cell(row) is None else str(cell(row)).replace("|", "/") for _, cell in REPORT_COLUMNS]
+        lines.append(f"| {row['index'] + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -159,8 +145,8 @@ class TabActions:
 
     def preview_photos(
         self, files: Any, assume_cropped: bool, progress: Callable[..., Any] | None = None
-    ) -> tuple[list[tuple[Any, str]], str, PhotoPreview | None, str]:
-        """Detect and encode the uploaded photos: (crops, per-photo report, preview state, message)."""
+    ) -> tuple[list[tuple[Any, str]], str, Any, str]:
+        """Detect and encode the uploaded photos: (crops, per-photo report, EncodeResult to save, message)."""
         progress = progress or (lambda *a, **k: None)
         photos = _uploaded_bytes(files)
         if not photos:
@@ -170,27 +156,22 @@ class TabActions:
             encoder = self.context.encoder()
             progress(0.4, desc=f"Encoding {len(photos)} photo(s)")
             with self.context.gpu_lock():
-                result = encoder.encode_photos(photos, assume_cropped=bool(assume_cropped))
+                result = encoder.encode_photos(photos, assume_cropped=bool(assume_cropped), skip_failed=True)
         except MagicNamingError as error:
             return [], "", None, message_html(str(error), error=True)
         finally:
             self.context.release_encoder()
-        crops = [
-            (image, f"photo {index + 1}")
-            for index, report in enumerate(result.per_photo)
-            if (image := first_image(report)) is not None
-        ]
-        preview = PhotoPreview(result=result, photo_bytes=photos, encoder_hash=str(encoder.checkpoint_hash))
+        crops = [(r.crop.image, f"photo {r.index + 1}") for r in result.per_photo if r.crop is not None]
         message = f"Encoded {len(photos)} photo(s): check the crops, then name and save the identity"
-        return crops, report_markdown(result.per_photo), preview, message_html(message)
+        return crops, report_markdown(result.per_photo), result, message_html(message)
 
-    def save_photos(self, preview: PhotoPreview | None, name: str, overwrite: bool) -> str:
-        """Save the previewed photo encoding under ``name``."""
+    def save_photos(self, preview: Any, name: str, overwrite: bool) -> str:
+        """Save the previewed photo encoding (an EncodeResult) under ``name``."""
         if preview is None:
             return message_html("Encode some photos first", error=True)
         try:
             refuse_existing(self.context.library(), name, bool(overwrite))
-            identity = photos_identity(name, preview.result, preview.photo_bytes, preview.encoder_hash)
+            identity = photos_identity(name, preview)
             return self._save(identity, overwrite)
         except MagicNamingError as error:
             return message_html(str(error), error=True)
