@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from webuiapp_doubles import make_context, random_identity, text_encoding
 
+from lib_magicnaming.encode import PhotoReport
+from lib_magicnaming.face import FaceCrop
 from lib_magicnaming.identity import IdentityLibrary, read_identity_file
 from lib_magicnaming.webui.tab import TabActions, build_tab, describe_origin, report_markdown
 
@@ -96,19 +98,15 @@ def test_describe_origin_kinds():
     assert describe_origin(mix) == "slerp mix: 0.5 a + 0.5 b"
 
 
-def test_report_markdown_flattens_reports():
-    class Crop:
-        def __init__(self):
-            self.image = Image.new("RGB", (4, 4))
-            self.score = 0.9
-            self.box = (1.0, 2.0, 3.0, 4.0)
-
-    class Report:
-        def __init__(self, faces):
-            self.crop = Crop()
-            self.faces_found = faces
-
-    table = report_markdown([Report(1), Report(3)])
-    lines = table.splitlines()
-    assert lines[0] == "| photo | crop.score | crop.box | faces_found |"
-    assert lines[2] == "| 1 | 0.9 | 1, 2, 3, 4 | 1 |" and lines[3].endswith("| 3 |")
+def test_report_markdown_one_row_per_photo():
+    crop = FaceCrop(
+        image=Image.new("RGB", (4, 4)), box=(1.0, 2.0, 3.0, 4.0), score=0.87654, faces_found=2,
+        provider="CPUExecutionProvider", crop_box=(0, 0, 4, 4), notes=["2 faces found; used the largest"],
+    )
+    good = PhotoReport(0, "ab" * 32, True, crop, 2, list(crop.notes), distance_from_mean=0.12345)
+    bad = PhotoReport(1, "cd" * 32, False, None, None, [], error="photo 2: not an image")
+    lines = report_markdown([good, bad]).splitlines()
+    assert lines[0] == "| photo | face | faces found | score | distance from mean | notes |"
+    assert lines[2] == "| 1 | yes | 2 | 0.8765 | 0.123 | 2 faces found; used the largest |"
+    assert lines[3] == "| 2 | no | (not run) |  |  | photo 2: not an image |"
+    assert report_markdown([]) == ""
