@@ -9,6 +9,8 @@
     var NAME_CHARS = /^[A-Za-z0-9_.\-]*$/;
     var PARTIAL_TAG = /<name:([A-Za-z0-9_.\-]{0,64})$/i;
     var PROMPT_IDS = ["txt2img_prompt", "txt2img_neg_prompt", "img2img_prompt", "img2img_neg_prompt"];
+    // The accordion's "saved identities" dropdown: script_<tab>_magicnaming_identity (accordion.py).
+    var IDENTITY_DROPDOWN = /^script_(txt2img|img2img)_magicnaming_identity$/;
     var MAX_SUGGESTIONS = 12;
     var NAMES_TTL_MS = 10000;
 
@@ -61,7 +63,14 @@
         return {text: before + tag + after, cursor: before.length + tag.length};
     }
 
+    // "txt2img"/"img2img" for the accordion dropdown's element id, or null for any other element.
+    function tabOfDropdown(elementId) {
+        var match = IDENTITY_DROPDOWN.exec(elementId || "");
+        return match ? match[1] : null;
+    }
+
     var api = {
+        tabOfDropdown: tabOfDropdown,
         partialTagAt: partialTagAt,
         matchingNames: matchingNames,
         completeTagAt: completeTagAt,
@@ -165,29 +174,46 @@
         }, true);
     }
 
-    function visiblePrompt() {
-        if (lastPrompt && lastPrompt.offsetParent !== null) return lastPrompt;
-        for (var i = 0; i < PROMPT_IDS.length; i++) {
-            var area = root.gradioApp().querySelector("#" + PROMPT_IDS[i] + " textarea");
-            if (area && area.offsetParent !== null) return area;
-        }
-        return null;
+    // The prompt box to insert into: the one last used in that tab, else the tab's positive prompt.
+    function promptOf(tabname) {
+        if (lastPrompt && lastPrompt.closest("#" + tabname + "_prompt, #" + tabname + "_neg_prompt")) return lastPrompt;
+        return root.gradioApp().querySelector("#" + tabname + "_prompt textarea");
     }
 
-    // Insert <name:NAME> at the cursor of the prompt box last used (or the visible positive prompt).
-    // Usable as a gradio `_js`/`js` callback: it returns its arguments unchanged.
-    root.magicnamingInsertTag = function (name) {
-        var textarea = visiblePrompt();
-        if (name && textarea) {
-            var done = insertTagAt(textarea.value, textarea.selectionStart, textarea.selectionEnd, name);
-            setValue(textarea, done.text, done.cursor);
-            textarea.focus();
-        }
+    function insertInto(textarea, name) {
+        if (!textarea || !name) return;
+        var done = insertTagAt(textarea.value, textarea.selectionStart, textarea.selectionEnd, name);
+        setValue(textarea, done.text, done.cursor);
+        textarea.focus();
+    }
+
+    // Insert <name:NAME> at the cursor of the prompt last used in `tabname` (default: the tab of the prompt
+    // last used, else txt2img). Usable as a gradio `_js`/`js` callback: returns its arguments unchanged.
+    root.magicnamingInsertTag = function (name, tabname) {
+        var tab = tabname || (lastPrompt && lastPrompt.closest("#img2img_prompt, #img2img_neg_prompt") ? "img2img" : "txt2img");
+        insertInto(promptOf(tab), name);
         return Array.prototype.slice.call(arguments);
     };
 
+    // A choice in the accordion's dropdown (mouse, or Enter on the highlighted option) inserts its tag.
+    function onDropdownChoice(event) {
+        var item = event.target && event.target.closest ? event.target.closest("li.item") : null;
+        if (event.type === "keydown") {
+            if (event.key !== "Enter") return;
+            var input = event.target;
+            var owner = input.closest ? input.closest("[id^='script_'][id$='_magicnaming_identity']") : null;
+            item = owner ? owner.querySelector("li.item.active") : null;
+        }
+        if (!item) return;
+        var dropdown = item.closest("[id^='script_']");
+        var tab = dropdown ? tabOfDropdown(dropdown.id) : null;
+        if (tab) insertInto(promptOf(tab), item.getAttribute("data-value") || item.getAttribute("aria-label"));
+    }
+
     root.onUiLoaded(function () {
         var popup = makePopup();
+        root.gradioApp().addEventListener("mousedown", onDropdownChoice, true);
+        root.gradioApp().addEventListener("keydown", onDropdownChoice, true);
         PROMPT_IDS.forEach(function (id) {
             var textarea = root.gradioApp().querySelector("#" + id + " textarea");
             if (textarea) attach(textarea, popup);

@@ -44,7 +44,30 @@ test("insertTagAt replaces the selection and keeps words apart", () => {
     assert.throws(() => mn.insertTagAt("", 0, 0, "bad name>"), /not an identity name/);
 });
 
+test("tabOfDropdown reads the accordion dropdown's element id", () => {
+    assert.strictEqual(mn.tabOfDropdown("script_txt2img_magicnaming_identity"), "txt2img");
+    assert.strictEqual(mn.tabOfDropdown("script_img2img_magicnaming_identity"), "img2img");
+    assert.strictEqual(mn.tabOfDropdown("script_txt2img_magicnaming_mode"), null);
+    assert.strictEqual(mn.tabOfDropdown(undefined), null);
+});
+
 // ----------------------------------------------------------------------------- the glue on a DOM stub
+
+// Just enough CSS selectors for the glue: "#id", "tag.class", "[id^='x']", "[id$='x']", and lists with ",".
+function matchesOne(el, selector) {
+    const id = el.id || "";
+    let rest = selector.trim();
+    if (rest.startsWith("#")) return id === rest.slice(1);
+    const attrs = [...rest.matchAll(/\[id([\^$])='([^']*)'\]/g)];
+    rest = rest.replace(/\[[^\]]*\]/g, "");
+    for (const [, op, value] of attrs) {
+        if (op === "^" ? !id.startsWith(value) : !id.endsWith(value)) return false;
+    }
+    if (!rest) return attrs.length > 0;
+    const [tag, ...classes] = rest.split(".");
+    if (tag && el.tagName !== tag) return false;
+    return classes.every((c) => el.className.split(" ").includes(c));
+}
 
 class FakeElement {
     constructor(tag) {
@@ -61,10 +84,36 @@ class FakeElement {
     }
     getBoundingClientRect() { return {left: 0, bottom: 0}; }
     focus() {}
+    getAttribute(name) { return (this.attributes || {})[name] || null; }
+    closest(selector) {
+        for (let el = this; el; el = el.parent) {
+            if (selector.split(",").some((one) => matchesOne(el, one))) return el;
+        }
+        return null;
+    }
+    querySelector(selector) {
+        for (const child of this.children) {
+            if (matchesOne(child, selector)) return child;
+            const found = child.querySelector(selector);
+            if (found) return found;
+        }
+        return null;
+    }
+}
+
+function tree(tag, props, children) {
+    const el = Object.assign(new FakeElement(tag), props || {});
+    (children || []).forEach((child) => { child.parent = el; el.children.push(child); });
+    return el;
 }
 
 test("autocomplete in a prompt box: fetch names, suggest, accept with Enter", async () => {
     const prompt = new FakeElement("textarea");
+    tree("div", {id: "txt2img_prompt"}, [prompt]);
+    const option = tree("li", {className: "item active", attributes: {"data-value": "carol"}});
+    const dropdownInput = new FakeElement("input");
+    tree("div", {id: "script_txt2img_magicnaming_identity"}, [dropdownInput, tree("ul", {}, [option])]);
+    const app = new FakeElement("div");
     const body = new FakeElement("body");
     const inputs = [];
     let loaded = null;
@@ -72,7 +121,7 @@ test("autocomplete in a prompt box: fetch names, suggest, accept with Enter", as
     const win = {
         scrollX: 0, scrollY: 0,
         onUiLoaded: (fn) => { loaded = fn; },
-        gradioApp: () => ({querySelector: (sel) => (sel === "#txt2img_prompt textarea" ? prompt : null)}),
+        gradioApp: () => Object.assign(app, {querySelector: (sel) => (sel === "#txt2img_prompt textarea" ? prompt : null)}),
         updateInput: (target) => inputs.push(target.value),
     };
     global.window = win;
@@ -102,6 +151,17 @@ test("autocomplete in a prompt box: fetch names, suggest, accept with Enter", as
     prompt.selectionStart = prompt.selectionEnd = 2;
     win.magicnamingInsertTag("alice");
     assert.strictEqual(prompt.value, "a <name:alice> photo of <name:bob>");
+
+    // choosing "carol" in the accordion's dropdown inserts at the prompt's cursor (mouse, then Enter)
+    prompt.selectionStart = prompt.selectionEnd = 0;
+    app.fire("mousedown", {target: option});
+    assert.strictEqual(prompt.value, "<name:carol> a <name:alice> photo of <name:bob>");
+    prompt.selectionStart = prompt.selectionEnd = prompt.value.length;
+    app.fire("keydown", {target: dropdownInput, key: "Enter"});
+    assert.ok(prompt.value.endsWith("<name:bob> <name:carol>"));
+    app.fire("keydown", {target: dropdownInput, key: "a"});
+    app.fire("mousedown", {target: prompt});
+    assert.ok(prompt.value.endsWith("<name:bob> <name:carol>"));
 });
 
 (async () => {
