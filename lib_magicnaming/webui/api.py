@@ -20,6 +20,7 @@ from secrets import compare_digest
 from typing import Any, List, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, Field
 
@@ -184,18 +185,28 @@ def _weights(items: list[WeightedName]) -> list[tuple[str, float]]:
     return [(item.name, float(item.weight)) for item in items]
 
 
-def check_body_size(limits: ApiLimits) -> Callable[[Request], None]:
-    """A dependency refusing bodies whose Content-Length exceeds the request limit (413) before parsing."""
+def size_limited_route(max_request_bytes: int) -> type[APIRoute]:
+    """A route class refusing (413) a body whose Content-Length exceeds the limit BEFORE it is read.
 
-    def dependency(request: Request) -> None:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
-            raise HTTPException(
-                status_code=413,
-                detail=f"request body larger than {limits.max_request_bytes >> 20} MiB",
-            )
+    FastAPI reads and parses the body before any dependency runs, so the check sits in the route handler.
+    Bodies sent without Content-Length (chunked) are read; each photo's size is still checked after.
+    """
 
-    return dependency
+    class SizeLimitedRoute(APIRoute):
+        def get_route_handler(self) -> Callable:
+            handler = super().get_route_handler()
+
+            async def limited(request: Request):
+                length = request.headers.get("content-length")
+                if length is not None and length.isdigit() and int(length) > max_request_bytes:
+                    raise HTTPException(
+                        status_code=413, detail=f"request body larger than {max_request_bytes >> 20} MiB"
+                    )
+                return await handler(request)
+
+            return limited
+
+    return SizeLimitedRoute
 
 
 def basic_auth_dependency(api_auth: str) -> Callable[..., bool]:
@@ -223,10 +234,11 @@ def build_router(
     context: ServiceContext, *, api_auth: str | None = None, limits: ApiLimits = ApiLimits()
 ) -> APIRouter:
     """The ``/magicnaming/v1`` router; with ``api_auth`` every route requires those Basic credentials."""
-    dependencies = [Depends(check_body_size(limits))]
-    if api_auth:
-        dependencies.insert(0, Depends(basic_auth_dependency(api_auth)))
-    router = APIRouter(prefix=PREFIX, dependencies=dependencies, tags=["MagicNaming"])
+    dependencies = [Depends(basic_auth_dependency(api_auth))] if api_auth else []
+    router = APIRouter(
+        prefix=PREFIX, dependencies=dependencies, tags=["MagicNaming"],
+        route_class=size_limited_route(limits.max_request_bytes),
+    )
 
     @router.get("/identities")
     def list_identities() -> dict[str, Any]:
