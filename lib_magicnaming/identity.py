@@ -445,7 +445,7 @@ def decode_identity_file(data: bytes, source: str = "the identity file") -> Iden
         )
     thumbnail = None
     if "thumbnail" in tensors:
-        thumbnail = Image.fromarray(tensors["thumbnail"].numpy(), mode="RGB")
+        thumbnail = Image.fromarray(tensors["thumbnail"].numpy())
     return Identity(
         name=metadata["name"],
         embedding=embedding,
@@ -464,8 +464,7 @@ def _read_bounded(path: Path) -> bytes:
     except OSError as error:
         raise IdentityError(f"cannot read {path}: {error.strerror or error}") from error
     if len(data) > MAX_FILE_BYTES:
-        # Read the header anyway: a LoRA or checkpoint gets a better message than "too large".
-        _info_from_bytes(data, path, str(path))
+        read_identity_info(path)  # a LoRA or checkpoint gets a better message than "too large"
         raise IdentityError(f"{path} is too large to be an identity file")
     return data
 
