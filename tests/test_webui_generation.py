@@ -222,3 +222,19 @@ def test_xyz_axes_replace_identity_and_strength_per_cell(magicnaming):
     assert all("alice:" in cell.infotexts[0] for cell in cells)
     with pytest.raises(MagicNamingError):
         xyz_module.process_axis(p, xyz.STRENGTH_AXIS, ["3"])
+
+
+def test_without_injected_services_identities_come_from_the_configured_folder(magicnaming, tmp_path):
+    from PIL import Image
+
+    from lib_magicnaming.identity import IdentityLibrary
+
+    magicnaming.webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
+    library = IdentityLibrary(tmp_path / "mn" / "identities")
+    carol = save_identity(library, "carol", 7)
+    magicnaming.script.services = None
+    p, _ = magicnaming.run("<name:carol> cooking")
+    assert torch.equal(first_cond(p)[0]["crossattn"][1:9], carol)
+    face = Image.new("RGB", (32, 32))
+    with pytest.raises(MagicNamingError, match="could not use the uploaded face.*encoder checkpoint"):
+        magicnaming.run("<name:face> cooking", args=(True, "prepend", 1.0, face))

@@ -113,3 +113,13 @@ def test_script_ui_returns_the_args_in_order_with_defaults(magicnaming):
     assert [type(control).__name__ for control in inputs] == ["InputAccordion", "Radio", "Slider", "Image"]
     assert [control.value for control in inputs[:3]] == [False, "prepend", 1.0]
     assert inputs[0].elem_id == "script_txt2img_magicnaming_enabled-checkbox"
+
+
+def test_status_line_reports_the_encoder_and_identity_names_come_from_the_library(magicnaming, tmp_path):
+    from lib_magicnaming.webui import setup
+
+    magicnaming.webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
+    assert "No MagicNaming encoder checkpoint installed" in setup.status_line()
+    assert setup.saved_identity_names() == []
+    magicnaming.webui.shared.cmd_opts.magicnaming_dir = str(magicnaming.library.folder.parent)
+    assert setup.saved_identity_names() == ["alice", "bob"]
