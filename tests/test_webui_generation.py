@@ -218,8 +218,12 @@ def test_xyz_axes_replace_identity_and_strength_per_cell(magicnaming):
     )
     cells = xyz_module.process_axis(p, xyz.IDENTITY_AXIS, ["bob", "alice"])
     assert "bob:" in cells[0].infotexts[0] and "alice:" in cells[1].infotexts[0]
+    p.sampler_log.clear()  # each cell is a shallow copy of p: they append to this same list
     cells = xyz_module.process_axis(p, xyz.STRENGTH_AXIS, ["0.5", "1.0"])
     assert all("alice:" in cell.infotexts[0] for cell in cells)
+    assert "strength: 0.5" in cells[0].infotexts[0] and "strength: 1.0" in cells[1].infotexts[0]
+    half, full = [call.cond["crossattn"][0, 1:9] for call in p.sampler_log if call.step == 0]
+    assert torch.equal(full, magicnaming.alice) and not torch.allclose(half, magicnaming.alice)
     with pytest.raises(MagicNamingError):
         xyz_module.process_axis(p, xyz.STRENGTH_AXIS, ["3"])
 

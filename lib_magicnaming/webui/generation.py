@@ -229,7 +229,9 @@ def _rewrite_items(
             p.all_hr_prompts[image_index] = resolver.rewrite(hr_prompt, used)
             p.all_hr_negative_prompts[image_index] = resolver.rewrite(hr_negative, used)
         if used:
-            state.summaries[image_index] = format_summary(used, state.settings.mode, state.settings.strength)
+            strength = resolver.strength_override
+            strength = state.settings.strength if strength is None else strength
+            state.summaries[image_index] = format_summary(used, state.settings.mode, strength)
 
 
 def _update_infotext(p, state: GenerationState, images_so_far: int) -> None:
