@@ -80,6 +80,23 @@ def test_in_place_rows_across_long_prompts_break_and_emphasis(magicnaming):
     assert torch.allclose(ratio, ratio[0, 0].expand_as(ratio), atol=1e-4)
 
 
+def test_in_place_follows_a_placeholder_moved_by_comma_back_tracking(magicnaming):
+    # 66 words and a comma fill 67 slots, the placeholder the last 8; the next word makes v1.10.1 move the
+    # text after the comma (the placeholder) into chunk 1 while its fix stays behind in chunk 0
+    prompt = " ".join(["word"] * 66) + ", <name:alice> end"
+    p, _ = magicnaming.run(prompt, args=(True, "in place"))
+    crossattn = first_cond(p)[0]["crossattn"]
+    assert torch.equal(crossattn[78:86], magicnaming.alice)
+    assert not torch.equal(crossattn[68:76], magicnaming.alice)
+
+
+def test_prepend_warns_when_it_pushes_prompt_tokens_out_of_chunk_0(magicnaming):
+    p, _ = magicnaming.run("<name:alice> " + " ".join(["word"] * 74))
+    assert any("last 6 of its 74 prompt tokens" in comment for comment in p.comments)
+    p, _ = magicnaming.run("<name:alice> " + " ".join(["word"] * 60))
+    assert not p.comments
+
+
 def test_cache_follows_the_identity_alice_bob_none_alice(magicnaming):
     prompt = "portrait of {} in the rain"
     runs = {}
