@@ -217,8 +217,9 @@ def test_refiner_width_takes_the_bigg_half(magicnaming):
     assert torch.equal(crossattn[1:9], magicnaming.alice[:, 768:])
 
 
-def test_switched_off_leaves_prompts_alone_and_says_so(magicnaming):
-    p, processed = magicnaming.run("<name:alice> walking", args=(False,))
+@pytest.mark.parametrize("args", [(False,), (), ("not a bool", "sideways")])
+def test_switched_off_leaves_prompts_alone_and_says_so(magicnaming, args):
+    p, processed = magicnaming.run("<name:alice> walking", args=args)
     assert torch.equal(first_cond(p)[0]["crossattn"], magicnaming.encode(" walking")["crossattn"])
     assert any("MagicNaming is off" in comment for comment in p.comments)
     assert "MagicNaming:" not in processed.infotexts[0]

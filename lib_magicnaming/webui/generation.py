@@ -260,7 +260,7 @@ def rewrite_batch(
     texts = _batch_texts(p, prompts, batch_number)
     if not any(has_tags(text) for text in texts):
         return
-    if not state.settings.enabled:
+    if state.settings is None or not state.settings.enabled:
         p.comment(
             "MagicNaming is off, so the WebUI dropped the <name:...> tags from the prompt; "
             "open the MagicNaming accordion to use them."
