@@ -260,3 +260,25 @@ def test_without_injected_services_identities_come_from_the_configured_folder(ma
     face = Image.new("RGB", (32, 32))
     with pytest.raises(MagicNamingError, match="could not use the uploaded face.*encoder checkpoint"):
         magicnaming.run("<name:face> cooking", args=(True, "prepend", 1.0, face))
+
+
+def test_interleaved_generations_keep_their_own_identities(magicnaming):
+    """Two requests whose hooks interleave (as concurrent API calls may): state travels with each p."""
+    webui = magicnaming.webui
+
+    def prepared(prompt):
+        p = webui.txt2img(magicnaming.runner, {"magicnaming": [True]}, prompt=prompt, steps=2)
+        p.setup_prompts()
+        p.all_seeds = p.all_subseeds = [1]
+        p.scripts.process(p)
+        p.prompts, p.negative_prompts = p.all_prompts[:1], p.all_negative_prompts[:1]
+        p.scripts.before_process_batch(p, batch_number=0, prompts=p.prompts, seeds=[1], subseeds=[1])
+        return p
+
+    first, second = prepared("<name:alice> left"), prepared("<name:bob> right")
+    for p, expected in [(second, magicnaming.bob), (first, magicnaming.alice)]:
+        p.parse_extra_network_prompts()
+        p.setup_conds()
+        cond = p.c.batch[0][0].schedules[0].cond
+        assert torch.equal(cond["crossattn"][1:9], expected)
+    assert first.magicnaming is not second.magicnaming
