@@ -282,3 +282,20 @@ def test_interleaved_generations_keep_their_own_identities(magicnaming):
         cond = p.c.batch[0][0].schedules[0].cond
         assert torch.equal(cond["crossattn"][1:9], expected)
     assert first.magicnaming is not second.magicnaming
+
+
+def test_img2img_tab_gets_identities_too(magicnaming):
+    from PIL import Image
+
+    webui = magicnaming.webui
+    runner = webui.make_runner(is_img2img=True)
+    script = next(s for s in runner.alwayson_scripts if s.title() == "MagicNaming")
+    script.services = magicnaming.script.services
+    assert runner.inputs[script.args_from].elem_id == "script_img2img_magicnaming_enabled-checkbox"
+    p = webui.processing.StableDiffusionProcessingImg2Img(
+        prompt="<name:bob> repainted", init_images=[Image.new("RGB", (64, 64))], steps=4)
+    p.scripts = runner
+    p.script_args = (0, True, "in place", 1.0, None)
+    processed = webui.processing.process_images(p)
+    assert torch.equal(first_cond(p, "img2img")[0]["crossattn"][1:9], magicnaming.bob)
+    assert "mode: in place" in processed.infotexts[0]
