@@ -1,0 +1,13 @@
+"""MagicNaming's glue to the Stable Diffusion WebUI (AUTOMATIC1111 v1.10.1).
+
+The only part of the package that imports the WebUI's ``modules``, and then only inside functions, so every
+module here imports (and most are testable) without a WebUI. The generation path:
+
+* :mod:`.script_args` reads the AlwaysOn script's arguments (positional, or one dict from the API);
+* :mod:`.generation` rewrites ``<name:...>`` tags in each prompt of a batch into marker text
+  (:mod:`.markers`) in ``before_process_batch``, so the WebUI's conditioning cache is keyed by identity;
+* :mod:`.conditioning`, installed by :mod:`.hijack` around ``modules.prompt_parser.get_learned_conditioning``,
+  finds the markers and splices the identities into the conditioning the WebUI computed (in-place mode
+  locates rows through a textual-inversion placeholder, :mod:`.embeddings`);
+* :mod:`.infotext` and :mod:`.xyz` write and read the infotext and add X/Y/Z plot axes.
+"""

@@ -1,0 +1,82 @@
+"""The "MagicNaming" accordion under the prompt (gradio 3.41.2; built inside the script's ``ui()``).
+
+Controls returned as script args, in :mod:`.script_args` order: the accordion itself (enable), insertion
+mode, default strength, one-off face. Not args: a dropdown of saved identities whose choice the extension's
+JavaScript inserts into the prompt as a tag, its refresh button, and a status line. ``ui()`` runs at API
+start-up too, so building reads (the identity list, the encoder status) and never loads models.
+
+Element ids (for javascript/ and style.css), with ``<tab>`` = txt2img or img2img:
+``script_<tab>_magicnaming_enabled`` (accordion), ``..._mode``, ``..._strength``, ``..._face``,
+``..._identity`` (dropdown), ``..._refresh``, ``..._status``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+
+from lib_magicnaming.webui.markers import MODES, PREPEND
+from lib_magicnaming.webui.script_args import DEFAULT_STRENGTH, FACE_IDENTITY
+
+
+@dataclass
+class AccordionControls:
+    """The accordion's components."""
+
+    enabled: object
+    mode: object
+    strength: object
+    face: object
+    identity: object
+    refresh: object
+    status: object
+
+    @property
+    def args(self) -> list:
+        """The controls that are script args, in order."""
+        return [self.enabled, self.mode, self.strength, self.face]
+
+
+def build_accordion(
+    elem_id: Callable[[str], str], identity_names: Callable[[], list[str]], status_line: Callable[[], str]
+) -> AccordionControls:
+    """Build the accordion in the current gradio Blocks context."""
+    from modules.ui_components import InputAccordion, ToolButton
+
+    with InputAccordion(False, label="MagicNaming", elem_id=elem_id("enabled")) as enabled:
+        with gr.Row():
+            mode = gr.Radio(
+                choices=list(MODES), value=PREPEND, label="Insertion mode", elem_id=elem_id("mode")
+            )
+            strength = gr.Slider(
+                minimum=0.0,
+                maximum=2.0,
+                step=0.05,
+                value=DEFAULT_STRENGTH,
+                label="Default strength",
+                elem_id=elem_id("strength"),
+            )
+        with gr.Row():
+            face = gr.Image(
+                label=f"One-off face: use it as <name:{FACE_IDENTITY}> (not saved)",
+                type="pil",
+                source="upload",
+                elem_id=elem_id("face"),
+            )
+            with gr.Column():
+                with gr.Row():
+                    identity = gr.Dropdown(
+                        choices=identity_names(),
+                        label="Saved identities (inserts a tag)",
+                        elem_id=elem_id("identity"),
+                    )
+                    refresh = ToolButton(value="\U0001f504", elem_id=elem_id("refresh"))
+                status = gr.HTML(value=status_line(), elem_id=elem_id("status"))
+        refresh.click(
+            fn=lambda: (gr.update(choices=identity_names()), status_line()),
+            inputs=[],
+            outputs=[identity, status],
+        )
+    return AccordionControls(enabled, mode, strength, face, identity, refresh, status)

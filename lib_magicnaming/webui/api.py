@@ -1,0 +1,337 @@
+"""REST routes under ``/magicnaming/v1/`` (registered from ``script_callbacks.on_app_started``).
+
+Routes added straight on the app do not get the WebUI's ``--api-auth``; :func:`register_routes` applies the
+same HTTP Basic check the built-in API uses (``modules/api/api.py``: ``cmd_opts.api_auth`` is
+``"user:pass,user2:pass2"``; passwords compared with ``secrets.compare_digest``; 401 with
+``WWW-Authenticate: Basic``). Every bad input is answered with a 4xx JSON body whose ``detail`` is a message
+naming the problem. Work on the GPU (encoding photos or names) holds ``modules.call_queue.queue_lock`` so it
+never runs beside a generation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from secrets import compare_digest
+from typing import Any, List, Optional
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, Field
+
+from lib_magicnaming.errors import (
+    EncoderError,
+    FaceError,
+    IdentityExists,
+    IdentityNotFound,
+    MagicNamingError,
+)
+from lib_magicnaming.webui.services import (
+    ServiceContext,
+    mix_identity,
+    names_identity,
+    photo_report_json,
+    refuse_existing,
+    sampled_identity,
+)
+
+PREFIX = "/magicnaming/v1"
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """Payload limits (413 beyond them). Defaults: 16 photos of at most 16 MiB each, 96 MiB per request."""
+
+    max_photos: int = 16
+    max_photo_bytes: int = 16 << 20
+    max_request_bytes: int = 96 << 20
+    max_mix_items: int = 16
+
+
+# ------------------------------------------------------------------------------------------- request models
+# Plain fields with defaults only: the same models validate on pydantic 1 (A1111) and pydantic 2 (Forge).
+
+
+class FromPhotosRequest(BaseModel):
+    """Create an identity from face photos."""
+
+    name: str = Field(..., description="identity name: 1-64 of A-Z a-z 0-9 _ - . (not starting with .)")
+    photos: List[str] = Field(..., description="base64 images (a data:image/...;base64, prefix is accepted)")
+    assume_cropped: bool = Field(False, description="the photos are face crops already: skip detection")
+    skip_failed: bool = Field(False, description="leave out photos without a usable face (reported)")
+    overwrite: bool = Field(False, description="replace an existing identity of the same name")
+
+
+class WeightedName(BaseModel):
+    """One name (or saved identity) and its weight."""
+
+    name: str
+    weight: float = 1.0
+
+
+class FromNamesRequest(BaseModel):
+    """Create an identity from names SDXL knows; uses the loaded SDXL checkpoint's text encoders."""
+
+    name: str
+    names: List[WeightedName] = Field(..., description="names and weights; weights are normalised to sum 1")
+    method: str = Field("linear", description="linear or slerp")
+    overwrite: bool = False
+
+
+class MixRequest(BaseModel):
+    """Create an identity as a weighted mix of saved identities."""
+
+    name: str
+    identities: List[WeightedName]
+    method: str = Field("linear", description="linear or slerp")
+    overwrite: bool = False
+
+
+class SampleRequest(BaseModel):
+    """Create a fictional identity sampled from the encoder's name-space statistics."""
+
+    name: str
+    seed: int = 0
+    scale: float = 1.0
+    overwrite: bool = False
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def http_error(error: Exception) -> HTTPException:
+    """Map a library error to its HTTP status (message as ``detail``)."""
+    if isinstance(error, IdentityNotFound):
+        return HTTPException(status_code=404, detail=str(error))
+    if isinstance(error, IdentityExists):
+        return HTTPException(status_code=409, detail=str(error))
+    if isinstance(error, EncoderError):
+        return HTTPException(status_code=503, detail=str(error))
+    if isinstance(error, FaceError):
+        return HTTPException(status_code=422, detail=str(error))
+    return HTTPException(status_code=400, detail=str(error))
+
+
+@contextmanager
+def library_errors() -> Iterator[None]:
+    """Turn MagicNamingError raised inside into the matching HTTPException."""
+    try:
+        yield
+    except MagicNamingError as error:
+        raise http_error(error) from error
+
+
+def decode_photo(text: str, index: int, limits: ApiLimits) -> bytes:
+    """Base64 (optionally a data URL) -> bytes; 400 for bad base64, 413 beyond the per-photo limit."""
+    if not isinstance(text, str) or not text.strip():
+        raise HTTPException(status_code=400, detail=f"photo {index}: empty; send a base64-encoded image")
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if ";base64" not in head:
+            raise HTTPException(status_code=400, detail=f"photo {index}: data URL is not base64-encoded")
+    if len(text) > (limits.max_photo_bytes * 4) // 3 + 4:
+        raise HTTPException(
+            status_code=413, detail=f"photo {index}: larger than {limits.max_photo_bytes >> 20} MiB"
+        )
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise HTTPException(status_code=400, detail=f"photo {index}: not valid base64 ({error})") from error
+    if len(data) > limits.max_photo_bytes:
+        raise HTTPException(
+            status_code=413, detail=f"photo {index}: larger than {limits.max_photo_bytes >> 20} MiB"
+        )
+    return data
+
+
+def check_image(data: bytes, index: int) -> Any:
+    """Open ``data`` as an image (face.load_image); 400 naming the photo if it is not one."""
+    from lib_magicnaming.face import load_image
+
+    try:
+        return load_image(data)
+    except FaceError as error:
+        raise HTTPException(status_code=400, detail=f"photo {index}: {error}") from error
+
+
+def thumbnail_base64(image: Any) -> str | None:
+    """PNG base64 of a PIL image, or None."""
+    if image is None:
+        return None
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def info_json(info: Any) -> dict[str, Any]:
+    """JSON body of an IdentityInfo (no file path: it is the server's business)."""
+    return {
+        "name": info.name,
+        "key": info.key,
+        "short_hash": info.short_hash,
+        "created": info.created,
+        "origin": info.origin,
+        "dtype": info.dtype,
+        "has_thumbnail": info.has_thumbnail,
+    }
+
+
+def _weights(items: list[WeightedName]) -> list[tuple[str, float]]:
+    return [(item.name, float(item.weight)) for item in items]
+
+
+def size_limited_route(max_request_bytes: int) -> type[APIRoute]:
+    """A route class refusing (413) a body whose Content-Length exceeds the limit BEFORE it is read.
+
+    FastAPI reads and parses the body before any dependency runs, so the check sits in the route handler.
+    Bodies sent without Content-Length (chunked) are read; each photo's size is still checked after.
+    """
+
+    class SizeLimitedRoute(APIRoute):
+        def get_route_handler(self) -> Callable:
+            handler = super().get_route_handler()
+
+            async def limited(request: Request):
+                length = request.headers.get("content-length")
+                if length is not None and length.isdigit() and int(length) > max_request_bytes:
+                    raise HTTPException(
+                        status_code=413, detail=f"request body larger than {max_request_bytes >> 20} MiB"
+                    )
+                return await handler(request)
+
+            return limited
+
+    return SizeLimitedRoute
+
+
+def basic_auth_dependency(api_auth: str) -> Callable[..., bool]:
+    """The built-in API's ``--api-auth`` check, for ``"user:pass,user2:pass2"``."""
+    credentials_by_user: dict[str, str] = {}
+    for pair in api_auth.split(","):
+        user, _, password = pair.partition(":")
+        credentials_by_user[user] = password
+
+    def auth(credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> bool:
+        expected = credentials_by_user.get(credentials.username)
+        if expected is not None and compare_digest(credentials.password, expected):
+            return True
+        raise HTTPException(
+            status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"}
+        )
+
+    return auth
+
+
+# ---------------------------------------------------------------------------------------------- routes
+
+
+def build_router(
+    context: ServiceContext, *, api_auth: str | None = None, limits: ApiLimits = ApiLimits()
+) -> APIRouter:
+    """The ``/magicnaming/v1`` router; with ``api_auth`` every route requires those Basic credentials."""
+    dependencies = [Depends(basic_auth_dependency(api_auth))] if api_auth else []
+    router = APIRouter(
+        prefix=PREFIX, dependencies=dependencies, tags=["MagicNaming"],
+        route_class=size_limited_route(limits.max_request_bytes),
+    )
+
+    @router.get("/identities")
+    def list_identities() -> dict[str, Any]:
+        """Every saved identity (from file headers)."""
+        with library_errors():
+            return {"identities": [info_json(info) for info in context.library().list()]}
+
+    @router.get("/identities/{name}")
+    def get_identity(name: str) -> dict[str, Any]:
+        """One identity's metadata and its thumbnail (PNG base64, or null)."""
+        with library_errors():
+            identity = context.library().load(name)
+            info = context.library().get_info(name)
+        return {**info_json(info), "thumbnail": thumbnail_base64(identity.thumbnail)}
+
+    @router.delete("/identities/{name}")
+    def delete_identity(name: str) -> dict[str, Any]:
+        """Delete a saved identity."""
+        with library_errors():
+            context.library().delete(name)
+        return {"deleted": name}
+
+    @router.post("/identities/from-photos", status_code=201)
+    def create_from_photos(request: FromPhotosRequest) -> dict[str, Any]:
+        """Encode 1..N face photos into one identity and save it."""
+        if not request.photos:
+            raise HTTPException(status_code=400, detail="send at least one photo")
+        if len(request.photos) > limits.max_photos:
+            raise HTTPException(status_code=413, detail=f"at most {limits.max_photos} photos per request")
+        with library_errors():
+            refuse_existing(context.library(), request.name, request.overwrite)
+            photos = [decode_photo(text, i, limits) for i, text in enumerate(request.photos)]
+            for index, data in enumerate(photos):
+                check_image(data, index)
+            encoder = context.encoder()
+            try:
+                with context.gpu_lock():
+                    identity, result = encoder.make_identity_from_photos(
+                        request.name, photos, assume_cropped=request.assume_cropped,
+                        skip_failed=request.skip_failed,
+                    )
+            finally:
+                context.release_encoder()
+            info = context.library().save(identity, overwrite=request.overwrite)
+        return {"identity": info_json(info), "per_photo": [photo_report_json(r) for r in result.per_photo]}
+
+    @router.post("/identities/from-names", status_code=201)
+    def create_from_names(request: FromNamesRequest) -> dict[str, Any]:
+        """Make an identity from weighted names with the loaded SDXL text encoders (no photo encoder)."""
+        if not request.names:
+            raise HTTPException(status_code=400, detail="send at least one name")
+        with library_errors():
+            refuse_existing(context.library(), request.name, request.overwrite)
+            identity = names_identity(context, request.name, _weights(request.names), request.method)
+            info = context.library().save(identity, overwrite=request.overwrite)
+        return {"identity": info_json(info)}
+
+    @router.post("/identities/mix", status_code=201)
+    def create_mix(request: MixRequest) -> dict[str, Any]:
+        """Mix saved identities (weights normalised to sum 1) into a new one."""
+        if not request.identities:
+            raise HTTPException(status_code=400, detail="send at least one identity to mix")
+        if len(request.identities) > limits.max_mix_items:
+            raise HTTPException(status_code=413, detail=f"at most {limits.max_mix_items} identities per mix")
+        with library_errors():
+            refuse_existing(context.library(), request.name, request.overwrite)
+            weighted = _weights(request.identities)
+            identity = mix_identity(context.library(), request.name, weighted, request.method)
+            info = context.library().save(identity, overwrite=request.overwrite)
+        return {"identity": info_json(info)}
+
+    @router.post("/identities/sample", status_code=201)
+    def create_sampled(request: SampleRequest) -> dict[str, Any]:
+        """Sample a fictional identity from the encoder checkpoint's name-space statistics."""
+        with library_errors():
+            refuse_existing(context.library(), request.name, request.overwrite)
+            identity = sampled_identity(context, request.name, request.seed, request.scale)
+            info = context.library().save(identity, overwrite=request.overwrite)
+        return {"identity": info_json(info)}
+
+    @router.get("/encoder")
+    def get_encoder_status() -> dict[str, Any]:
+        """Whether the photo encoder is installed/loaded, its checkpoint and hash, and what is missing."""
+        return context.encoder_status().to_dict()
+
+    return router
+
+
+def on_app_started(_demo: Optional[Any], app: FastAPI) -> None:
+    """``script_callbacks.on_app_started``: add the routes, honouring ``--api-auth``."""
+    from modules import shared
+
+    from lib_magicnaming.webui import services
+
+    api_auth = getattr(shared.cmd_opts, "api_auth", None)
+    app.include_router(build_router(services.webui_context(), api_auth=api_auth))

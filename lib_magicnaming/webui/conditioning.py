@@ -1,0 +1,172 @@
+"""The wrapper around ``modules.prompt_parser.get_learned_conditioning`` that splices identities in.
+
+``prompt_parser.get_learned_conditioning(model, prompts, steps, ...)`` turns each prompt into its schedule of
+texts (prompt editing, alternation) and calls ``model.get_learned_conditioning(texts)`` once per prompt;
+``get_multicond_learned_conditioning`` (AND) calls it too, and hires-fix and refiner conds go the same way.
+The wrapper passes the real function a :class:`SplicingModel` in place of the model whenever a prompt holds
+markers. For each text the proxy:
+
+1. stops with the message of any error marker (the WebUI does not swallow an exception raised here);
+2. in place: makes sure each in-place marker has its textual-inversion placeholder (:mod:`.embeddings`);
+3. removes the prepend markers from the text and lets the real model encode the texts;
+4. splices: in-place identities at the rows the WebUI's tokenizer gave their placeholders
+   (:func:`lib_magicnaming.splice.place_identities`), then Name Prepending of each prepend identity, first tag
+   first (:func:`lib_magicnaming.splice.prepend_identity`), into NEW tensors; texts without markers pass
+   through untouched.
+
+Splice warnings (prompt tokens pushed out of chunk 0) go to ``model_hijack.comments``, which processing shows
+under the image. Nothing here keeps state: identities come from :data:`lib_magicnaming.webui.store.EMBEDDINGS`
+by the hash in the marker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from lib_magicnaming.constants import CHUNK_TEXT_TOKENS
+from lib_magicnaming.errors import MagicNamingError
+from lib_magicnaming.splice import Placement, place_identities, prepend_identity
+from lib_magicnaming.webui import embeddings
+from lib_magicnaming.webui.markers import (
+    IN_PLACE,
+    PREPEND,
+    find_error_hashes,
+    find_markers,
+    has_markers,
+    strip_markers,
+)
+from lib_magicnaming.webui.store import EMBEDDINGS, MESSAGES, EmbeddingStore
+
+NOT_SDXL_MESSAGE = (
+    "MagicNaming works with SDXL checkpoints only, and the loaded checkpoint {name} is not SDXL. "
+    "Load an SDXL checkpoint, or remove the <name:...> tags from the prompt."
+)
+
+
+def raise_for_error_markers(texts: Sequence[str]) -> None:
+    """Raise MagicNamingError with the message of the first error marker in ``texts``, if any."""
+    for text in texts:
+        for key in find_error_hashes(text):
+            message = MESSAGES.get(key) or "MagicNaming stopped this generation (the message was lost)."
+            raise MagicNamingError(message)
+
+
+def require_sdxl(model) -> None:
+    """MagicNamingError naming the checkpoint unless ``model`` is SDXL (base or refiner)."""
+    if not getattr(model, "is_sdxl", False):
+        info = getattr(model, "sd_checkpoint_info", None)
+        name = getattr(info, "name_for_extra", None) or type(model).__name__
+        raise MagicNamingError(NOT_SDXL_MESSAGE.format(name=repr(name)))
+
+
+def _comment(text: str) -> None:
+    from modules import sd_hijack
+
+    if text not in sd_hijack.model_hijack.comments:
+        sd_hijack.model_hijack.comments.append(text)
+
+
+def _chunk0_token_count(model, text: str) -> int | None:
+    """Prompt tokens in chunk 0 of ``text`` as the WebUI chunks it (for the prepend warning), if knowable."""
+    stage = getattr(model, "cond_stage_model", None)
+    if stage is None:
+        return None
+    embedders = getattr(stage, "embedders", None)
+    id_end = getattr(stage, "id_end", None) or (getattr(embedders[0], "id_end", None) if embedders else None)
+    if id_end is None or not hasattr(stage, "process_texts"):
+        return None
+    tokens = stage.process_texts([text])[0][0][0].tokens[1:-1]
+    count = len(tokens)
+    while count and tokens[count - 1] == id_end:
+        count -= 1
+    return min(count, CHUNK_TEXT_TOKENS)
+
+
+def splice_item(model, cond, text: str, encoded_text: str, store: EmbeddingStore):
+    """One text's conditioning (a per-item dict slice or a (rows, W) tensor), identities spliced in."""
+    markers = find_markers(text)
+    placements = [
+        Placement(row, store.require(marker.short_hash), marker.strength)
+        for row, marker in (
+            embeddings.locate_markers(model, encoded_text) if any(m.mode == IN_PLACE for m in markers) else []
+        )
+    ]
+    if placements:
+        cond = place_identities(cond, placements)
+    prepends = list({m.short_hash: m for m in markers if m.mode == PREPEND}.values())
+    if prepends:
+        token_count = _chunk0_token_count(model, encoded_text)
+        for marker in reversed(prepends):
+            cond, report = prepend_identity(
+                cond,
+                store.require(marker.short_hash),
+                strength=marker.strength,
+                chunk0_token_count=token_count,
+            )
+            token_count = None
+            for warning in report.warnings:
+                _comment(warning)
+    return cond
+
+
+def _item(conds, index: int):
+    return {key: value[index] for key, value in conds.items()} if isinstance(conds, dict) else conds[index]
+
+
+def _stack(items: list):
+    if isinstance(items[0], dict):
+        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+    return torch.stack(items)
+
+
+def _same_kind(texts, new_texts: list[str]):
+    """``new_texts`` as the same kind of list as ``texts`` (SdConditioning keeps width/height/negative)."""
+    if hasattr(texts, "is_negative_prompt"):
+        return type(texts)(new_texts, copy_from=texts)
+    return list(new_texts)
+
+
+class SplicingModel:
+    """The loaded model, except that ``get_learned_conditioning`` splices identities (module docstring)."""
+
+    def __init__(self, model, store: EmbeddingStore = EMBEDDINGS):
+        self._model = model
+        self._store = store
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def get_learned_conditioning(self, texts):
+        """The model's conditioning for ``texts`` with every marked identity spliced in (new tensors)."""
+        raise_for_error_markers(texts)
+        marked = [bool(find_markers(text)) for text in texts]
+        if not any(marked):
+            return self._model.get_learned_conditioning(_same_kind(texts, [strip_markers(t) for t in texts]))
+        require_sdxl(self._model)
+        in_place = [m.text for text in texts for m in find_markers(text) if m.mode == IN_PLACE]
+        if in_place:
+            embeddings.ensure_placeholders(self._model, in_place)
+        encoded_texts = [strip_markers(text, PREPEND) for text in texts]
+        conds = self._model.get_learned_conditioning(_same_kind(texts, encoded_texts))
+        items = [
+            splice_item(self._model, _item(conds, i), text, encoded, self._store)
+            if is_marked
+            else _item(conds, i)
+            for i, (text, encoded, is_marked) in enumerate(zip(texts, encoded_texts, marked, strict=False))
+        ]
+        return _stack(items)
+
+
+def make_wrapper(original: Callable, store: EmbeddingStore = EMBEDDINGS) -> Callable:
+    """A ``get_learned_conditioning`` that behaves as ``original`` unless a prompt holds markers."""
+
+    def get_learned_conditioning(model, prompts, steps, *args, **kwargs):
+        if not any(has_markers(prompt) for prompt in prompts):
+            return original(model, prompts, steps, *args, **kwargs)
+        raise_for_error_markers(prompts)
+        return original(SplicingModel(model, store), prompts, steps, *args, **kwargs)
+
+    get_learned_conditioning.__doc__ = original.__doc__
+    return get_learned_conditioning

@@ -1,0 +1,101 @@
+"""In-place mode: a textual-inversion placeholder per marker, so the WebUI's tokenizer finds its rows.
+
+Registered in the WebUI's embedding database (``modules.sd_hijack.model_hijack.embedding_db``) under the
+marker word, the placeholder makes ``tokenize_line`` (modules/sd_hijack_clip.py) reserve ID_TOKENS token
+slots where the marker stands and record a ``PromptChunkFix(offset, embedding)`` for it, after emphasis,
+BREAK, chunking and comma back-tracking did their work. The rows the identity goes to are then
+``chunk * 77 + offset + 1 .. + 8`` (row 0 of a chunk is the start token). The placeholder's input vectors are
+zeros (a neutral input for the text encoder); its output rows are replaced by the identity's F_ID.
+
+An entry is keyed by the marker, i.e. by content; the WebUI forgets it when it reloads its embeddings
+folder, and :func:`ensure_placeholder` registers it again before each use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from lib_magicnaming.constants import (
+    CHUNK_ROWS,
+    CLIP_G_WIDTH,
+    CLIP_L_WIDTH,
+    ID_TOKENS,
+    SDXL_CONTEXT_WIDTH,
+)
+from lib_magicnaming.errors import SpliceError
+from lib_magicnaming.webui.markers import MARKER_RE, Marker, parse_marker
+
+
+def _embedding_db():
+    from modules import sd_hijack
+
+    return sd_hijack.model_hijack.embedding_db
+
+
+def placeholder_embedding(marker_text: str):
+    """A WebUI ``Embedding`` of ID_TOKENS zero vectors for both SDXL towers, named ``marker_text``."""
+    from modules.textual_inversion.textual_inversion import Embedding
+
+    vec = {"clip_l": torch.zeros(ID_TOKENS, CLIP_L_WIDTH), "clip_g": torch.zeros(ID_TOKENS, CLIP_G_WIDTH)}
+    embedding = Embedding(vec, marker_text)
+    embedding.vectors = ID_TOKENS
+    embedding.shape = SDXL_CONTEXT_WIDTH
+    embedding.cached_checksum = parse_marker(marker_text).short_hash[:4]
+    return embedding
+
+
+def ensure_placeholders(model, marker_texts: Iterable[str]) -> None:
+    """Register a placeholder for each marker not registered yet (idempotent)."""
+    database = _embedding_db()
+    for marker_text in dict.fromkeys(marker_texts):
+        if marker_text not in database.word_embeddings:
+            database.register_embedding_by_name(placeholder_embedding(marker_text), model, marker_text)
+
+
+PLACEHOLDER_TOKEN = 0
+"""The token id ``tokenize_line`` writes for each slot of a textual-inversion embedding."""
+
+
+def placeholder_row(chunk_tokens: list[list[int]], chunk_index: int, offset: int) -> int:
+    """The first conditioning row of the placeholder whose fix is at ``offset`` of chunk ``chunk_index``.
+
+    Normally ``chunk * 77 + offset + 1``. v1.10.1's comma back-tracking moves the tokens after the last comma
+    into the next chunk but leaves their fixes behind; a placeholder moved that way is found as the first run
+    of ID_TOKENS placeholder tokens in the next chunk.
+    """
+    slots = [PLACEHOLDER_TOKEN] * ID_TOKENS
+    tokens = chunk_tokens[chunk_index]
+    if tokens[offset + 1 : offset + 1 + ID_TOKENS] == slots or chunk_index + 1 >= len(chunk_tokens):
+        return chunk_index * CHUNK_ROWS + offset + 1
+    following = chunk_tokens[chunk_index + 1]
+    for start in range(1, len(following) - ID_TOKENS):
+        if following[start : start + ID_TOKENS] == slots:
+            return (chunk_index + 1) * CHUNK_ROWS + start
+    return chunk_index * CHUNK_ROWS + offset + 1
+
+
+def locate_markers(model, text: str) -> list[tuple[int, Marker]]:
+    """(first row, marker) for every in-place marker in ``text``, from the WebUI's own chunking.
+
+    Raises SpliceError when the tokenizer did not place every marker of ``text`` (so an identity is never
+    silently lost).
+    """
+    batch_chunks, _token_count = model.cond_stage_model.process_texts([text])
+    chunks = batch_chunks[0]
+    found: list[tuple[int, Marker]] = []
+    for chunk_index, chunk in enumerate(chunks):
+        for fix in chunk.fixes:
+            name = getattr(fix.embedding, "name", "")
+            if MARKER_RE.fullmatch(name):
+                found.append(
+                    (placeholder_row([c.tokens for c in chunks], chunk_index, fix.offset), parse_marker(name))
+                )
+    expected = len(MARKER_RE.findall(text))
+    if len(found) != expected:
+        raise SpliceError(
+            f"MagicNaming: the WebUI's tokenizer placed {len(found)} of the {expected} in-place identities "
+            "of this prompt; check that no identity tag is inside an escaped or broken bracket."
+        )
+    return found

@@ -1,0 +1,138 @@
+"""The MagicNaming Settings section and the one place that reads settings and command-line flags.
+
+Each setting has a key constant here; :func:`read_settings` turns the WebUI's ``opts``/``cmd_opts`` into a
+frozen :class:`MagicNamingSettings`. Command-line flags (``preload.py``) win over the matching setting.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lib_magicnaming.errors import EncoderError
+
+SECTION = ("magicnaming", "MagicNaming")
+"""Settings section id and title (``shared.OptionInfo(..., section=SECTION)``)."""
+
+OPT_MODELS_DIR = "magicnaming_models_dir"
+OPT_ENCODER_CHECKPOINT = "magicnaming_encoder_checkpoint"
+OPT_ENCODER_DEVICE = "magicnaming_encoder_device"
+OPT_KEEP_ENCODER_LOADED = "magicnaming_keep_encoder_loaded"
+OPT_DETECTOR_PACK = "magicnaming_detector_pack"
+
+DEFAULT_FOLDER_NAME = "magicnaming"
+"""Under the WebUI's models folder when the models-folder setting is blank."""
+
+DEFAULT_DETECTOR_PACK = "buffalo_l"
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+"""Accepted device strings: the choices above plus ``cuda:N``."""
+
+PACK_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+"""A detector pack is a folder name under models/insightface/models: no path separators."""
+
+
+@dataclass(frozen=True)
+class MagicNamingSettings:
+    """Everything the extension reads from Settings and flags, resolved to concrete values."""
+
+    models_dir: Path
+    """Holds ``identities/`` and ``encoder/``."""
+    insightface_root: Path
+    """The insightface root (packs under ``<root>/models/<pack>``), shared with other face extensions."""
+    encoder_checkpoint: str
+    """File name under ``encoder/``; blank picks the first ``*.safetensors`` by name."""
+    encoder_device: str
+    keep_encoder_loaded: bool
+    detector_pack: str
+
+    @property
+    def identities_dir(self) -> Path:
+        """Folder of the identity library."""
+        return self.models_dir / "identities"
+
+    @property
+    def encoder_dir(self) -> Path:
+        """Folder where encoder checkpoints (``*.safetensors``) go."""
+        return self.models_dir / "encoder"
+
+    @property
+    def detector_dir(self) -> Path:
+        """Folder of the chosen insightface detector pack."""
+        return self.insightface_root / "models" / self.detector_pack
+
+
+def validate_device(device: str) -> str:
+    """Return ``device`` if it is auto, cpu, cuda, cuda:N or mps; raise EncoderError otherwise."""
+    if not isinstance(device, str) or not DEVICE_RE.match(device.strip()):
+        raise EncoderError(
+            f"MagicNaming encoder device must be auto, cpu, cuda, cuda:N or mps, got {device!r}"
+        )
+    return device.strip()
+
+
+def validate_detector_pack(pack: str) -> str:
+    """Return ``pack`` if it is a plain folder name; raise EncoderError otherwise."""
+    if not isinstance(pack, str) or not PACK_RE.match(pack.strip()):
+        raise EncoderError(f"MagicNaming detector pack must be a folder name such as buffalo_l, got {pack!r}")
+    return pack.strip()
+
+
+def _opt(opts: Any, key: str, default: Any) -> Any:
+    value = getattr(opts, key, None)
+    return default if value is None else value
+
+
+def read_settings(opts: Any, cmd_opts: Any, models_path: str | Path) -> MagicNamingSettings:
+    """Resolve settings: a flag (``--magicnaming-dir``/``--magicnaming-device``) beats its setting.
+
+    ``opts``/``cmd_opts`` are the WebUI's ``shared.opts``/``shared.cmd_opts`` (any object with those
+    attributes); ``models_path`` is ``modules.paths.models_path``. Raises EncoderError for a bad device or
+    detector pack, naming the value.
+    """
+    models_path = Path(models_path)
+    folder = getattr(cmd_opts, "magicnaming_dir", None) or str(_opt(opts, OPT_MODELS_DIR, "")).strip()
+    models_dir = Path(folder).expanduser() if folder else models_path / DEFAULT_FOLDER_NAME
+    device = getattr(cmd_opts, "magicnaming_device", None) or _opt(opts, OPT_ENCODER_DEVICE, "auto")
+    return MagicNamingSettings(
+        models_dir=models_dir,
+        insightface_root=models_path / "insightface",
+        encoder_checkpoint=str(_opt(opts, OPT_ENCODER_CHECKPOINT, "")).strip(),
+        encoder_device=validate_device(str(device)),
+        keep_encoder_loaded=bool(_opt(opts, OPT_KEEP_ENCODER_LOADED, True)),
+        detector_pack=validate_detector_pack(str(_opt(opts, OPT_DETECTOR_PACK, DEFAULT_DETECTOR_PACK))),
+    )
+
+
+def current_settings() -> MagicNamingSettings:
+    """The settings of the running WebUI."""
+    from modules import paths, shared
+
+    return read_settings(shared.opts, shared.cmd_opts, paths.models_path)
+
+
+def on_ui_settings() -> None:
+    """Register the MagicNaming section (``script_callbacks.on_ui_settings``)."""
+    import gradio as gr
+    from modules import shared
+
+    def add(key: str, info: Any) -> None:
+        shared.opts.add_option(key, info)
+
+    add(OPT_MODELS_DIR, shared.OptionInfo(
+        "", "MagicNaming folder (holds identities/ and encoder/; blank: models/magicnaming; "
+        "--magicnaming-dir overrides)", section=SECTION))
+    add(OPT_ENCODER_CHECKPOINT, shared.OptionInfo(
+        "", "Encoder checkpoint file name in <folder>/encoder (blank: the first *.safetensors by name)",
+        section=SECTION))
+    add(OPT_ENCODER_DEVICE, shared.OptionInfo(
+        "auto", "Photo encoder device (auto: the WebUI's device, CPU under --lowvram/--medvram; "
+        "--magicnaming-device overrides)", gr.Radio, {"choices": list(DEVICE_CHOICES)}, section=SECTION))
+    add(OPT_KEEP_ENCODER_LOADED, shared.OptionInfo(
+        True, "Keep the photo encoder loaded between uses (off: free its memory after each use)",
+        section=SECTION))
+    add(OPT_DETECTOR_PACK, shared.OptionInfo(
+        DEFAULT_DETECTOR_PACK, "Face detector pack (folder under models/insightface/models)",
+        section=SECTION))

@@ -1,0 +1,122 @@
+"""The AlwaysOn script's arguments, from the UI (positional) or the API (positional, or one dict).
+
+Positional order (the order of the controls ``ui()`` returns, which ``/sdapi/v1/script-info`` lists):
+
+====  ==========  =====================================================================
+ 0    enabled     bool; the accordion (API callers send ``true``: it defaults to off)
+ 1    mode        ``"prepend"`` (the paper, default) or ``"in place"``
+ 2    strength    default strength of tags without one, 0..2 (default 1.0)
+ 3    face        optional one-off face photo, used as ``<name:face>``: a PIL image from the UI,
+                  base64 text (a ``data:image/...;base64,`` prefix is allowed) from the API
+====  ==========  =====================================================================
+
+The API also accepts a single dict as the first arg: ``{"enabled": true, "mode": "in place",
+"strength": 0.8, "face": "<base64>"}``; every key is optional and ``enabled`` defaults to true there.
+Missing or ``None`` positional values take the defaults.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lib_magicnaming.errors import MagicNamingError
+from lib_magicnaming.webui.markers import PREPEND, check_strength, normalise_mode
+
+ARG_NAMES = ("enabled", "mode", "strength", "face")
+DEFAULT_STRENGTH = 1.0
+FACE_IDENTITY = "face"
+"""The identity name a one-off face photo takes in prompts: ``<name:face>``."""
+
+
+@dataclass(frozen=True)
+class ScriptSettings:
+    """The script's arguments for one generation, validated."""
+
+    enabled: bool = False
+    mode: str = PREPEND
+    strength: float = DEFAULT_STRENGTH
+    face: Any = None
+    """None, a PIL image, or bytes of an image file."""
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise MagicNamingError(f"MagicNaming: '{name}' must be true or false, not {value!r}.")
+
+
+def decode_face(value: Any) -> Any:
+    """A face argument as a PIL image or image bytes (None for no face); MagicNamingError for bad data."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("data:"):
+            text = text.split(",", 1)[1] if "," in text else ""
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise MagicNamingError(
+                "MagicNaming: the 'face' argument is not valid base64 image data."
+            ) from None
+    if hasattr(value, "convert") and hasattr(value, "size"):
+        return value
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        from PIL import Image
+
+        return Image.fromarray(value)
+    if isinstance(value, dict) and "name" in value:
+        with open(value["name"], "rb") as handle:
+            return handle.read()
+    raise MagicNamingError(f"MagicNaming: the 'face' argument must be an image, not {type(value).__name__}.")
+
+
+def parse_script_args(args: Sequence[Any]) -> ScriptSettings:
+    """Validated settings from the script's argument slice (see the module docstring)."""
+    args = list(args)
+    if args and isinstance(args[0], dict):
+        named = dict(args[0])
+        unknown = sorted(set(named) - set(ARG_NAMES))
+        if unknown:
+            raise MagicNamingError(
+                f"MagicNaming: unknown argument(s) {', '.join(map(repr, unknown))}; "
+                f"the accepted ones are {', '.join(ARG_NAMES)}."
+            )
+        named.setdefault("enabled", True)
+    else:
+        named = {name: value for name, value in zip(ARG_NAMES, args, strict=False) if value is not None}
+    enabled = _as_bool(named.get("enabled", False), "enabled")
+    return ScriptSettings(
+        enabled=enabled,
+        mode=normalise_mode(named.get("mode", PREPEND)),
+        strength=check_strength(named.get("strength", DEFAULT_STRENGTH)),
+        face=decode_face(named.get("face")),
+    )
+
+
+def wants_enabled(args: Sequence[Any]) -> bool:
+    """Whether the args ask for MagicNaming at all (to decide if a bad argument must stop the generation)."""
+    if not args:
+        return False
+    first = args[0]
+    return isinstance(first, dict) or first is True
+
+
+def image_bytes(image: Any) -> bytes:
+    """PNG bytes of a PIL image (bytes pass through), for encoders that take photo bytes."""
+    if isinstance(image, bytes):
+        return image
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

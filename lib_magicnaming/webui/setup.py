@@ -1,0 +1,48 @@
+"""What the script file does once at load: install the conditioning wrapper and the X/Y/Z axes, and
+register their removal/late registration with the WebUI's callbacks."""
+
+from __future__ import annotations
+
+import html
+
+from lib_magicnaming.webui.conditioning import make_wrapper
+from lib_magicnaming.webui.hijack import AttributeHijack
+
+
+def install_conditioning_hijack() -> AttributeHijack:
+    """Wrap ``modules.prompt_parser.get_learned_conditioning``; the handle's ``remove`` undoes it."""
+    from modules import prompt_parser
+
+    return AttributeHijack(prompt_parser, "get_learned_conditioning", make_wrapper).install()
+
+
+def saved_identity_names() -> list[str]:
+    """Names of the saved identities (empty when the library cannot be read: the UI must still build)."""
+    try:
+        from lib_magicnaming.webui import services
+
+        return [info.name for info in services.identity_library().list()]
+    except Exception:  # a broken library folder must not break the txt2img tab
+        return []
+
+
+def status_line() -> str:
+    """One line of HTML: the encoder's state and the face detector's provider."""
+    try:
+        from lib_magicnaming.webui import services
+
+        text = services.encoder_status().summary()
+    except Exception as error:  # the status line reports problems, it must never raise
+        text = f"MagicNaming encoder status unavailable: {error}"
+    return f"<span class='magicnaming-status'>{html.escape(text)}</span>"
+
+
+def on_script_load() -> None:
+    """Install the wrapper, undo it on script unload, and add the X/Y/Z axes before the UI is built."""
+    from modules import script_callbacks
+
+    from lib_magicnaming.webui import xyz
+
+    hijack = install_conditioning_hijack()
+    script_callbacks.on_script_unloaded(hijack.remove)
+    script_callbacks.on_before_ui(lambda: xyz.register_axes(saved_identity_names))

@@ -1,0 +1,390 @@
+"""The "MagicNaming" tab: make identities (photos, names, mixes, samples) and manage the saved ones.
+
+The event handlers live on :class:`TabActions` as plain methods (values in, values out) so they can be tested
+without a browser; :func:`build_tab` only lays out gradio components and wires them. Only components and
+arguments that exist in both gradio 3.41 (A1111) and gradio 4 (Forge) are used: ``gr.update`` for
+visibility, ``File(type="binary")``, galleries of ``(image, caption)`` pairs, ``gr.Progress``.
+Per-session state (a photo preview waiting to be saved) travels in ``gr.State``, never in module globals.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lib_magicnaming.errors import MagicNamingError
+from lib_magicnaming.webui.services import (
+    ServiceContext,
+    mix_identity,
+    names_identity,
+    photo_report_json,
+    photos_identity,
+    refuse_existing,
+    sampled_identity,
+)
+
+METHODS = ["linear", "slerp"]
+LIBRARY_HEADERS = ["name", "hash", "made from", "created", "stored as"]
+
+
+def message_html(text: str, *, error: bool = False) -> str:
+    """A status line; errors use the WebUI's ``error`` class."""
+    css = "error" if error else "magicnaming-message"
+    return f"<div class='{css}'>{html.escape(text)}</div>"
+
+
+def describe_origin(origin: dict) -> str:
+    """How an identity was made, in a few words."""
+    kind = origin.get("kind", "?")
+    if kind == "names":
+        return "names: " + " + ".join(f"{weight:g} {text}" for text, weight in origin.get("names", []))
+    if kind == "mix":
+        parts = " + ".join(f"{weight:g} {name}" for name, _hash, weight in origin.get("identities", []))
+        return f"{origin.get('method', 'linear')} mix: {parts}"
+    if kind == "photos":
+        return f"{len(origin.get('photo_hashes', []))} photo(s), encoder {origin.get('encoder_hash', '?')}"
+    if kind == "sampled":
+        return f"sampled: seed {origin.get('seed')}, scale {origin.get('scale')}"
+    return str(kind)
+
+
+def parse_weighted(text: str) -> list[tuple[str, float]]:
+    """``"0.6 alice + 0.4 bob"`` -> weighted names (the one parser: namespace.parse_weighted_names)."""
+    from lib_magicnaming.namespace import parse_weighted_names
+
+    return parse_weighted_names(text)
+
+
+REPORT_COLUMNS = [
+    ("face", lambda r: "yes" if r["face_found"] else "no"),
+    ("faces found", lambda r: "(not run)" if r["faces_found"] is None else r["faces_found"]),
+    ("score", lambda r: r["score"]),
+    ("distance from mean", lambda r: r["distance_from_mean"] and round(r["distance_from_mean"], 3)),
+    ("notes", lambda r: "; ".join(r["notes"] + ([r["error"]] if r["error"] else []))),
+]
+
+
+def report_markdown(per_photo: Sequence[Any]) -> str:
+    """A markdown table, one row per photo, of what the encoder reported (encode.PhotoReport)."""
+    if not per_photo:
+        return ""
+    lines = ["| photo | " + " | ".join(name for name, _ in REPORT_COLUMNS) + " |",
+             "|---" * (len(REPORT_COLUMNS) + 1) + "|"]
+    for report in per_photo:
+        row = photo_report_json(report)
+        cells = ["" if cell(row) is None else str(cell(row)).replace("|", "/") for _, cell in REPORT_COLUMNS]
+        lines.append(f"| {row['index'] + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _uploaded_bytes(files: Any) -> list[bytes]:
+    """gr.File(type="binary") values (bytes, or a list of them) -> list of bytes."""
+    if files is None:
+        return []
+    if isinstance(files, bytes | bytearray):
+        return [bytes(files)]
+    return [bytes(item) for item in files if item]
+
+
+class TabActions:
+    """The tab's event handlers; each returns what its outputs show, with a status message last."""
+
+    def __init__(self, context: ServiceContext):
+        self.context = context
+
+    # -- status and library views
+
+    def encoder_status_text(self) -> str:
+        """The encoder status line."""
+        return self.context.encoder_status().summary()
+
+    def identity_names(self) -> list[str]:
+        """Saved identity names, sorted by key."""
+        return [info.name for info in self.context.library().list()]
+
+    def library_view(self) -> tuple[list[tuple[Any, str]], list[list[str]], list[str]]:
+        """(gallery items, table rows, names) of the saved identities."""
+        library = self.context.library()
+        gallery, rows, names = [], [], []
+        for info in library.list():
+            names.append(info.name)
+            rows.append([info.name, info.short_hash, describe_origin(info.origin), info.created, info.dtype])
+            if info.has_thumbnail:
+                try:
+                    thumbnail = library.load(info.name).thumbnail
+                except MagicNamingError:
+                    continue
+                if thumbnail is not None:
+                    gallery.append((thumbnail, f"{info.name} [{info.short_hash}]"))
+        return gallery, rows, names
+
+    def identity_details(self, name: str | None) -> str:
+        """Markdown describing one identity."""
+        if not name:
+            return ""
+        try:
+            info = self.context.library().get_info(name)
+        except MagicNamingError as error:
+            return f"**{html.escape(str(error))}**"
+        return (
+            f"**{html.escape(info.name)}** `{info.short_hash}`  \n"
+            f"made from {html.escape(describe_origin(info.origin))}  \n"
+            f"created {info.created}, stored as {info.dtype}  \n"
+            f"use it as `<name:{info.name}>`"
+        )
+
+    # -- creating
+
+    def _save(self, identity: Any, overwrite: bool) -> str:
+        info = self.context.library().save(identity, overwrite=bool(overwrite))
+        return message_html(f"Saved {info.name} [{info.short_hash}]: use it as <name:{info.name}>")
+
+    def preview_photos(
+        self, files: Any, assume_cropped: bool, progress: Callable[..., Any] | None = None
+    ) -> tuple[list[tuple[Any, str]], str, Any, str]:
+        """Detect and encode the uploaded photos: (crops, per-photo report, EncodeResult to save, message)."""
+        progress = progress or (lambda *a, **k: None)
+        photos = _uploaded_bytes(files)
+        if not photos:
+            return [], "", None, message_html("Upload at least one photo", error=True)
+        try:
+            progress(0.1, desc="Loading the MagicNaming encoder")
+            encoder = self.context.encoder()
+            progress(0.4, desc=f"Encoding {len(photos)} photo(s)")
+            with self.context.gpu_lock():
+                result = encoder.encode_photos(photos, assume_cropped=bool(assume_cropped), skip_failed=True)
+        except MagicNamingError as error:
+            return [], "", None, message_html(str(error), error=True)
+        finally:
+            self.context.release_encoder()
+        crops = [(r.crop.image, f"photo {r.index + 1}") for r in result.per_photo if r.crop is not None]
+        message = f"Encoded {len(photos)} photo(s): check the crops, then name and save the identity"
+        return crops, report_markdown(result.per_photo), result, message_html(message)
+
+    def save_photos(self, preview: Any, name: str, overwrite: bool) -> str:
+        """Save the previewed photo encoding (an EncodeResult) under ``name``."""
+        if preview is None:
+            return message_html("Encode some photos first", error=True)
+        try:
+            refuse_existing(self.context.library(), name, bool(overwrite))
+            identity = photos_identity(name, preview)
+            return self._save(identity, overwrite)
+        except MagicNamingError as error:
+            return message_html(str(error), error=True)
+
+    def create_from_names(
+        self, name: str, names_text: str, method: str, overwrite: bool,
+        progress: Callable[..., Any] | None = None,
+    ) -> str:
+        """Save an identity made from ``"0.6 Ada Lovelace + 0.4 Alan Turing"`` (SDXL text encoders)."""
+        progress = progress or (lambda *a, **k: None)
+        try:
+            refuse_existing(self.context.library(), name, bool(overwrite))
+            progress(0.3, desc="Encoding names with the SDXL text encoders")
+            identity = names_identity(self.context, name, parse_weighted(names_text), method)
+            return self._save(identity, overwrite)
+        except MagicNamingError as error:
+            return message_html(str(error), error=True)
+
+    def create_mix(self, name: str, mix_text: str, method: str, overwrite: bool) -> str:
+        """Save a mix of saved identities, ``"0.5 alice + 0.5 bob"``."""
+        try:
+            refuse_existing(self.context.library(), name, bool(overwrite))
+            identity = mix_identity(self.context.library(), name, parse_weighted(mix_text), method)
+            return self._save(identity, overwrite)
+        except MagicNamingError as error:
+            return message_html(str(error), error=True)
+
+    def create_sampled(
+        self, name: str, seed: float, scale: float, overwrite: bool,
+        progress: Callable[..., Any] | None = None,
+    ) -> str:
+        """Save a fictional identity sampled from the encoder's name-space statistics."""
+        progress = progress or (lambda *a, **k: None)
+        try:
+            refuse_existing(self.context.library(), name, bool(overwrite))
+            progress(0.3, desc="Loading the MagicNaming encoder")
+            identity = sampled_identity(self.context, name, int(seed), float(scale))
+            return self._save(identity, overwrite)
+        except MagicNamingError as error:
+            return message_html(str(error), error=True)
+
+    # -- managing
+
+    def rename(self, old: str | None, new: str) -> str:
+        """Rename a saved identity."""
+        if not old:
+            return message_html("Choose an identity to rename", error=True)
+        try:
+            info = self.context.library().rename(old, (new or "").strip())
+        except MagicNamingError as error:
+            return message_html(str(error), error=True)
+        return message_html(f"Renamed {old} to {info.name}")
+
+    def delete(self, name: str | None) -> str:
+        """Delete a saved identity (the UI asks for confirmation first)."""
+        if not name:
+            return message_html("Choose an identity to delete", error=True)
+        try:
+            self.context.library().delete(name)
+        except MagicNamingError as error:
+            return message_html(str(error), error=True)
+        return message_html(f"Deleted {name}")
+
+    def import_files(self, files: Any, name: str, overwrite: bool) -> str:
+        """Import identity files; ``name`` renames a single imported file."""
+        contents = _uploaded_bytes(files)
+        if not contents:
+            return message_html("Choose identity .safetensors files to import", error=True)
+        new_name = (name or "").strip() or None
+        if new_name and len(contents) > 1:
+            return message_html("A new name works for one file at a time", error=True)
+        imported = []
+        with tempfile.TemporaryDirectory(prefix="magicnaming-import-") as folder:
+            for index, data in enumerate(contents):
+                path = Path(folder) / f"import-{index}.safetensors"
+                path.write_bytes(data)
+                try:
+                    info = self.context.library().import_file(path, name=new_name, overwrite=bool(overwrite))
+                except MagicNamingError as error:
+                    done = f" (imported before it: {', '.join(imported)})" if imported else ""
+                    return message_html(f"File {index + 1}: {error}{done}", error=True)
+                imported.append(info.name)
+        return message_html("Imported " + ", ".join(imported))
+
+    def export(self, name: str | None) -> tuple[str | None, str]:
+        """Write the identity's file to a fresh temporary folder: (path for gr.File, message)."""
+        if not name:
+            return None, message_html("Choose an identity to export", error=True)
+        folder = tempfile.mkdtemp(prefix="magicnaming-export-")
+        try:
+            path = self.context.library().export_file(name, folder)
+        except MagicNamingError as error:
+            os.rmdir(folder)
+            return None, message_html(str(error), error=True)
+        return str(path), message_html(f"Exported {name}: download it below")
+
+
+def build_tab(actions: TabActions) -> Any:
+    """Lay out the tab (a ``gr.Blocks``) and wire its events to ``actions``."""
+    import gradio as gr
+
+    def refresh_library():
+        gallery, rows, names = actions.library_view()
+        return gallery, rows or [[""] * len(LIBRARY_HEADERS)], gr.update(choices=names, value=None), ""
+
+    with gr.Blocks(analytics_enabled=False) as blocks:
+        status = gr.Markdown(actions.encoder_status_text(), elem_id="magicnaming_tab_status")
+        message = gr.HTML(elem_id="magicnaming_tab_message")
+        with gr.Tabs(elem_id="magicnaming_tabs"):
+            with gr.Tab("From photos", elem_id="magicnaming_tab_photos"):
+                photos = gr.File(label="Face photos (1 or more of the same person)", file_count="multiple",
+                                 file_types=["image"], type="binary", elem_id="magicnaming_photos")
+                assume_cropped = gr.Checkbox(False, label="Photos are face crops already (skip detection)")
+                encode_button = gr.Button("Detect faces and encode", variant="secondary")
+                crops = gr.Gallery(label="Detected face crops", columns=6, height="auto",
+                                   elem_id="magicnaming_crops")
+                report = gr.Markdown()
+                preview = gr.State(None)
+                with gr.Row():
+                    photos_name = gr.Textbox(label="Identity name", placeholder="alice")
+                    photos_overwrite = gr.Checkbox(False, label="Overwrite")
+                    photos_save = gr.Button("Save identity", variant="primary")
+            with gr.Tab("From names", elem_id="magicnaming_tab_names"):
+                gr.Markdown("Names SDXL knows, with weights. Uses the loaded SDXL checkpoint, no encoder.")
+                names_text = gr.Textbox(label="Names", placeholder="0.6 Ada Lovelace + 0.4 Alan Turing")
+                with gr.Row():
+                    names_name = gr.Textbox(label="Identity name")
+                    names_method = gr.Radio(METHODS, value="linear", label="Mix")
+                    names_overwrite = gr.Checkbox(False, label="Overwrite")
+                    names_save = gr.Button("Save identity", variant="primary")
+            with gr.Tab("Mix", elem_id="magicnaming_tab_mix"):
+                mix_text = gr.Textbox(label="Saved identities, weighted", placeholder="0.5 alice + 0.5 bob")
+                with gr.Row():
+                    mix_name = gr.Textbox(label="Identity name")
+                    mix_method = gr.Radio(METHODS, value="linear", label="Mix")
+                    mix_overwrite = gr.Checkbox(False, label="Overwrite")
+                    mix_save = gr.Button("Save identity", variant="primary")
+            with gr.Tab("Sample", elem_id="magicnaming_tab_sample"):
+                gr.Markdown("A fictional person drawn from the encoder's name-space statistics.")
+                with gr.Row():
+                    sample_seed = gr.Number(0, label="Seed", precision=0)
+                    sample_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Scale")
+                with gr.Row():
+                    sample_name = gr.Textbox(label="Identity name")
+                    sample_overwrite = gr.Checkbox(False, label="Overwrite")
+                    sample_save = gr.Button("Save identity", variant="primary")
+            with gr.Tab("Library", elem_id="magicnaming_tab_library"):
+                refresh = gr.Button("Refresh")
+                gallery = gr.Gallery(label="Saved identities", columns=8, height="auto",
+                                     elem_id="magicnaming_library_gallery")
+                table = gr.Dataframe(headers=LIBRARY_HEADERS, interactive=False, wrap=True)
+                selected = gr.Dropdown(choices=[], label="Identity", elem_id="magicnaming_library_selected")
+                details = gr.Markdown()
+                with gr.Row():
+                    new_name = gr.Textbox(label="New name")
+                    rename_button = gr.Button("Rename")
+                with gr.Row():
+                    delete_button = gr.Button("Delete", variant="stop")
+                    export_button = gr.Button("Export")
+                with gr.Row(visible=False) as confirm_row:
+                    gr.Markdown("Delete this identity for good?")
+                    confirm_button = gr.Button("Yes, delete", variant="stop")
+                    cancel_button = gr.Button("Cancel")
+                export_file = gr.File(label="Exported file", interactive=False)
+                with gr.Row():
+                    import_files = gr.File(label="Import identity files", file_count="multiple",
+                                           file_types=[".safetensors"], type="binary")
+                    import_name = gr.Textbox(label="Import as (one file only; blank: its own name)")
+                    import_overwrite = gr.Checkbox(False, label="Overwrite")
+                    import_button = gr.Button("Import")
+
+        library_outputs = [gallery, table, selected, details]
+
+        def with_refresh(handler: Callable[..., str]) -> Callable[..., tuple]:
+            def run(*args):
+                text = handler(*args)
+                return (text, *refresh_library())
+            return run
+
+        def preview_photos(files, cropped, progress=gr.Progress()):
+            return actions.preview_photos(files, cropped, progress)
+
+        def from_names(name, text, method, overwrite, progress=gr.Progress()):
+            return actions.create_from_names(name, text, method, overwrite, progress)
+
+        def sampled(name, seed, scale, overwrite, progress=gr.Progress()):
+            return actions.create_sampled(name, seed, scale, overwrite, progress)
+
+        encode_button.click(preview_photos, [photos, assume_cropped], [crops, report, preview, message])
+        photos_save.click(with_refresh(actions.save_photos), [preview, photos_name, photos_overwrite],
+                          [message, *library_outputs])
+        names_save.click(with_refresh(from_names), [names_name, names_text, names_method, names_overwrite],
+                         [message, *library_outputs])
+        mix_save.click(with_refresh(actions.create_mix), [mix_name, mix_text, mix_method, mix_overwrite],
+                       [message, *library_outputs])
+        sample_save.click(with_refresh(sampled), [sample_name, sample_seed, sample_scale, sample_overwrite],
+                          [message, *library_outputs])
+        refresh.click(refresh_library, [], library_outputs).then(actions.encoder_status_text, [], [status])
+        selected.change(actions.identity_details, [selected], [details])
+        rename_button.click(with_refresh(actions.rename), [selected, new_name], [message, *library_outputs])
+        delete_button.click(lambda: gr.update(visible=True), [], [confirm_row])
+        cancel_button.click(lambda: gr.update(visible=False), [], [confirm_row])
+        confirm_button.click(with_refresh(actions.delete), [selected], [message, *library_outputs]).then(
+            lambda: gr.update(visible=False), [], [confirm_row])
+        export_button.click(actions.export, [selected], [export_file, message])
+        import_button.click(with_refresh(actions.import_files), [import_files, import_name, import_overwrite],
+                            [message, *library_outputs])
+        blocks.load(refresh_library, [], library_outputs)
+    return blocks
+
+
+def on_ui_tabs() -> list[tuple[Any, str, str]]:
+    """``script_callbacks.on_ui_tabs``: the MagicNaming tab."""
+    from lib_magicnaming.webui.services import webui_context
+
+    return [(build_tab(TabActions(webui_context())), "MagicNaming", "magicnaming")]

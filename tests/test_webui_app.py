@@ -1,0 +1,161 @@
+"""The app-level glue inside the WebUI stand-in: callbacks, settings and flags, REST routes with the
+WebUI's middleware and --api-auth, names encoded by the (toy) SDXL model, the tab built by on_ui_tabs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from webui_standin import webui  # noqa: F401 - the fixture
+
+from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.namespace import f_id_from_encoding
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def app_webui(webui, tmp_path):  # noqa: F811 - the fixture above
+    """The stand-in with scripts/magicnaming_app.py loaded and the MagicNaming folder under tmp_path."""
+    webui.load_script(ROOT / "scripts" / "magicnaming_app.py")
+    webui.script_callbacks.ui_settings_callback()
+    webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
+    webui.shared.cmd_opts.magicnaming_device = None
+    return webui
+
+
+def started_app(standin) -> TestClient:
+    app = FastAPI()
+    standin.api.api_middleware(app)
+    standin.script_callbacks.app_started_callback(None, app)
+    return TestClient(app)
+
+
+def test_callbacks_registered(app_webui):
+    callbacks = app_webui.script_callbacks.callback_map
+    for kind in ("callbacks_app_started", "callbacks_ui_tabs", "callbacks_ui_settings"):
+        assert [c.script for c in callbacks[kind]] == [str(ROOT / "scripts" / "magicnaming_app.py")]
+
+
+def test_settings_section_and_defaults(app_webui):
+    from lib_magicnaming.webui import options
+
+    labels = app_webui.shared.opts.data_labels
+    keys = [options.OPT_MODELS_DIR, options.OPT_ENCODER_CHECKPOINT, options.OPT_ENCODER_DEVICE,
+            options.OPT_KEEP_ENCODER_LOADED, options.OPT_DETECTOR_PACK]
+    assert all(labels[key].section == ("magicnaming", "MagicNaming") for key in keys)
+    app_webui.shared.cmd_opts.magicnaming_dir = None
+    settings = options.current_settings()
+    from modules import paths
+
+    models = Path(paths.models_path)
+    assert settings.models_dir == models / "magicnaming"
+    assert settings.identities_dir == models / "magicnaming" / "identities"
+    assert settings.detector_dir == models / "insightface" / "models" / "buffalo_l"
+    assert (settings.encoder_device, settings.keep_encoder_loaded) == ("auto", True)
+
+
+def test_flags_beat_settings(app_webui, tmp_path):
+    from lib_magicnaming.webui import options
+
+    opts, cmd_opts = app_webui.shared.opts, app_webui.shared.cmd_opts
+    opts.set(options.OPT_MODELS_DIR, str(tmp_path / "from-setting"))
+    opts.set(options.OPT_ENCODER_DEVICE, "cpu")
+    cmd_opts.magicnaming_dir = None
+    assert options.current_settings().models_dir == tmp_path / "from-setting"
+    assert options.current_settings().encoder_device == "cpu"
+    cmd_opts.magicnaming_dir = str(tmp_path / "from-flag")
+    cmd_opts.magicnaming_device = "cuda:1"
+    assert options.current_settings().models_dir == tmp_path / "from-flag"
+    assert options.current_settings().encoder_device == "cuda:1"
+    cmd_opts.magicnaming_device = "gpu0"
+    with pytest.raises(EncoderError, match="gpu0"):
+        options.current_settings()
+    cmd_opts.magicnaming_device = None
+    opts.set(options.OPT_DETECTOR_PACK, "../etc")
+    with pytest.raises(EncoderError, match="detector pack"):
+        options.current_settings()
+
+
+def test_preload_adds_the_flags():
+    spec = importlib.util.spec_from_file_location("magicnaming_preload", ROOT / "preload.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parser = argparse.ArgumentParser()
+    module.preload(parser)
+    args = parser.parse_args(["--magicnaming-dir", "/data/mn", "--magicnaming-device", "cpu"])
+    assert (args.magicnaming_dir, args.magicnaming_device) == ("/data/mn", "cpu")
+    assert parser.parse_args([]).magicnaming_dir is None
+
+
+def test_encoder_missing_is_explained(app_webui, tmp_path):
+    from lib_magicnaming.webui import services
+
+    encoder_dir = tmp_path / "mn" / "encoder"
+    with pytest.raises(EncoderError, match=str(encoder_dir)):
+        services.get_encoder()
+    status = services.encoder_status()
+    assert not status.ready and not status.loaded and str(encoder_dir) in status.missing[0]
+    assert status.device == "cpu"  # auto -> the WebUI's device (the stand-in's is the CPU)
+    assert "unavailable" in status.summary()
+    app_webui.shared.opts.set("magicnaming_encoder_checkpoint", "mine.safetensors")
+    with pytest.raises(EncoderError, match="'mine.safetensors' is not in"):
+        services.get_encoder()
+
+
+def test_routes_through_the_webui_middleware(app_webui):
+    client = started_app(app_webui)
+    assert client.get("/magicnaming/v1/identities").json() == {"identities": []}
+    response = client.get("/magicnaming/v1/identities/zed")
+    assert response.status_code == 404
+    assert response.json()["error"] == "HTTPException" and "zed" in response.json()["detail"]
+    status = client.get("/magicnaming/v1/encoder").json()
+    assert status["ready"] is False and "encoder" in status["missing"][0]
+
+
+def test_api_auth_as_the_builtin_api(app_webui):
+    app_webui.shared.cmd_opts.api_auth = "alice:s3cret,bob:hunter2"
+    client = started_app(app_webui)
+    for path in ("/magicnaming/v1/identities", "/magicnaming/v1/encoder"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, auth=("alice", "wrong")).status_code == 401
+        assert client.get(path, auth=("alice", "s3cret")).status_code == 200
+        assert client.get(path, auth=("bob", "hunter2")).status_code == 200
+
+
+def test_names_use_the_loaded_sdxl_text_encoders(app_webui):
+    client = started_app(app_webui)
+    body = {"name": "ada", "names": [{"name": "Ada Lovelace"}]}
+    response = client.post("/magicnaming/v1/identities/from-names", json=body)
+    assert response.status_code == 503 and "SDXL checkpoint" in response.json()["detail"]
+
+    app_webui.shared.sd_model = app_webui.toy.ToySD15()
+    assert client.post("/magicnaming/v1/identities/from-names", json=body).status_code == 503
+
+    app_webui.shared.sd_model = app_webui.toy.ToySDXL(refiner=True)
+    response = client.post("/magicnaming/v1/identities/from-names", json=body)
+    assert response.status_code == 503 and "refiner" in response.json()["detail"]
+
+    model = app_webui.toy.ToySDXL()
+    app_webui.shared.sd_model = model
+    response = client.post("/magicnaming/v1/identities/from-names", json=body)
+    assert response.status_code == 201, response.text
+    expected = f_id_from_encoding(model.get_learned_conditioning(["Ada Lovelace"])["crossattn"])
+    from lib_magicnaming.webui import services
+
+    saved = services.identity_library().load("ada").embedding
+    torch.testing.assert_close(saved, expected.float(), rtol=1e-3, atol=2e-3)
+
+
+def test_tab_built_by_on_ui_tabs(app_webui):
+    import gradio as gr
+
+    tabs = app_webui.script_callbacks.ui_tabs_callback()
+    assert len(tabs) == 1
+    blocks, title, elem_id = tabs[0]
+    assert isinstance(blocks, gr.Blocks) and (title, elem_id) == ("MagicNaming", "magicnaming")

@@ -1,0 +1,112 @@
+"""The MagicNaming tab: built under gradio 3.41.2 without errors, and its handlers on a real library."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+import torch
+from PIL import Image
+from webuiapp_doubles import make_context, random_identity, text_encoding
+
+from lib_magicnaming.encode import PhotoReport
+from lib_magicnaming.face import FaceCrop
+from lib_magicnaming.identity import IdentityLibrary, read_identity_file
+from lib_magicnaming.webui.tab import TabActions, build_tab, describe_origin, report_markdown
+
+
+@pytest.fixture()
+def library(tmp_path):
+    return IdentityLibrary(tmp_path / "identities")
+
+
+@pytest.fixture()
+def actions(library):
+    context, _calls, _lock = make_context(library)
+    return TabActions(context)
+
+
+def test_tab_builds_under_this_gradio(actions, library):
+    library.save(random_identity("alice", 1, Image.new("RGB", (16, 16), (1, 2, 3))))
+    blocks = build_tab(actions)
+    assert isinstance(blocks, gr.Blocks)
+    config = blocks.get_config_file()
+    ids = {c["props"].get("elem_id") for c in config["components"]}
+    assert {"magicnaming_photos", "magicnaming_library_gallery", "magicnaming_tab_status"} <= ids
+    status = next(c for c in config["components"] if c["props"].get("elem_id") == "magicnaming_tab_status")
+    assert "no checkpoint in /x/encoder" in status["props"]["value"]
+    assert len(config["dependencies"]) >= 12
+
+
+def test_names_then_mix_then_library_view(actions, library):
+    message = actions.create_from_names("ada", "0.6 Ada Lovelace + 0.4 Alan Turing", "linear", False)
+    assert "Saved ada" in message and "error" not in message
+    expected = 0.6 * text_encoding("Ada Lovelace")[1:9] + 0.4 * text_encoding("Alan Turing")[1:9]
+    torch.testing.assert_close(library.load("ada").embedding, expected, rtol=1e-3, atol=2e-3)
+
+    library.save(random_identity("bob", 2))
+    assert "Saved ab" in actions.create_mix("ab", "0.5 ada + 0.5 bob", "slerp", False)
+    assert library.load("ab").origin["method"] == "slerp"
+
+    gallery, rows, names = actions.library_view()
+    assert names == ["ab", "ada", "bob"]
+    ada_hash = library.get_info("ada").short_hash
+    assert rows[1][:3] == ["ada", ada_hash, "names: 0.6 Ada Lovelace + 0.4 Alan Turing"]
+    assert gallery == []  # none of these has a thumbnail
+    assert "<name:ada>" in actions.identity_details("ADA")
+
+
+def test_errors_come_back_as_messages(actions, library):
+    library.save(random_identity("bob", 2))
+    duplicate = actions.create_from_names("Bob", "someone", "linear", False)
+    assert "class='error'" in duplicate and "already exists" in duplicate
+    assert "class='error'" in actions.create_mix("m", "0.5 bob + 0.5 nobody", "linear", False)
+    assert "nobody" in actions.create_mix("m", "0.5 bob + 0.5 nobody", "linear", False)
+    assert "class='error'" in actions.create_from_names("bad name!", "x", "linear", False)
+    assert "/x/encoder" in actions.create_sampled("s", 1, 1.0, False)
+    crops, report, preview, message = actions.preview_photos([b"abc"], False)
+    assert preview is None and "/x/encoder" in message
+    assert "Upload at least one photo" in actions.preview_photos(None, False)[3]
+    assert "Encode some photos first" in actions.save_photos(None, "x", False)
+
+
+def test_rename_delete_export_import(actions, library, tmp_path):
+    library.save(random_identity("alice", 1))
+    original_hash = library.get_info("alice").short_hash
+    assert "Renamed alice to carol" in actions.rename("alice", " carol ")
+    assert not library.exists("alice") and library.get_info("carol").short_hash == original_hash
+
+    path, message = actions.export("carol")
+    assert "Exported carol" in message and read_identity_file(path).short_hash == original_hash
+    data = open(path, "rb").read()
+
+    assert "Deleted carol" in actions.delete("carol")
+    assert "class='error'" in actions.delete("carol")
+    assert "Imported dave" in actions.import_files([data], "dave", False)
+    assert library.get_info("dave").short_hash == original_hash
+    assert "already exists" in actions.import_files([data], "dave", False)
+    assert "one file at a time" in actions.import_files([data, data], "x", False)
+    assert "File 1" in actions.import_files([b"not an identity file"], "", False)
+    assert "Choose an identity" in actions.export(None)[1]
+
+
+def test_describe_origin_kinds():
+    assert describe_origin({"kind": "photos", "encoder_hash": "abc", "photo_hashes": ["1", "2"]}) == (
+        "2 photo(s), encoder abc"
+    )
+    assert describe_origin({"kind": "sampled", "seed": 3, "scale": 0.5}) == "sampled: seed 3, scale 0.5"
+    mix = {"kind": "mix", "method": "slerp", "identities": [["a", "h", 0.5], ["b", "h", 0.5]]}
+    assert describe_origin(mix) == "slerp mix: 0.5 a + 0.5 b"
+
+
+def test_report_markdown_one_row_per_photo():
+    crop = FaceCrop(
+        image=Image.new("RGB", (4, 4)), box=(1.0, 2.0, 3.0, 4.0), score=0.87654, faces_found=2,
+        provider="CPUExecutionProvider", crop_box=(0, 0, 4, 4), notes=["2 faces found; used the largest"],
+    )
+    good = PhotoReport(0, "ab" * 32, True, crop, 2, list(crop.notes), distance_from_mean=0.12345)
+    bad = PhotoReport(1, "cd" * 32, False, None, None, [], error="photo 2: not an image")
+    lines = report_markdown([good, bad]).splitlines()
+    assert lines[0] == "| photo | face | faces found | score | distance from mean | notes |"
+    assert lines[2] == "| 1 | yes | 2 | 0.8765 | 0.123 | 2 faces found; used the largest |"
+    assert lines[3] == "| 2 | no | (not run) |  |  | photo 2: not an image |"
+    assert report_markdown([]) == ""

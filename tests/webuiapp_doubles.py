@@ -1,0 +1,76 @@
+"""Test doubles shared by the tab and REST API tests: a ServiceContext over a real IdentityLibrary.
+
+The SDXL text encoders are replaced by a deterministic function of the text (the real ones need an SDXL
+checkpoint); the library, identity files and name-space math are the real ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+
+import torch
+from PIL import Image
+
+from lib_magicnaming.constants import CHUNK_ROWS, ID_TOKENS, SDXL_CONTEXT_WIDTH
+from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.identity import Identity
+from lib_magicnaming.webui.services import EncoderStatus, ServiceContext
+
+NO_ENCODER_MESSAGE = "No MagicNaming encoder checkpoint installed: put a *.safetensors file in /x/encoder"
+
+
+def text_encoding(text: str) -> torch.Tensor:
+    """A deterministic stand-in for one prompt's SDXL crossattn (77, 2048), different per text."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(CHUNK_ROWS, SDXL_CONTEXT_WIDTH, generator=generator)
+
+
+class RecordingLock:
+    """A lock (like the WebUI's queue lock) that counts how often work ran while it was held."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.entered = 0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self.lock:
+            self.entered += 1
+            yield
+
+
+def random_identity(name: str, seed: int, thumbnail: Image.Image | None = None) -> Identity:
+    """An identity with a seeded random embedding."""
+    embedding = torch.randn(ID_TOKENS, SDXL_CONTEXT_WIDTH, generator=torch.Generator().manual_seed(seed))
+    return Identity(name, embedding, {"kind": "imported"}, thumbnail=thumbnail)
+
+
+def no_encoder():
+    """What services.get_encoder raises when no checkpoint is installed."""
+    raise EncoderError(NO_ENCODER_MESSAGE)
+
+
+def missing_encoder_status() -> EncoderStatus:
+    return EncoderStatus(loaded=False, missing=["no checkpoint in /x/encoder"])
+
+
+def make_context(library, *, encoder=no_encoder, encode_texts=None, lock=None, status=missing_encoder_status):
+    """A ServiceContext over ``library``; ``.encode_calls`` lists the text batches encoded."""
+    lock = lock or RecordingLock()
+    calls: list[list[str]] = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return torch.stack([text_encoding(text) for text in texts])
+
+    context = ServiceContext(
+        library=lambda: library,
+        encoder=encoder,
+        encoder_status=status,
+        encode_texts=encode_texts or encode,
+        gpu_lock=lock,
+    )
+    return context, calls, lock
