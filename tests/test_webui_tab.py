@@ -110,3 +110,37 @@ def test_report_markdown_one_row_per_photo():
     assert lines[2] == "| 1 | yes | 2 | 0.8765 | 0.123 | 2 faces found; used the largest |"
     assert lines[3] == "| 2 | no | (not run) |  |  | photo 2: not an image |"
     assert report_markdown([]) == ""
+
+
+def dependency_index(blocks, trigger_label: str, input_labels: list[str]) -> int:
+    """The fn_index of the event fired by the component labelled ``trigger_label`` with these inputs."""
+    config = blocks.get_config_file()
+    labels = {c["id"]: c["props"].get("label") or c["props"].get("value") for c in config["components"]}
+    for index, dependency in enumerate(config["dependencies"]):
+        targets = [labels.get(t) for t in dependency["targets"] if isinstance(t, int)]
+        if trigger_label in targets and [labels.get(i) for i in dependency["inputs"]] == input_labels:
+            return index
+    raise AssertionError(f"no event for {trigger_label} with inputs {input_labels}")
+
+
+def test_events_run_through_gradio(actions, library):
+    """Through gradio's own pre/postprocessing (with the queue the WebUI enables, for gr.Progress)."""
+    import asyncio
+
+    library.save(random_identity("bob", 2, Image.new("RGB", (8, 8), (9, 9, 9))))
+    blocks = build_tab(actions)
+    blocks.queue()
+    save_names = dependency_index(blocks, "Save identity", ["Identity name", "Names", "Mix", "Overwrite"])
+    export = dependency_index(blocks, "Export", ["Identity"])
+
+    async def run():
+        saved = await blocks.process_api(save_names, ["ada", "0.6 Ada + 0.4 Alan", "linear", False], state={})
+        exported = await blocks.process_api(export, ["bob"], state={})
+        return saved["data"], exported["data"]
+
+    saved, exported = asyncio.run(run())
+    message, gallery, table, dropdown, details = saved
+    assert "Saved ada" in message
+    assert [caption for _image, caption in gallery] == [f"bob [{library.get_info('bob').short_hash}]"]
+    assert [row[0] for row in table["data"]] == ["ada", "bob"] and dropdown["choices"] == ["ada", "bob"]
+    assert exported[0]["orig_name"] == "bob.safetensors" and "Exported bob" in exported[1]
