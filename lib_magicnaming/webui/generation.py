@@ -64,13 +64,19 @@ class Services:
 
     library: Callable[[], Any]
     encoder: Callable[[], Any]
+    release_encoder: Callable[[], None] | None = None
+    """Called after a one-off face was encoded (frees the encoder unless settings keep it loaded)."""
 
 
 def default_services() -> Services:
     """The extension's services (:mod:`lib_magicnaming.webui.services`), built from the WebUI settings."""
     from lib_magicnaming.webui import services
 
-    return Services(library=services.identity_library, encoder=services.get_encoder)
+    return Services(
+        library=services.identity_library,
+        encoder=services.get_encoder,
+        release_encoder=services.release_encoder,
+    )
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,9 @@ class IdentityResolver:
             result = self.services.encoder().encode_photos([self.settings.face])
         except MagicNamingError as error:
             raise MagicNamingError(f"MagicNaming could not use the uploaded face: {error}") from None
+        finally:
+            if self.services.release_encoder is not None:
+                self.services.release_encoder()
         return result.embedding
 
     def marker_for(self, identity: str, tag_strength: float | None, used: list[tuple[str, str]]) -> str:

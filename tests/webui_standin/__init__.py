@@ -2,8 +2,9 @@
 
 ``webui_modules()`` puts the stand-in's ``modules`` package on ``sys.path`` (fresh, so every test starts with
 empty caches, callbacks and settings) and removes it, and every module imported from it, afterwards. The
-``webui`` pytest fixture does that around a test and hands over a namespace of the stand-in's modules, the toy
-model classes, and helpers to load the extension's script file and build txt2img runs.
+``webui`` pytest fixture (``pytest_plugins = ["webui_standin"]`` in a test module) does that around a test
+and hands over a namespace of the stand-in's modules, the toy model classes, and helpers to load the
+extension's script file and build txt2img runs.
 """
 
 from __future__ import annotations

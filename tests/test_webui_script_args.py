@@ -1,0 +1,125 @@
+"""The script's arguments: positional (UI and API), the single-dict API form, and the API end to end."""
+
+import base64
+import io
+import threading
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from lib_magicnaming.errors import MagicNamingError
+from lib_magicnaming.webui.script_args import ScriptSettings, decode_face, parse_script_args
+
+pytest_plugins = ["webui_standin", "webui_standin.extension"]
+
+
+def png_base64(color=(10, 200, 30)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_positional_args_with_defaults_for_missing_and_none():
+    assert parse_script_args([]) == ScriptSettings()
+    assert parse_script_args([True, None, None, None]) == ScriptSettings(enabled=True)
+    settings = parse_script_args([True, "in_place", 0.25])
+    assert (settings.enabled, settings.mode, settings.strength) == (True, "in place", 0.25)
+
+
+def test_single_dict_form_defaults_to_enabled_and_names_unknown_keys():
+    assert parse_script_args([{"strength": 1.5}]) == ScriptSettings(enabled=True, strength=1.5)
+    assert parse_script_args([{"enabled": False}]).enabled is False
+    with pytest.raises(MagicNamingError, match="'strenght'"):
+        parse_script_args([{"strenght": 1.0}])
+
+
+def test_bad_values_are_named():
+    with pytest.raises(MagicNamingError, match="'enabled' must be true or false"):
+        parse_script_args(["yes please"])
+    with pytest.raises(MagicNamingError, match="from 0 to 2"):
+        parse_script_args([True, "prepend", 5])
+    with pytest.raises(MagicNamingError, match="not valid base64"):
+        parse_script_args([True, "prepend", 1.0, "%%% not base64"])
+
+
+def test_face_forms():
+    data = base64.b64decode(png_base64())
+    assert decode_face(png_base64()) == data
+    assert decode_face("data:image/png;base64," + png_base64()) == data
+    assert decode_face("") is None
+    image = Image.new("RGB", (4, 4))
+    assert decode_face(image) is image
+    with pytest.raises(MagicNamingError, match="must be an image"):
+        decode_face(3.5)
+
+
+@pytest.fixture
+def api_client(magicnaming):
+    app = FastAPI()
+    magicnaming.webui.api.Api(app, threading.Lock())
+    return TestClient(app)
+
+
+def request(prompt, args):
+    return {"prompt": prompt, "negative_prompt": "", "steps": 2, "width": 64, "height": 64,
+            "alwayson_scripts": {"MagicNaming": {"args": args}}}
+
+
+def test_api_positional_args_reach_the_script(magicnaming, api_client):
+    body = request("<name:alice> jogging", [True, "in place", 0.8])
+    response = api_client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    info = response.json()["info"]
+    short_hash = magicnaming.library.get_info("alice").short_hash
+    assert f"alice:{short_hash}, mode: in place, strength: 0.8" in info
+
+
+def test_api_single_dict_with_a_base64_face(magicnaming, api_client):
+    face = png_base64((250, 200, 180))
+    body = request("<name:face> skiing", [{"mode": "prepend", "face": face}])
+    response = api_client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    expected = magicnaming.encoder.encode_photos([base64.b64decode(face)]).embedding
+    from lib_magicnaming.identity import embedding_hash
+
+    assert f"face:{embedding_hash(expected)}" in response.json()["info"]
+
+
+def test_api_unknown_identity_is_an_error_naming_it_and_the_api_keeps_working(magicnaming, api_client):
+    response = api_client.post("/sdapi/v1/txt2img", json=request("<name:carol> jogging", [True]))
+    assert response.status_code == 500
+    assert response.json()["error"] == "MagicNamingError"
+    assert "'carol'" in response.json()["errors"]
+    response = api_client.post("/sdapi/v1/txt2img", json=request("<name:bob> jogging", [True]))
+    assert response.status_code == 200
+
+
+def test_api_default_args_leave_magicnaming_off(magicnaming, api_client):
+    body = request("<name:alice> jogging", [])
+    response = api_client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200
+    assert "MagicNaming:" not in response.json()["info"]
+
+
+def test_api_bad_dict_key_stops_the_generation(magicnaming, api_client):
+    response = api_client.post("/sdapi/v1/txt2img", json=request("<name:alice>", [{"strenght": 1}]))
+    assert response.status_code == 500 and "'strenght'" in response.json()["errors"]
+
+
+def test_script_ui_returns_the_args_in_order_with_defaults(magicnaming):
+    inputs = magicnaming.runner.inputs[magicnaming.script.args_from:magicnaming.script.args_to]
+    assert [type(control).__name__ for control in inputs] == ["InputAccordion", "Radio", "Slider", "Image"]
+    assert [control.value for control in inputs[:3]] == [False, "prepend", 1.0]
+    assert inputs[0].elem_id == "script_txt2img_magicnaming_enabled-checkbox"
+
+
+def test_status_line_reports_the_encoder_and_identity_names_come_from_the_library(magicnaming, tmp_path):
+    from lib_magicnaming.webui import setup
+
+    magicnaming.webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
+    assert "No MagicNaming encoder checkpoint installed" in setup.status_line()
+    assert setup.saved_identity_names() == []
+    magicnaming.webui.shared.cmd_opts.magicnaming_dir = str(magicnaming.library.folder.parent)
+    assert setup.saved_identity_names() == ["alice", "bob"]
