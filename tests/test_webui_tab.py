@@ -11,7 +11,7 @@ from webuiapp_doubles import make_context, random_identity, text_encoding
 from lib_magicnaming.encode import PhotoReport
 from lib_magicnaming.face import FaceCrop
 from lib_magicnaming.identity import IdentityLibrary, read_identity_file
-from lib_magicnaming.webui.tab import TabActions, build_tab, describe_origin, report_markdown
+from lib_magicnaming.webui.tab import LIBRARY_HEADERS, TabActions, build_tab, describe_origin, report_markdown
 
 
 @pytest.fixture()
@@ -35,6 +35,11 @@ def test_tab_builds_under_this_gradio(actions, library):
     status = next(c for c in config["components"] if c["props"].get("elem_id") == "magicnaming_tab_status")
     assert "no checkpoint in /x/encoder" in status["props"]["value"]
     assert len(config["dependencies"]) >= 12
+    table = next(c for c in config["components"] if c["props"].get("headers") == LIBRARY_HEADERS)
+    assert [row[0] for row in table["props"]["value"]["data"]] == ["alice"]  # filled at build time
+    by_id = {c["props"].get("elem_id"): c for c in config["components"]}
+    choices = by_id["magicnaming_library_selected"]["props"]["choices"]
+    assert [choice if isinstance(choice, str) else choice[0] for choice in choices] == ["alice"]
 
 
 def test_names_then_mix_then_library_view(actions, library):

@@ -331,14 +331,15 @@ def _sample_section(gr: Any) -> SimpleNamespace:
     return ui
 
 
-def _library_section(gr: Any) -> SimpleNamespace:
+def _library_section(gr: Any, initial: tuple[list, list, list[str]]) -> SimpleNamespace:
+    gallery, rows, names = initial
     with gr.Tab("Library", elem_id="magicnaming_tab_library"):
         ui = SimpleNamespace(
             refresh=gr.Button("Refresh"),
-            gallery=gr.Gallery(label="Saved identities", columns=8, height="auto",
+            gallery=gr.Gallery(gallery, label="Saved identities", columns=8, height="auto",
                                elem_id="magicnaming_library_gallery"),
-            table=gr.Dataframe(headers=LIBRARY_HEADERS, interactive=False, wrap=True),
-            selected=gr.Dropdown(choices=[], label="Identity", elem_id="magicnaming_library_selected"),
+            table=gr.Dataframe(rows or None, headers=LIBRARY_HEADERS, interactive=False, wrap=True),
+            selected=gr.Dropdown(choices=names, label="Identity", elem_id="magicnaming_library_selected"),
             details=gr.Markdown(),
         )
         with gr.Row():
@@ -410,6 +411,14 @@ def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNam
     return refresh_library
 
 
+def initial_library(actions: TabActions) -> tuple[list, list, list[str]]:
+    """The library view at build time (empty if the folder cannot be read: the UI must still build)."""
+    try:
+        return actions.library_view()
+    except MagicNamingError:
+        return [], [], []
+
+
 def build_tab(actions: TabActions) -> Any:
     """Lay out the tab (a ``gr.Blocks``) and wire its events to ``actions``."""
     import gradio as gr
@@ -418,8 +427,10 @@ def build_tab(actions: TabActions) -> Any:
         status = gr.Markdown(actions.encoder_status_text(), elem_id="magicnaming_tab_status")
         message = gr.HTML(elem_id="magicnaming_tab_message")
         with gr.Tabs(elem_id="magicnaming_tabs"):
-            ui = SimpleNamespace(photos=_photos_section(gr), names=_names_section(gr), mix=_mix_section(gr),
-                                 sample=_sample_section(gr), library=_library_section(gr))
+            ui = SimpleNamespace(
+                photos=_photos_section(gr), names=_names_section(gr), mix=_mix_section(gr),
+                sample=_sample_section(gr), library=_library_section(gr, initial_library(actions)),
+            )
         refresh_library = _wire(gr, actions, status, message, ui)
         blocks.load(refresh_library, [], [ui.library.gallery, ui.library.table, ui.library.selected,
                                           ui.library.details])
