@@ -80,6 +80,23 @@ def test_in_place_rows_across_long_prompts_break_and_emphasis(magicnaming):
     assert torch.allclose(ratio, ratio[0, 0].expand_as(ratio), atol=1e-4)
 
 
+def test_in_place_follows_a_placeholder_moved_by_comma_back_tracking(magicnaming):
+    # 66 words and a comma fill 67 slots, the placeholder the last 8; the next word makes v1.10.1 move the
+    # text after the comma (the placeholder) into chunk 1 while its fix stays behind in chunk 0
+    prompt = " ".join(["word"] * 66) + ", <name:alice> end"
+    p, _ = magicnaming.run(prompt, args=(True, "in place"))
+    crossattn = first_cond(p)[0]["crossattn"]
+    assert torch.equal(crossattn[78:86], magicnaming.alice)
+    assert not torch.equal(crossattn[68:76], magicnaming.alice)
+
+
+def test_prepend_warns_when_it_pushes_prompt_tokens_out_of_chunk_0(magicnaming):
+    p, _ = magicnaming.run("<name:alice> " + " ".join(["word"] * 74))
+    assert any("last 6 of its 74 prompt tokens" in comment for comment in p.comments)
+    p, _ = magicnaming.run("<name:alice> " + " ".join(["word"] * 60))
+    assert not p.comments
+
+
 def test_cache_follows_the_identity_alice_bob_none_alice(magicnaming):
     prompt = "portrait of {} in the rain"
     runs = {}
@@ -200,8 +217,9 @@ def test_refiner_width_takes_the_bigg_half(magicnaming):
     assert torch.equal(crossattn[1:9], magicnaming.alice[:, 768:])
 
 
-def test_switched_off_leaves_prompts_alone_and_says_so(magicnaming):
-    p, processed = magicnaming.run("<name:alice> walking", args=(False,))
+@pytest.mark.parametrize("args", [(False,), (), ("not a bool", "sideways")])
+def test_switched_off_leaves_prompts_alone_and_says_so(magicnaming, args):
+    p, processed = magicnaming.run("<name:alice> walking", args=args)
     assert torch.equal(first_cond(p)[0]["crossattn"], magicnaming.encode(" walking")["crossattn"])
     assert any("MagicNaming is off" in comment for comment in p.comments)
     assert "MagicNaming:" not in processed.infotexts[0]
@@ -218,8 +236,12 @@ def test_xyz_axes_replace_identity_and_strength_per_cell(magicnaming):
     )
     cells = xyz_module.process_axis(p, xyz.IDENTITY_AXIS, ["bob", "alice"])
     assert "bob:" in cells[0].infotexts[0] and "alice:" in cells[1].infotexts[0]
+    p.sampler_log.clear()  # each cell is a shallow copy of p: they append to this same list
     cells = xyz_module.process_axis(p, xyz.STRENGTH_AXIS, ["0.5", "1.0"])
     assert all("alice:" in cell.infotexts[0] for cell in cells)
+    assert "strength: 0.5" in cells[0].infotexts[0] and "strength: 1.0" in cells[1].infotexts[0]
+    half, full = [call.cond["crossattn"][0, 1:9] for call in p.sampler_log if call.step == 0]
+    assert torch.equal(full, magicnaming.alice) and not torch.allclose(half, magicnaming.alice)
     with pytest.raises(MagicNamingError):
         xyz_module.process_axis(p, xyz.STRENGTH_AXIS, ["3"])
 
@@ -238,3 +260,42 @@ def test_without_injected_services_identities_come_from_the_configured_folder(ma
     face = Image.new("RGB", (32, 32))
     with pytest.raises(MagicNamingError, match="could not use the uploaded face.*encoder checkpoint"):
         magicnaming.run("<name:face> cooking", args=(True, "prepend", 1.0, face))
+
+
+def test_interleaved_generations_keep_their_own_identities(magicnaming):
+    """Two requests whose hooks interleave (as concurrent API calls may): state travels with each p."""
+    webui = magicnaming.webui
+
+    def prepared(prompt):
+        p = webui.txt2img(magicnaming.runner, {"magicnaming": [True]}, prompt=prompt, steps=2)
+        p.setup_prompts()
+        p.all_seeds = p.all_subseeds = [1]
+        p.scripts.process(p)
+        p.prompts, p.negative_prompts = p.all_prompts[:1], p.all_negative_prompts[:1]
+        p.scripts.before_process_batch(p, batch_number=0, prompts=p.prompts, seeds=[1], subseeds=[1])
+        return p
+
+    first, second = prepared("<name:alice> left"), prepared("<name:bob> right")
+    for p, expected in [(second, magicnaming.bob), (first, magicnaming.alice)]:
+        p.parse_extra_network_prompts()
+        p.setup_conds()
+        cond = p.c.batch[0][0].schedules[0].cond
+        assert torch.equal(cond["crossattn"][1:9], expected)
+    assert first.magicnaming is not second.magicnaming
+
+
+def test_img2img_tab_gets_identities_too(magicnaming):
+    from PIL import Image
+
+    webui = magicnaming.webui
+    runner = webui.make_runner(is_img2img=True)
+    script = next(s for s in runner.alwayson_scripts if s.title() == "MagicNaming")
+    script.services = magicnaming.script.services
+    assert runner.inputs[script.args_from].elem_id == "script_img2img_magicnaming_enabled-checkbox"
+    p = webui.processing.StableDiffusionProcessingImg2Img(
+        prompt="<name:bob> repainted", init_images=[Image.new("RGB", (64, 64))], steps=4)
+    p.scripts = runner
+    p.script_args = (0, True, "in place", 1.0, None)
+    processed = webui.processing.process_images(p)
+    assert torch.equal(first_cond(p, "img2img")[0]["crossattn"][1:9], magicnaming.bob)
+    assert "mode: in place" in processed.infotexts[0]

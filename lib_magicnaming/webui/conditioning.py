@@ -70,7 +70,9 @@ def _comment(text: str) -> None:
 
 def _chunk0_token_count(model, text: str) -> int | None:
     """Prompt tokens in chunk 0 of ``text`` as the WebUI chunks it (for the prepend warning), if knowable."""
-    stage = model.cond_stage_model
+    stage = getattr(model, "cond_stage_model", None)
+    if stage is None:
+        return None
     embedders = getattr(stage, "embedders", None)
     id_end = getattr(stage, "id_end", None) or (getattr(embedders[0], "id_end", None) if embedders else None)
     if id_end is None or not hasattr(stage, "process_texts"):

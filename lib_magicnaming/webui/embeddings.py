@@ -54,6 +54,28 @@ def ensure_placeholders(model, marker_texts: Iterable[str]) -> None:
             database.register_embedding_by_name(placeholder_embedding(marker_text), model, marker_text)
 
 
+PLACEHOLDER_TOKEN = 0
+"""The token id ``tokenize_line`` writes for each slot of a textual-inversion embedding."""
+
+
+def placeholder_row(chunk_tokens: list[list[int]], chunk_index: int, offset: int) -> int:
+    """The first conditioning row of the placeholder whose fix is at ``offset`` of chunk ``chunk_index``.
+
+    Normally ``chunk * 77 + offset + 1``. v1.10.1's comma back-tracking moves the tokens after the last comma
+    into the next chunk but leaves their fixes behind; a placeholder moved that way is found as the first run
+    of ID_TOKENS placeholder tokens in the next chunk.
+    """
+    slots = [PLACEHOLDER_TOKEN] * ID_TOKENS
+    tokens = chunk_tokens[chunk_index]
+    if tokens[offset + 1 : offset + 1 + ID_TOKENS] == slots or chunk_index + 1 >= len(chunk_tokens):
+        return chunk_index * CHUNK_ROWS + offset + 1
+    following = chunk_tokens[chunk_index + 1]
+    for start in range(1, len(following) - ID_TOKENS):
+        if following[start : start + ID_TOKENS] == slots:
+            return (chunk_index + 1) * CHUNK_ROWS + start
+    return chunk_index * CHUNK_ROWS + offset + 1
+
+
 def locate_markers(model, text: str) -> list[tuple[int, Marker]]:
     """(first row, marker) for every in-place marker in ``text``, from the WebUI's own chunking.
 
@@ -61,12 +83,15 @@ def locate_markers(model, text: str) -> list[tuple[int, Marker]]:
     silently lost).
     """
     batch_chunks, _token_count = model.cond_stage_model.process_texts([text])
+    chunks = batch_chunks[0]
     found: list[tuple[int, Marker]] = []
-    for chunk_index, chunk in enumerate(batch_chunks[0]):
+    for chunk_index, chunk in enumerate(chunks):
         for fix in chunk.fixes:
             name = getattr(fix.embedding, "name", "")
             if MARKER_RE.fullmatch(name):
-                found.append((chunk_index * CHUNK_ROWS + fix.offset + 1, parse_marker(name)))
+                found.append(
+                    (placeholder_row([c.tokens for c in chunks], chunk_index, fix.offset), parse_marker(name))
+                )
     expected = len(MARKER_RE.findall(text))
     if len(found) != expected:
         raise SpliceError(

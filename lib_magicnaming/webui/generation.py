@@ -229,7 +229,9 @@ def _rewrite_items(
             p.all_hr_prompts[image_index] = resolver.rewrite(hr_prompt, used)
             p.all_hr_negative_prompts[image_index] = resolver.rewrite(hr_negative, used)
         if used:
-            state.summaries[image_index] = format_summary(used, state.settings.mode, state.settings.strength)
+            strength = resolver.strength_override
+            strength = state.settings.strength if strength is None else strength
+            state.summaries[image_index] = format_summary(used, state.settings.mode, strength)
 
 
 def _update_infotext(p, state: GenerationState, images_so_far: int) -> None:
@@ -258,7 +260,7 @@ def rewrite_batch(
     texts = _batch_texts(p, prompts, batch_number)
     if not any(has_tags(text) for text in texts):
         return
-    if not state.settings.enabled:
+    if state.settings is None or not state.settings.enabled:
         p.comment(
             "MagicNaming is off, so the WebUI dropped the <name:...> tags from the prompt; "
             "open the MagicNaming accordion to use them."

@@ -405,6 +405,28 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         return samples
 
 
+class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+    """img2img: the same prompts, hooks and conds as txt2img; sampling starts from the init images."""
+
+    def __init__(self, init_images=None, denoising_strength=0.75, **kwargs):
+        super().__init__(**kwargs)
+        self.init_images = init_images or []
+        self.denoising_strength = denoising_strength
+
+    def init(self, all_prompts, all_seeds, all_subseeds):
+        self.extra_generation_params["Denoising strength"] = self.denoising_strength
+
+    def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+        self.sampler = ToySampler()
+        x = torch.zeros((len(seeds), opt_C, self.height // opt_f, self.width // opt_f))
+        if self.scripts is not None:
+            self.scripts.process_before_every_sampling(
+                self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning
+            )
+        steps = max(1, int(self.steps * self.denoising_strength))
+        return self.sampler.sample(self, x, conditioning, unconditional_conditioning, steps, "img2img")
+
+
 def get_hr_prompt(p, index, prompt_text, **kwargs):
     hr_prompt = p.all_hr_prompts[index]
     return hr_prompt if hr_prompt != prompt_text else None
