@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,23 @@ def test_tab_built_by_on_ui_tabs(app_webui):
     assert len(tabs) == 1
     blocks, title, elem_id = tabs[0]
     assert isinstance(blocks, gr.Blocks) and (title, elem_id) == ("MagicNaming", "magicnaming")
+
+
+def test_loads_and_explains_without_optional_packages(webui, monkeypatch, tmp_path):  # noqa: F811
+    """A failed install step (no open_clip, insightface, onnxruntime): the extension loads, the tab builds,
+    names still work, and the status says what to install."""
+    for module in ("open_clip", "insightface", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, module, None)  # "import x" now raises ImportError
+    webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
+    webui.load_script(ROOT / "scripts" / "magicnaming_app.py")
+    webui.script_callbacks.ui_settings_callback()
+    (tab,) = webui.script_callbacks.ui_tabs_callback()
+    from lib_magicnaming.webui import services
+
+    status = services.encoder_status()
+    assert "package open_clip_torch" in status.missing and "package insightface" in status.missing
+    assert "package onnxruntime (or onnxruntime-gpu)" in status.missing
+    webui.shared.sd_model = webui.toy.ToySDXL()
+    client = started_app(webui)
+    body = {"name": "ada", "names": [{"name": "Ada Lovelace"}]}
+    assert client.post("/magicnaming/v1/identities/from-names", json=body).status_code == 201

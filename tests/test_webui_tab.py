@@ -11,7 +11,7 @@ from webuiapp_doubles import make_context, random_identity, text_encoding
 from lib_magicnaming.encode import PhotoReport
 from lib_magicnaming.face import FaceCrop
 from lib_magicnaming.identity import IdentityLibrary, read_identity_file
-from lib_magicnaming.webui.tab import TabActions, build_tab, describe_origin, report_markdown
+from lib_magicnaming.webui.tab import LIBRARY_HEADERS, TabActions, build_tab, describe_origin, report_markdown
 
 
 @pytest.fixture()
@@ -35,6 +35,11 @@ def test_tab_builds_under_this_gradio(actions, library):
     status = next(c for c in config["components"] if c["props"].get("elem_id") == "magicnaming_tab_status")
     assert "no checkpoint in /x/encoder" in status["props"]["value"]
     assert len(config["dependencies"]) >= 12
+    table = next(c for c in config["components"] if c["props"].get("headers") == LIBRARY_HEADERS)
+    assert [row[0] for row in table["props"]["value"]["data"]] == ["alice"]  # filled at build time
+    by_id = {c["props"].get("elem_id"): c for c in config["components"]}
+    choices = by_id["magicnaming_library_selected"]["props"]["choices"]
+    assert [choice if isinstance(choice, str) else choice[0] for choice in choices] == ["alice"]
 
 
 def test_names_then_mix_then_library_view(actions, library):
@@ -110,3 +115,37 @@ def test_report_markdown_one_row_per_photo():
     assert lines[2] == "| 1 | yes | 2 | 0.8765 | 0.123 | 2 faces found; used the largest |"
     assert lines[3] == "| 2 | no | (not run) |  |  | photo 2: not an image |"
     assert report_markdown([]) == ""
+
+
+def dependency_index(blocks, trigger_label: str, input_labels: list[str]) -> int:
+    """The fn_index of the event fired by the component labelled ``trigger_label`` with these inputs."""
+    config = blocks.get_config_file()
+    labels = {c["id"]: c["props"].get("label") or c["props"].get("value") for c in config["components"]}
+    for index, dependency in enumerate(config["dependencies"]):
+        targets = [labels.get(t) for t in dependency["targets"] if isinstance(t, int)]
+        if trigger_label in targets and [labels.get(i) for i in dependency["inputs"]] == input_labels:
+            return index
+    raise AssertionError(f"no event for {trigger_label} with inputs {input_labels}")
+
+
+def test_events_run_through_gradio(actions, library):
+    """Through gradio's own pre/postprocessing (with the queue the WebUI enables, for gr.Progress)."""
+    import asyncio
+
+    library.save(random_identity("bob", 2, Image.new("RGB", (8, 8), (9, 9, 9))))
+    blocks = build_tab(actions)
+    blocks.queue()
+    save_names = dependency_index(blocks, "Save identity", ["Identity name", "Names", "Mix", "Overwrite"])
+    export = dependency_index(blocks, "Export", ["Identity"])
+
+    async def run():
+        saved = await blocks.process_api(save_names, ["ada", "0.6 Ada + 0.4 Alan", "linear", False], state={})
+        exported = await blocks.process_api(export, ["bob"], state={})
+        return saved["data"], exported["data"]
+
+    saved, exported = asyncio.run(run())
+    message, gallery, table, dropdown, details = saved
+    assert "Saved ada" in message
+    assert [caption for _image, caption in gallery] == [f"bob [{library.get_info('bob').short_hash}]"]
+    assert [row[0] for row in table["data"]] == ["ada", "bob"] and dropdown["choices"] == ["ada", "bob"]
+    assert exported[0]["orig_name"] == "bob.safetensors" and "Exported bob" in exported[1]

@@ -1,6 +1,6 @@
 """REST routes under ``/magicnaming/v1/`` (registered from ``script_callbacks.on_app_started``).
 
-Routes added straight on the app do not get the WebUI's ``--api-auth``; :func:`register_routes` applies the
+Routes added straight on the app do not get the WebUI's ``--api-auth``; :func:`build_router` applies the
 same HTTP Basic check the built-in API uses (``modules/api/api.py``: ``cmd_opts.api_auth`` is
 ``"user:pass,user2:pass2"``; passwords compared with ``secrets.compare_digest``; 401 with
 ``WWW-Authenticate: Basic``). Every bad input is answered with a 4xx JSON body whose ``detail`` is a message
@@ -104,6 +104,11 @@ class SampleRequest(BaseModel):
 # --------------------------------------------------------------------------------------------- helpers
 
 
+def size_text(size: int) -> str:
+    """``16 MiB`` for whole mebibytes, else ``1000 bytes``."""
+    return f"{size >> 20} MiB" if size >= 1 << 20 and size % (1 << 20) == 0 else f"{size} bytes"
+
+
 def http_error(error: Exception) -> HTTPException:
     """Map a library error to its HTTP status (message as ``detail``)."""
     if isinstance(error, IdentityNotFound):
@@ -129,22 +134,23 @@ def library_errors() -> Iterator[None]:
 def decode_photo(text: str, index: int, limits: ApiLimits) -> bytes:
     """Base64 (optionally a data URL) -> bytes; 400 for bad base64, 413 beyond the per-photo limit."""
     if not isinstance(text, str) or not text.strip():
-        raise HTTPException(status_code=400, detail=f"photo {index}: empty; send a base64-encoded image")
+        raise HTTPException(status_code=400, detail=f"photo {index + 1}: empty; send a base64-encoded image")
     if text.startswith("data:"):
         head, _, text = text.partition(",")
         if ";base64" not in head:
-            raise HTTPException(status_code=400, detail=f"photo {index}: data URL is not base64-encoded")
+            raise HTTPException(status_code=400, detail=f"photo {index + 1}: data URL is not base64-encoded")
     if len(text) > (limits.max_photo_bytes * 4) // 3 + 4:
         raise HTTPException(
-            status_code=413, detail=f"photo {index}: larger than {limits.max_photo_bytes >> 20} MiB"
+            status_code=413, detail=f"photo {index + 1}: larger than {size_text(limits.max_photo_bytes)}"
         )
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as error:
-        raise HTTPException(status_code=400, detail=f"photo {index}: not valid base64 ({error})") from error
+        detail = f"photo {index + 1}: not valid base64 ({error})"
+        raise HTTPException(status_code=400, detail=detail) from error
     if len(data) > limits.max_photo_bytes:
         raise HTTPException(
-            status_code=413, detail=f"photo {index}: larger than {limits.max_photo_bytes >> 20} MiB"
+            status_code=413, detail=f"photo {index + 1}: larger than {size_text(limits.max_photo_bytes)}"
         )
     return data
 
@@ -156,7 +162,7 @@ def check_image(data: bytes, index: int) -> Any:
     try:
         return load_image(data)
     except FaceError as error:
-        raise HTTPException(status_code=400, detail=f"photo {index}: {error}") from error
+        raise HTTPException(status_code=400, detail=f"photo {index + 1}: {error}") from error
 
 
 def thumbnail_base64(image: Any) -> str | None:
@@ -200,7 +206,7 @@ def size_limited_route(max_request_bytes: int) -> type[APIRoute]:
                 length = request.headers.get("content-length")
                 if length is not None and length.isdigit() and int(length) > max_request_bytes:
                     raise HTTPException(
-                        status_code=413, detail=f"request body larger than {max_request_bytes >> 20} MiB"
+                        status_code=413, detail=f"request body larger than {size_text(max_request_bytes)}"
                     )
                 return await handler(request)
 

@@ -12,12 +12,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
 from lib_magicnaming.errors import EncoderError, IdentityExists
 from lib_magicnaming.tags import validate_identity_name
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
+
+if TYPE_CHECKING:
+    from lib_magicnaming.identity import IdentityLibrary
 
 OPTIONAL_PACKAGES = {
     "open_clip": "open_clip_torch",
@@ -70,7 +73,7 @@ def missing_packages() -> list[str]:
     return [hint for module, hint in OPTIONAL_PACKAGES.items() if importlib.util.find_spec(module) is None]
 
 
-def identity_library(settings: MagicNamingSettings | None = None):
+def identity_library(settings: MagicNamingSettings | None = None) -> IdentityLibrary:
     """The identity library of the configured folder (``<folder>/identities``)."""
     from lib_magicnaming.identity import IdentityLibrary
 

@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from lib_magicnaming.errors import MagicNamingError
@@ -29,6 +30,10 @@ from lib_magicnaming.webui.services import (
 
 METHODS = ["linear", "slerp"]
 LIBRARY_HEADERS = ["name", "hash", "made from", "created", "stored as"]
+
+
+def no_progress(*_args: Any, **_kwargs: Any) -> None:
+    """The progress callback when none is given (gr.Progress must not be tested for truth: it has a len)."""
 
 
 def message_html(text: str, *, error: bool = False) -> str:
@@ -147,7 +152,7 @@ class TabActions:
         self, files: Any, assume_cropped: bool, progress: Callable[..., Any] | None = None
     ) -> tuple[list[tuple[Any, str]], str, Any, str]:
         """Detect and encode the uploaded photos: (crops, per-photo report, EncodeResult to save, message)."""
-        progress = progress or (lambda *a, **k: None)
+        progress = no_progress if progress is None else progress
         photos = _uploaded_bytes(files)
         if not photos:
             return [], "", None, message_html("Upload at least one photo", error=True)
@@ -181,7 +186,7 @@ class TabActions:
         progress: Callable[..., Any] | None = None,
     ) -> str:
         """Save an identity made from ``"0.6 Ada Lovelace + 0.4 Alan Turing"`` (SDXL text encoders)."""
-        progress = progress or (lambda *a, **k: None)
+        progress = no_progress if progress is None else progress
         try:
             refuse_existing(self.context.library(), name, bool(overwrite))
             progress(0.3, desc="Encoding names with the SDXL text encoders")
@@ -204,7 +209,7 @@ class TabActions:
         progress: Callable[..., Any] | None = None,
     ) -> str:
         """Save a fictional identity sampled from the encoder's name-space statistics."""
-        progress = progress or (lambda *a, **k: None)
+        progress = no_progress if progress is None else progress
         try:
             refuse_existing(self.context.library(), name, bool(overwrite))
             progress(0.3, desc="Loading the MagicNaming encoder")
@@ -269,117 +274,166 @@ class TabActions:
         return str(path), message_html(f"Exported {name}: download it below")
 
 
-def build_tab(actions: TabActions) -> Any:
-    """Lay out the tab (a ``gr.Blocks``) and wire its events to ``actions``."""
-    import gradio as gr
+def _photos_section(gr: Any) -> SimpleNamespace:
+    with gr.Tab("From photos", elem_id="magicnaming_tab_photos"):
+        ui = SimpleNamespace(
+            photos=gr.File(label="Face photos (1 or more of the same person)", file_count="multiple",
+                           file_types=["image"], type="binary", elem_id="magicnaming_photos"),
+            assume_cropped=gr.Checkbox(False, label="Photos are face crops already (skip detection)"),
+            encode=gr.Button("Detect faces and encode", variant="secondary"),
+            crops=gr.Gallery(label="Detected face crops", columns=6, height="auto",
+                             elem_id="magicnaming_crops"),
+            report=gr.Markdown(),
+            preview=gr.State(None),
+        )
+        with gr.Row():
+            ui.name = gr.Textbox(label="Identity name", placeholder="alice")
+            ui.overwrite = gr.Checkbox(False, label="Overwrite")
+            ui.save = gr.Button("Save identity", variant="primary")
+    return ui
+
+
+def _names_section(gr: Any) -> SimpleNamespace:
+    with gr.Tab("From names", elem_id="magicnaming_tab_names"):
+        gr.Markdown("Names SDXL knows, with weights. Uses the loaded SDXL checkpoint, no encoder.")
+        ui = SimpleNamespace(text=gr.Textbox(label="Names", placeholder="0.6 Ada Lovelace + 0.4 Alan Turing"))
+        with gr.Row():
+            ui.name = gr.Textbox(label="Identity name")
+            ui.method = gr.Radio(METHODS, value="linear", label="Mix")
+            ui.overwrite = gr.Checkbox(False, label="Overwrite")
+            ui.save = gr.Button("Save identity", variant="primary")
+    return ui
+
+
+def _mix_section(gr: Any) -> SimpleNamespace:
+    with gr.Tab("Mix", elem_id="magicnaming_tab_mix"):
+        text = gr.Textbox(label="Saved identities, weighted", placeholder="0.5 alice + 0.5 bob")
+        ui = SimpleNamespace(text=text)
+        with gr.Row():
+            ui.name = gr.Textbox(label="Identity name")
+            ui.method = gr.Radio(METHODS, value="linear", label="Mix")
+            ui.overwrite = gr.Checkbox(False, label="Overwrite")
+            ui.save = gr.Button("Save identity", variant="primary")
+    return ui
+
+
+def _sample_section(gr: Any) -> SimpleNamespace:
+    with gr.Tab("Sample", elem_id="magicnaming_tab_sample"):
+        gr.Markdown("A fictional person drawn from the encoder's name-space statistics.")
+        ui = SimpleNamespace()
+        with gr.Row():
+            ui.seed = gr.Number(0, label="Seed", precision=0)
+            ui.scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Scale")
+        with gr.Row():
+            ui.name = gr.Textbox(label="Identity name")
+            ui.overwrite = gr.Checkbox(False, label="Overwrite")
+            ui.save = gr.Button("Save identity", variant="primary")
+    return ui
+
+
+def _library_section(gr: Any, initial: tuple[list, list, list[str]]) -> SimpleNamespace:
+    gallery, rows, names = initial
+    with gr.Tab("Library", elem_id="magicnaming_tab_library"):
+        ui = SimpleNamespace(
+            refresh=gr.Button("Refresh"),
+            gallery=gr.Gallery(gallery, label="Saved identities", columns=8, height="auto",
+                               elem_id="magicnaming_library_gallery"),
+            table=gr.Dataframe(rows or None, headers=LIBRARY_HEADERS, interactive=False, wrap=True),
+            selected=gr.Dropdown(choices=names, label="Identity", elem_id="magicnaming_library_selected"),
+            details=gr.Markdown(),
+        )
+        with gr.Row():
+            ui.new_name = gr.Textbox(label="New name")
+            ui.rename = gr.Button("Rename")
+        with gr.Row():
+            ui.delete = gr.Button("Delete", variant="stop")
+            ui.export = gr.Button("Export")
+        with gr.Row(visible=False) as ui.confirm_row:
+            gr.Markdown("Delete this identity for good?")
+            ui.confirm = gr.Button("Yes, delete", variant="stop")
+            ui.cancel = gr.Button("Cancel")
+        ui.export_file = gr.File(label="Exported file", interactive=False)
+        with gr.Row():
+            ui.import_files = gr.File(label="Import identity files", file_count="multiple",
+                                      file_types=[".safetensors"], type="binary")
+            ui.import_name = gr.Textbox(label="Import as (one file only; blank: its own name)")
+            ui.import_overwrite = gr.Checkbox(False, label="Overwrite")
+            ui.import_button = gr.Button("Import")
+    return ui
+
+
+def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNamespace) -> Callable:
+    """Connect every event; returns the library refresh function (for the page-load event)."""
+    library = ui.library
+    library_outputs = [library.gallery, library.table, library.selected, library.details]
 
     def refresh_library():
         gallery, rows, names = actions.library_view()
         return gallery, rows or [[""] * len(LIBRARY_HEADERS)], gr.update(choices=names, value=None), ""
 
+    def saving(handler: Callable[..., str]) -> Callable[..., tuple]:
+        """A handler whose message goes to the status line, followed by a library refresh."""
+        def run(*args):
+            return (handler(*args), *refresh_library())
+        return run
+
+    # gradio injects a progress tracker into a parameter whose default is gr.Progress(), found by position
+    # in the signature: these wrappers spell their parameters out.
+    def preview_photos(files, cropped, progress=gr.Progress()):
+        return actions.preview_photos(files, cropped, progress)
+
+    def from_names(name, text, method, overwrite, progress=gr.Progress()):
+        return (actions.create_from_names(name, text, method, overwrite, progress), *refresh_library())
+
+    def sampled(name, seed, scale, overwrite, progress=gr.Progress()):
+        return (actions.create_sampled(name, seed, scale, overwrite, progress), *refresh_library())
+
+    photos, names, mix, sample = ui.photos, ui.names, ui.mix, ui.sample
+    saved = [message, *library_outputs]
+    photos.encode.click(preview_photos, [photos.photos, photos.assume_cropped],
+                        [photos.crops, photos.report, photos.preview, message])
+    photos.save.click(saving(actions.save_photos), [photos.preview, photos.name, photos.overwrite], saved)
+    names.save.click(from_names, [names.name, names.text, names.method, names.overwrite], saved)
+    mix.save.click(saving(actions.create_mix), [mix.name, mix.text, mix.method, mix.overwrite], saved)
+    sample.save.click(sampled, [sample.name, sample.seed, sample.scale, sample.overwrite], saved)
+
+    refreshed = library.refresh.click(refresh_library, [], library_outputs)
+    refreshed.then(actions.encoder_status_text, [], [status])
+    library.selected.change(actions.identity_details, [library.selected], [library.details])
+    library.rename.click(saving(actions.rename), [library.selected, library.new_name], saved)
+    library.delete.click(lambda: gr.update(visible=True), [], [library.confirm_row])
+    library.cancel.click(lambda: gr.update(visible=False), [], [library.confirm_row])
+    library.confirm.click(saving(actions.delete), [library.selected], saved).then(
+        lambda: gr.update(visible=False), [], [library.confirm_row])
+    library.export.click(actions.export, [library.selected], [library.export_file, message])
+    import_inputs = [library.import_files, library.import_name, library.import_overwrite]
+    library.import_button.click(saving(actions.import_files), import_inputs, saved)
+    return refresh_library
+
+
+def initial_library(actions: TabActions) -> tuple[list, list, list[str]]:
+    """The library view at build time (empty if the folder cannot be read: the UI must still build)."""
+    try:
+        return actions.library_view()
+    except MagicNamingError:
+        return [], [], []
+
+
+def build_tab(actions: TabActions) -> Any:
+    """Lay out the tab (a ``gr.Blocks``) and wire its events to ``actions``."""
+    import gradio as gr
+
     with gr.Blocks(analytics_enabled=False) as blocks:
         status = gr.Markdown(actions.encoder_status_text(), elem_id="magicnaming_tab_status")
         message = gr.HTML(elem_id="magicnaming_tab_message")
         with gr.Tabs(elem_id="magicnaming_tabs"):
-            with gr.Tab("From photos", elem_id="magicnaming_tab_photos"):
-                photos = gr.File(label="Face photos (1 or more of the same person)", file_count="multiple",
-                                 file_types=["image"], type="binary", elem_id="magicnaming_photos")
-                assume_cropped = gr.Checkbox(False, label="Photos are face crops already (skip detection)")
-                encode_button = gr.Button("Detect faces and encode", variant="secondary")
-                crops = gr.Gallery(label="Detected face crops", columns=6, height="auto",
-                                   elem_id="magicnaming_crops")
-                report = gr.Markdown()
-                preview = gr.State(None)
-                with gr.Row():
-                    photos_name = gr.Textbox(label="Identity name", placeholder="alice")
-                    photos_overwrite = gr.Checkbox(False, label="Overwrite")
-                    photos_save = gr.Button("Save identity", variant="primary")
-            with gr.Tab("From names", elem_id="magicnaming_tab_names"):
-                gr.Markdown("Names SDXL knows, with weights. Uses the loaded SDXL checkpoint, no encoder.")
-                names_text = gr.Textbox(label="Names", placeholder="0.6 Ada Lovelace + 0.4 Alan Turing")
-                with gr.Row():
-                    names_name = gr.Textbox(label="Identity name")
-                    names_method = gr.Radio(METHODS, value="linear", label="Mix")
-                    names_overwrite = gr.Checkbox(False, label="Overwrite")
-                    names_save = gr.Button("Save identity", variant="primary")
-            with gr.Tab("Mix", elem_id="magicnaming_tab_mix"):
-                mix_text = gr.Textbox(label="Saved identities, weighted", placeholder="0.5 alice + 0.5 bob")
-                with gr.Row():
-                    mix_name = gr.Textbox(label="Identity name")
-                    mix_method = gr.Radio(METHODS, value="linear", label="Mix")
-                    mix_overwrite = gr.Checkbox(False, label="Overwrite")
-                    mix_save = gr.Button("Save identity", variant="primary")
-            with gr.Tab("Sample", elem_id="magicnaming_tab_sample"):
-                gr.Markdown("A fictional person drawn from the encoder's name-space statistics.")
-                with gr.Row():
-                    sample_seed = gr.Number(0, label="Seed", precision=0)
-                    sample_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Scale")
-                with gr.Row():
-                    sample_name = gr.Textbox(label="Identity name")
-                    sample_overwrite = gr.Checkbox(False, label="Overwrite")
-                    sample_save = gr.Button("Save identity", variant="primary")
-            with gr.Tab("Library", elem_id="magicnaming_tab_library"):
-                refresh = gr.Button("Refresh")
-                gallery = gr.Gallery(label="Saved identities", columns=8, height="auto",
-                                     elem_id="magicnaming_library_gallery")
-                table = gr.Dataframe(headers=LIBRARY_HEADERS, interactive=False, wrap=True)
-                selected = gr.Dropdown(choices=[], label="Identity", elem_id="magicnaming_library_selected")
-                details = gr.Markdown()
-                with gr.Row():
-                    new_name = gr.Textbox(label="New name")
-                    rename_button = gr.Button("Rename")
-                with gr.Row():
-                    delete_button = gr.Button("Delete", variant="stop")
-                    export_button = gr.Button("Export")
-                with gr.Row(visible=False) as confirm_row:
-                    gr.Markdown("Delete this identity for good?")
-                    confirm_button = gr.Button("Yes, delete", variant="stop")
-                    cancel_button = gr.Button("Cancel")
-                export_file = gr.File(label="Exported file", interactive=False)
-                with gr.Row():
-                    import_files = gr.File(label="Import identity files", file_count="multiple",
-                                           file_types=[".safetensors"], type="binary")
-                    import_name = gr.Textbox(label="Import as (one file only; blank: its own name)")
-                    import_overwrite = gr.Checkbox(False, label="Overwrite")
-                    import_button = gr.Button("Import")
-
-        library_outputs = [gallery, table, selected, details]
-
-        def with_refresh(handler: Callable[..., str]) -> Callable[..., tuple]:
-            def run(*args):
-                text = handler(*args)
-                return (text, *refresh_library())
-            return run
-
-        def preview_photos(files, cropped, progress=gr.Progress()):
-            return actions.preview_photos(files, cropped, progress)
-
-        def from_names(name, text, method, overwrite, progress=gr.Progress()):
-            return actions.create_from_names(name, text, method, overwrite, progress)
-
-        def sampled(name, seed, scale, overwrite, progress=gr.Progress()):
-            return actions.create_sampled(name, seed, scale, overwrite, progress)
-
-        encode_button.click(preview_photos, [photos, assume_cropped], [crops, report, preview, message])
-        photos_save.click(with_refresh(actions.save_photos), [preview, photos_name, photos_overwrite],
-                          [message, *library_outputs])
-        names_save.click(with_refresh(from_names), [names_name, names_text, names_method, names_overwrite],
-                         [message, *library_outputs])
-        mix_save.click(with_refresh(actions.create_mix), [mix_name, mix_text, mix_method, mix_overwrite],
-                       [message, *library_outputs])
-        sample_save.click(with_refresh(sampled), [sample_name, sample_seed, sample_scale, sample_overwrite],
-                          [message, *library_outputs])
-        refresh.click(refresh_library, [], library_outputs).then(actions.encoder_status_text, [], [status])
-        selected.change(actions.identity_details, [selected], [details])
-        rename_button.click(with_refresh(actions.rename), [selected, new_name], [message, *library_outputs])
-        delete_button.click(lambda: gr.update(visible=True), [], [confirm_row])
-        cancel_button.click(lambda: gr.update(visible=False), [], [confirm_row])
-        confirm_button.click(with_refresh(actions.delete), [selected], [message, *library_outputs]).then(
-            lambda: gr.update(visible=False), [], [confirm_row])
-        export_button.click(actions.export, [selected], [export_file, message])
-        import_button.click(with_refresh(actions.import_files), [import_files, import_name, import_overwrite],
-                            [message, *library_outputs])
-        blocks.load(refresh_library, [], library_outputs)
+            ui = SimpleNamespace(
+                photos=_photos_section(gr), names=_names_section(gr), mix=_mix_section(gr),
+                sample=_sample_section(gr), library=_library_section(gr, initial_library(actions)),
+            )
+        refresh_library = _wire(gr, actions, status, message, ui)
+        blocks.load(refresh_library, [], [ui.library.gallery, ui.library.table, ui.library.selected,
+                                          ui.library.details])
     return blocks
 
 
