@@ -1,0 +1,409 @@
+"""The name encoder: two frozen CLIP image towers and a three-layer MLP head (method.md decisions 2-3).
+
+A face crop goes through OpenAI CLIP ViT-L/14 (projected, 768) and OpenCLIP ViT-bigG/14 (projected, 1280);
+the two image embeddings are concatenated in that order (CLIP-L then bigG, as SDXL concatenates its text
+encoders per token) to 2048 features, and the head maps them to an F_ID of ID_TOKENS x SDXL_CONTEXT_WIDTH.
+
+Everything that decides the architecture (tower configs, head config, feature normalisation, crop) lives in
+:class:`EncoderConfig`, which the checkpoint records, so a checkpoint rebuilds its own model.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import MISSING, asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lib_magicnaming.constants import CLIP_G_WIDTH, CLIP_L_WIDTH, ID_TOKENS, SDXL_CONTEXT_WIDTH
+from lib_magicnaming.errors import EncoderError, FaceError
+from lib_magicnaming.face import CropConfig
+
+TOWER_NAMES = ("clip_l", "clip_g")
+"""Tower slots, in concatenation order."""
+
+HEAD_NORMS = ("layernorm", "none")
+HEAD_ACTS = ("gelu", "relu", "silu")
+FEATURE_NORMS = ("l2", "none")
+
+
+@dataclass
+class HeadConfig:
+    """Shape of the MLP head: in_dim -> hidden_dim -> hidden_dim -> out_tokens * out_dim."""
+
+    in_dim: int = SDXL_CONTEXT_WIDTH
+    hidden_dim: int = 2048
+    out_tokens: int = ID_TOKENS
+    out_dim: int = SDXL_CONTEXT_WIDTH
+    norm: str = "layernorm"
+    act: str = "gelu"
+
+    def validate(self) -> HeadConfig:
+        """Raise EncoderError naming the first bad field; return self."""
+        for name in ("in_dim", "hidden_dim", "out_tokens", "out_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise EncoderError(f"head config: {name} must be a positive integer, got {value!r}")
+        if self.norm not in HEAD_NORMS:
+            raise EncoderError(f"head config: norm must be one of {HEAD_NORMS}, got {self.norm!r}")
+        if self.act not in HEAD_ACTS:
+            raise EncoderError(f"head config: act must be one of {HEAD_ACTS}, got {self.act!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (recorded in checkpoints)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeadConfig:
+        """Inverse of :meth:`to_dict`; unknown or missing fields raise EncoderError."""
+        return cls(**_exact_fields(cls, data, "head config")).validate()
+
+
+@dataclass
+class TowerSpec:
+    """One frozen CLIP image tower.
+
+    ``model_cfg`` is a custom open_clip model config (a dict like open_clip's model_configs/*.json) for towers
+    open_clip does not know by name, e.g. the tiny towers of the tests; ``None`` means open_clip's config for
+    ``arch``. ``file_sha256``/``file_size`` describe the local weight file the tower was trained with, when
+    known, so loading can check a user's file is the same one.
+    """
+
+    name: str
+    arch: str
+    pretrained: str
+    embed_dim: int
+    model_cfg: dict | None = None
+    file_sha256: str | None = None
+    file_size: int | None = None
+
+    def validate(self) -> TowerSpec:
+        """Raise EncoderError naming the problem (bad slot, unknown arch, embed_dim mismatch); return self."""
+        if self.name not in TOWER_NAMES:
+            raise EncoderError(f"tower name must be one of {TOWER_NAMES}, got {self.name!r}")
+        if not isinstance(self.arch, str) or not self.arch:
+            raise EncoderError(f"tower {self.name}: arch must be a non-empty string")
+        if not isinstance(self.pretrained, str):
+            raise EncoderError(f"tower {self.name}: pretrained tag must be a string")
+        cfg = tower_model_config(self)
+        if cfg.get("embed_dim") != self.embed_dim:
+            raise EncoderError(
+                f"tower {self.name} ({self.arch}): embed_dim {self.embed_dim} does not match the model "
+                f"config's embed_dim {cfg.get('embed_dim')}"
+            )
+        if self.file_sha256 is not None and (
+            not isinstance(self.file_sha256, str) or len(self.file_sha256) != 64
+        ):
+            raise EncoderError(f"tower {self.name}: file_sha256 must be 64 hex characters")
+        return self
+
+    @property
+    def file_stem(self) -> str:
+        """Base name of the tower's local weight file: ``<arch>-<pretrained>``."""
+        return f"{self.arch}-{self.pretrained}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (recorded in checkpoints)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TowerSpec:
+        """Inverse of :meth:`to_dict`; unknown or missing fields raise EncoderError."""
+        return cls(**_exact_fields(cls, data, "tower spec")).validate()
+
+
+CLIP_L_TOWER = TowerSpec(name="clip_l", arch="ViT-L-14", pretrained="openai", embed_dim=CLIP_L_WIDTH)
+CLIP_G_TOWER = TowerSpec(
+    name="clip_g", arch="ViT-bigG-14", pretrained="laion2b_s39b_b160k", embed_dim=CLIP_G_WIDTH
+)
+
+
+def default_towers() -> list[TowerSpec]:
+    """The two towers of method.md decision 2 (fresh copies)."""
+    return [copy.deepcopy(CLIP_L_TOWER), copy.deepcopy(CLIP_G_TOWER)]
+
+
+@dataclass
+class EncoderConfig:
+    """Everything that defines a name encoder; recorded in (and rebuilt from) a checkpoint."""
+
+    towers: list[TowerSpec] = field(default_factory=default_towers)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    feature_norm: str = "l2"
+    """'l2': each tower's projected embedding is L2-normalised before concatenation (as CLIP compares
+    embeddings); 'none': used raw."""
+
+    def validate(self) -> EncoderConfig:
+        """Check towers, head and their agreement; raise EncoderError naming the problem; return self."""
+        if not self.towers:
+            raise EncoderError("encoder config has no towers")
+        names = [t.name for t in self.towers]
+        if len(set(names)) != len(names):
+            raise EncoderError(f"encoder config names a tower slot twice: {names}")
+        if names != [n for n in TOWER_NAMES if n in names]:
+            raise EncoderError(f"towers must be in the order {TOWER_NAMES}, got {names}")
+        for tower in self.towers:
+            tower.validate()
+        self.head.validate()
+        total = sum(t.embed_dim for t in self.towers)
+        if total != self.head.in_dim:
+            raise EncoderError(
+                f"head in_dim {self.head.in_dim} does not match the towers' embed dims summed ({total})"
+            )
+        if self.feature_norm not in FEATURE_NORMS:
+            raise EncoderError(f"feature_norm must be one of {FEATURE_NORMS}, got {self.feature_norm!r}")
+        try:
+            self.crop.validate()
+        except FaceError as err:
+            raise EncoderError(f"encoder config: {err}") from err
+        return self
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the concatenated tower features."""
+        return sum(t.embed_dim for t in self.towers)
+
+
+def _exact_fields(cls: type, data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise EncoderError(f"{what} must be a JSON object, got {type(data).__name__}")
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise EncoderError(f"{what} has unknown field(s) {unknown}")
+    required = {
+        n for n, f in cls.__dataclass_fields__.items()
+        if f.default is MISSING and f.default_factory is MISSING
+    }
+    missing = sorted(required - set(data))
+    if missing:
+        raise EncoderError(f"{what} is missing field(s) {missing}")
+    return dict(data)
+
+
+def tower_model_config(spec: TowerSpec) -> dict[str, Any]:
+    """The open_clip model config that builds ``spec``'s tower (a fresh dict).
+
+    Custom configs are used as given; otherwise open_clip's registered config for ``spec.arch``. OpenAI
+    weights were trained with QuickGELU, which open_clip applies for the 'openai' tag; so do we.
+    """
+    if spec.model_cfg is not None:
+        if not isinstance(spec.model_cfg, dict) or not isinstance(spec.model_cfg.get("vision_cfg"), dict):
+            raise EncoderError(f"tower {spec.name}: model_cfg must be a dict with a 'vision_cfg' dict")
+        return copy.deepcopy(spec.model_cfg)
+    import open_clip
+
+    cfg = open_clip.get_model_config(spec.arch)
+    if cfg is None:
+        raise EncoderError(
+            f"tower {spec.name}: unknown open_clip architecture {spec.arch!r} "
+            f"(open_clip {_open_clip_version()} does not know it and no model_cfg was given)"
+        )
+    if spec.pretrained == "openai":
+        cfg["quick_gelu"] = True
+    return cfg
+
+
+def build_tower_module(spec: TowerSpec) -> nn.Module:
+    """Build ``spec``'s image tower with random weights (open_clip's VisionTransformer), frozen, in eval."""
+    import open_clip.model as oc_model
+
+    cfg = tower_model_config(spec)
+    vision_cfg = {k: v for k, v in cfg["vision_cfg"].items() if k != "output_tokens"}
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    try:
+        builder = oc_model._build_vision_tower
+        tower = builder(embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, quick_gelu=quick_gelu)
+    except AttributeError:  # an open_clip without the helper: build a whole CLIP and keep its visual
+        tower = oc_model.CLIP(**{**cfg, "vision_cfg": vision_cfg}).visual
+    except TypeError as err:
+        raise EncoderError(
+            f"tower {spec.name}: open_clip cannot build vision config {vision_cfg}: {err}"
+        ) from err
+    return freeze(tower)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Turn off gradients and put ``module`` in eval mode; return it."""
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return module.eval()
+
+
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+class NameHead(nn.Module):
+    """Three linear layers, (norm, activation) between them: features (B, in) -> F_ID (B, tokens, dim)."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.config = config.validate()
+        hidden = config.hidden_dim
+        self.fc1 = nn.Linear(config.in_dim, hidden)
+        self.norm1 = nn.LayerNorm(hidden) if config.norm == "layernorm" else nn.Identity()
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden) if config.norm == "layernorm" else nn.Identity()
+        self.fc3 = nn.Linear(hidden, config.out_tokens * config.out_dim)
+        self.act = _ACTIVATIONS[config.act]()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) -> (B, out_tokens, out_dim)."""
+        x = self.act(self.norm1(self.fc1(features)))
+        x = self.act(self.norm2(self.fc2(x)))
+        return self.fc3(x).reshape(features.shape[0], self.config.out_tokens, self.config.out_dim)
+
+
+def head_state_shapes(config: HeadConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a :class:`NameHead`'s state dict for ``config`` (without building it)."""
+    h, out = config.hidden_dim, config.out_tokens * config.out_dim
+    shapes = {
+        "fc1.weight": (h, config.in_dim), "fc1.bias": (h,),
+        "fc2.weight": (h, h), "fc2.bias": (h,),
+        "fc3.weight": (out, h), "fc3.bias": (out,),
+    }
+    if config.norm == "layernorm":
+        shapes.update({"norm1.weight": (h,), "norm1.bias": (h,), "norm2.weight": (h,), "norm2.bias": (h,)})
+    return shapes
+
+
+def init_head_(
+    head: NameHead, *, out_std: float = 0.02, generator: torch.Generator | None = None
+) -> NameHead:
+    """Re-initialise a head in place (trunc-normal-ish weights scaled by fan-in, zero biases); return it."""
+    for linear in (head.fc1, head.fc2):
+        nn.init.normal_(linear.weight, std=1.0 / math.sqrt(linear.in_features), generator=generator)
+        nn.init.zeros_(linear.bias)
+    nn.init.normal_(head.fc3.weight, std=out_std, generator=generator)
+    nn.init.zeros_(head.fc3.bias)
+    return head
+
+
+class NameEncoder(nn.Module):
+    """Frozen towers + head: normalised pixels (B, 3, S, S) -> F_ID (B, ID_TOKENS, SDXL_CONTEXT_WIDTH).
+
+    Towers and head may sit on different devices/dtypes only transiently (see IdentityEncoder); here inputs
+    are cast to each tower's parameter dtype and features to the head's.
+    """
+
+    def __init__(self, config: EncoderConfig, towers: dict[str, nn.Module], head: NameHead):
+        super().__init__()
+        self.config = config.validate()
+        names = [t.name for t in config.towers]
+        if sorted(towers) != sorted(names):
+            raise EncoderError(f"towers given {sorted(towers)} do not match the config's {names}")
+        self.towers = nn.ModuleDict({name: freeze(towers[name]) for name in names})
+        self.head = head
+
+    def train(self, mode: bool = True) -> NameEncoder:
+        """Train the head only; the towers stay frozen in eval mode."""
+        super().train(mode)
+        for tower in self.towers.values():
+            tower.eval()
+        return self
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) CLIP-normalised pixels -> (B, feature_dim) concatenated tower embeddings (float32)."""
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise EncoderError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
+        parts = []
+        for spec in self.config.towers:
+            tower = self.towers[spec.name]
+            param = next(tower.parameters())
+            out = tower(pixels.to(device=param.device, dtype=param.dtype))
+            if isinstance(out, tuple):  # towers configured with output_tokens return (pooled, tokens)
+                out = out[0]
+            out = out.float()
+            if self.config.feature_norm == "l2":
+                out = torch.nn.functional.normalize(out, dim=-1)
+            parts.append(out)
+        device = parts[0].device
+        return torch.cat([p.to(device) for p in parts], dim=-1)
+
+    def head_only(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, feature_dim) -> (B, ID_TOKENS, SDXL_CONTEXT_WIDTH) float32."""
+        param = next(self.head.parameters())
+        return self.head(features.to(device=param.device, dtype=param.dtype)).float()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels -> F_ID."""
+        return self.head_only(self.features(pixels))
+
+
+def build_towers(
+    spec: TowerSpec, models_dir: str | None = None, *, allow_download: bool = False, random_init: bool = False
+) -> nn.Module:
+    """One tower: random weights if ``random_init``, else from ``models_dir`` or open_clip (towers.py)."""
+    if random_init:
+        return build_tower_module(spec.validate())
+    from lib_magicnaming.towers import load_tower
+
+    return load_tower(spec, models_dir, allow_download=allow_download)
+
+
+def build_encoder(
+    config: EncoderConfig,
+    *,
+    head_state: dict[str, torch.Tensor] | None = None,
+    tower_states: dict[str, dict[str, torch.Tensor]] | None = None,
+    models_dir: str | None = None,
+    allow_download: bool = False,
+    random_towers: bool = False,
+) -> NameEncoder:
+    """Build a :class:`NameEncoder` for ``config``.
+
+    Tower weights come from ``tower_states`` (e.g. stored in a checkpoint) when given for a tower, random
+    when ``random_towers`` (tests, benchmarks), else from local files / open_clip (see towers.load_tower).
+    ``head_state`` loads the head (strict); without it the head is freshly initialised.
+    """
+    config.validate()
+    tower_states = tower_states or {}
+    towers: dict[str, nn.Module] = {}
+    for spec in config.towers:
+        if spec.name in tower_states:
+            tower = build_tower_module(spec)
+            load_state_strict(tower, tower_states[spec.name], f"tower {spec.name}")
+            towers[spec.name] = tower
+        else:
+            towers[spec.name] = build_towers(
+                spec, models_dir, allow_download=allow_download, random_init=random_towers
+            )
+    head = NameHead(config.head)
+    if head_state is None:
+        init_head_(head)
+    else:
+        load_state_strict(head, head_state, "head")
+    return NameEncoder(config, towers, head)
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load ``state`` into ``module`` exactly (names and shapes), raising EncoderError naming the mismatch."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise EncoderError(
+            f"{what}: weights do not match the architecture; missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''}"
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise EncoderError(
+                f"{what}: tensor {key!r} has shape {tuple(tensor.shape)}, the architecture needs "
+                f"{tuple(expected[key].shape)}"
+            )
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def _open_clip_version() -> str:
+    try:
+        from open_clip.version import __version__
+    except ImportError:  # pragma: no cover - every released open_clip has it
+        return "?"
+    return __version__
