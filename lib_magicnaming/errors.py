@@ -43,3 +43,7 @@ class EncoderError(MagicNamingError):
 
 class FaceError(MagicNamingError):
     """A photo with no usable face, a bad image, or a missing face detector."""
+
+
+class NamespaceError(MagicNamingError):
+    """Bad input to name-space math: weights, a weighted-names text, embeddings that cannot be mixed."""
