@@ -1,0 +1,212 @@
+"""CLIP image-tower weights: from local open_clip files in the extension's models folder, else open_clip.
+
+Local files live in ``<models_dir>/towers/<arch>-<pretrained>.<ext>`` (``models_dir`` is the extension's
+models folder, ``<webui>/models/magicnaming``). They are open_clip checkpoints: a whole CLIP state dict
+(``visual.*`` keys are used, the rest is skipped) or the vision tower's state dict alone. safetensors is
+preferred; ``.bin``/``.pt``/``.pth`` are read with ``torch.load(weights_only=True)``, which refuses pickled
+code. Nothing is ever downloaded unless the caller allows it, and never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.model import TowerSpec, build_tower_module, freeze, load_state_strict, tower_model_config
+
+TOWERS_SUBDIR = "towers"
+TOWER_FILE_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
+"""Looked for in this order."""
+
+KNOWN_SOURCES = {
+    ("ViT-L-14", "openai"): "https://huggingface.co/timm/vit_large_patch14_clip_224.openai "
+    "(file open_clip_model.safetensors or open_clip_pytorch_model.bin)",
+    ("ViT-bigG-14", "laion2b_s39b_b160k"): "https://huggingface.co/laion/CLIP-ViT-bigG-14-laion2B-39B-b160k "
+    "(file open_clip_model.safetensors or open_clip_pytorch_model.bin)",
+}
+"""Where a user gets a tower's open_clip weight file (shown in errors)."""
+
+VISUAL_PREFIX = "visual."
+
+
+def towers_dir(models_dir: str | os.PathLike) -> Path:
+    """The folder tower weight files go in."""
+    return Path(models_dir) / TOWERS_SUBDIR
+
+
+def tower_file_candidates(spec: TowerSpec, models_dir: str | os.PathLike) -> list[Path]:
+    """Every path a local weight file for ``spec`` may have, preferred first."""
+    return [towers_dir(models_dir) / f"{spec.file_stem}{ext}" for ext in TOWER_FILE_EXTENSIONS]
+
+
+def find_tower_file(spec: TowerSpec, models_dir: str | os.PathLike | None) -> Path | None:
+    """The first existing local weight file for ``spec``, or None."""
+    if models_dir is None:
+        return None
+    return next((p for p in tower_file_candidates(spec, models_dir) if p.is_file()), None)
+
+
+def tower_source_hint(spec: TowerSpec) -> str:
+    """Human-readable place to get the tower's open_clip weights."""
+    known = KNOWN_SOURCES.get((spec.arch, spec.pretrained))
+    if known:
+        return known
+    try:
+        from open_clip.pretrained import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(spec.arch, spec.pretrained) or {}
+    except Exception:  # noqa: BLE001 - a hint only; any open_clip failure means "no hint"
+        cfg = {}
+    if cfg.get("hf_hub"):
+        return f"https://huggingface.co/{cfg['hf_hub'].rstrip('/')}"
+    return cfg.get("url") or f"open_clip's pretrained weights {spec.arch} / {spec.pretrained}"
+
+
+def missing_tower_message(spec: TowerSpec, models_dir: str | os.PathLike | None) -> str:
+    """The error text for a tower with no local file while downloads are off."""
+    if models_dir is None:
+        where = f"<extension models folder>/{TOWERS_SUBDIR}/{spec.file_stem}.safetensors"
+    else:
+        where = str(towers_dir(models_dir) / f"{spec.file_stem}.safetensors")
+    return (
+        f"CLIP image tower {spec.name} ({spec.arch}, {spec.pretrained}) is not installed and downloads are "
+        f"off. Put its open_clip weights at {where} (.bin/.pt also accepted); get them from "
+        f"{tower_source_hint(spec)}. Or allow downloads so open_clip fetches them."
+    )
+
+
+def read_tower_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The vision tower's state dict from an open_clip checkpoint file (``visual.`` prefix removed)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state = _read_safetensors_visual(path)
+    else:
+        state = _read_torch_file(path)
+    if any(k.startswith(VISUAL_PREFIX) for k in state):
+        state = {k[len(VISUAL_PREFIX):]: v for k, v in state.items() if k.startswith(VISUAL_PREFIX)}
+    if not state:
+        raise EncoderError(f"{path} holds no tensors of a CLIP vision tower")
+    return state
+
+
+def _read_safetensors_visual(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            keys = list(handle.keys())
+            wanted = [k for k in keys if k.startswith(VISUAL_PREFIX)] or keys
+            return {k: handle.get_tensor(k) for k in wanted}
+    except SafetensorError as err:
+        raise EncoderError(f"{path} is not a readable safetensors file: {err}") from err
+
+
+def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds; all mean "not a plain state dict"
+        raise EncoderError(
+            f"{path} cannot be read as a plain tensor file ({type(err).__name__}: {str(err)[:200]}). "
+            "Use an open_clip state dict (safetensors preferred); TorchScript archives such as OpenAI's "
+            "original ViT-L-14.pt are not accepted."
+        ) from err
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise EncoderError(f"{path} does not hold a state dict of tensors")
+    if data and all(k.startswith("module.") for k in data):
+        data = {k[len("module."):]: v for k, v in data.items()}
+    return data
+
+
+def check_tower_file(spec: TowerSpec, path: Path) -> None:
+    """Raise EncoderError if ``path`` is not the file ``spec`` records (size, then sha256), when recorded."""
+    if spec.file_size is not None and path.stat().st_size != spec.file_size:
+        raise EncoderError(
+            f"{path} is {path.stat().st_size} bytes but the encoder was trained with a "
+            f"{spec.file_size}-byte file for {spec.arch} / {spec.pretrained}; it is a different file"
+        )
+    if spec.file_sha256 is not None:
+        from lib_magicnaming.checkpoint import file_sha256
+
+        actual = file_sha256(path)
+        if actual != spec.file_sha256:
+            raise EncoderError(
+                f"{path} has sha256 {actual[:16]}..., the encoder was trained with "
+                f"{spec.file_sha256[:16]}... for {spec.arch} / {spec.pretrained}; it is a different file"
+            )
+
+
+def load_tower_file(spec: TowerSpec, path: str | os.PathLike, *, verify: bool = True) -> nn.Module:
+    """Build ``spec``'s tower and load its weights from ``path`` (float32, frozen, eval)."""
+    path = Path(path)
+    spec.validate()
+    if verify:
+        check_tower_file(spec, path)
+    state = read_tower_state(path)
+    tower = _build_empty(spec)
+    try:
+        load_state_strict(tower, state, f"tower file {path.name}")
+    except EncoderError as err:
+        raise EncoderError(f"{err} (is it an open_clip {spec.arch} checkpoint?)") from err
+    return freeze(tower)
+
+
+def _build_empty(spec: TowerSpec) -> nn.Module:
+    """The tower with weights not initialised when torch allows it (saves seconds on big towers)."""
+    try:
+        with torch.device("meta"):
+            tower = build_tower_module(spec)
+    except (TypeError, AttributeError, RuntimeError, NotImplementedError):
+        return build_tower_module(spec)
+    saved = set(tower.state_dict())
+    if any(name not in saved for name, _ in tower.named_buffers()):
+        return build_tower_module(spec)  # a buffer the file would not fill: initialise for real
+    return tower.to_empty(device="cpu")
+
+
+def download_tower(spec: TowerSpec, cache_dir: str | os.PathLike | None = None) -> nn.Module:
+    """Build the tower through open_clip's own pretrained mechanism (may download); its visual part."""
+    if spec.model_cfg is not None:
+        raise EncoderError(
+            f"tower {spec.name} uses a custom config; open_clip has no pretrained weights for it"
+        )
+    import open_clip
+
+    try:
+        model = open_clip.create_model(
+            spec.arch, pretrained=spec.pretrained, cache_dir=None if cache_dir is None else str(cache_dir),
+            force_quick_gelu=bool(tower_model_config(spec).get("quick_gelu", False)),
+        )
+    except Exception as err:  # noqa: BLE001 - network, hub and file errors all end here
+        raise EncoderError(
+            f"open_clip could not load {spec.arch} / {spec.pretrained}: "
+            f"{type(err).__name__}: {str(err)[:300]}"
+        ) from err
+    visual = model.visual
+    del model
+    return freeze(visual.float())
+
+
+def load_tower(
+    spec: TowerSpec,
+    models_dir: str | os.PathLike | None,
+    *,
+    allow_download: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    verify: bool = True,
+) -> nn.Module:
+    """``spec``'s tower with real weights: the local file if present, else open_clip when allowed.
+
+    Raises EncoderError naming the exact file to create (and where to get it) when offline with no file.
+    """
+    path = find_tower_file(spec, models_dir)
+    if path is not None:
+        return load_tower_file(spec, path, verify=verify)
+    if allow_download:
+        return download_tower(spec, cache_dir)
+    raise EncoderError(missing_tower_message(spec, models_dir))

@@ -1,0 +1,151 @@
+"""Tower weights from local open_clip files; offline errors name the file to create."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from encoder_fixtures import tiny_config, tiny_tower
+from safetensors.torch import save_file
+
+from lib_magicnaming import towers as towers_module
+from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.model import CLIP_G_TOWER, build_encoder, build_tower_module
+from lib_magicnaming.towers import find_tower_file, load_tower, read_tower_state, towers_dir
+
+
+@pytest.fixture()
+def spec():
+    return tiny_tower("clip_l", 768, "tiny-l")
+
+
+@pytest.fixture()
+def source(spec):
+    torch.manual_seed(3)
+    return build_tower_module(spec)
+
+
+def write_full_clip(source, path):
+    """A whole-CLIP open_clip state dict: visual.* plus text-tower keys that must be skipped."""
+    tensors = {f"visual.{k}": v.clone() for k, v in source.state_dict().items()}
+    tensors["token_embedding.weight"] = torch.zeros(10, 4)
+    tensors["logit_scale"] = torch.ones(())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+def assert_same_tower(a, b):
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb
+        torch.testing.assert_close(va, vb, rtol=0, atol=0)
+    x = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_local_safetensors_whole_clip_file(tmp_path, spec, source):
+    path = write_full_clip(source, towers_dir(tmp_path) / f"{spec.file_stem}.safetensors")
+    assert find_tower_file(spec, tmp_path) == path
+    loaded = load_tower(spec, tmp_path)
+    assert_same_tower(loaded, source)
+    assert all(not p.requires_grad and p.device.type == "cpu" for p in loaded.parameters())
+    assert not loaded.training
+
+
+def test_local_bin_vision_only_state_dict(tmp_path, spec, source):
+    path = towers_dir(tmp_path) / f"{spec.file_stem}.bin"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    assert_same_tower(load_tower(spec, tmp_path), source)
+
+
+def test_safetensors_preferred_over_bin(tmp_path, spec, source):
+    write_full_clip(source, towers_dir(tmp_path) / f"{spec.file_stem}.safetensors")
+    (towers_dir(tmp_path) / f"{spec.file_stem}.bin").write_bytes(b"not read")
+    assert find_tower_file(spec, tmp_path).suffix == ".safetensors"
+    assert_same_tower(load_tower(spec, tmp_path), source)
+
+
+class Payload:
+    """A pickled object that weights_only loading must refuse."""
+
+
+def test_pickled_objects_are_refused(tmp_path, spec):
+    path = towers_dir(tmp_path) / f"{spec.file_stem}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"x": Payload()}, path)
+    with pytest.raises(EncoderError, match="cannot be read as a plain tensor file"):
+        load_tower(spec, tmp_path)
+
+
+def test_offline_without_file_names_the_path_and_source(tmp_path):
+    with pytest.raises(EncoderError) as info:
+        load_tower(CLIP_G_TOWER, tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "towers" / "ViT-bigG-14-laion2b_s39b_b160k.safetensors") in message
+    assert "huggingface.co/laion/CLIP-ViT-bigG-14-laion2B-39B-b160k" in message
+    assert "downloads are off" in message
+
+
+def test_recorded_size_and_hash_are_checked(tmp_path, spec, source):
+    path = write_full_clip(source, towers_dir(tmp_path) / f"{spec.file_stem}.safetensors")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    spec.file_size, spec.file_sha256 = path.stat().st_size, digest
+    assert_same_tower(load_tower(spec, tmp_path), source)
+    spec.file_sha256 = "0" * 64
+    with pytest.raises(EncoderError, match="has sha256 .* it is a different file"):
+        load_tower(spec, tmp_path)
+    spec.file_size += 1
+    with pytest.raises(EncoderError, match="bytes but the encoder was trained with"):
+        load_tower(spec, tmp_path)
+    assert_same_tower(load_tower(spec, tmp_path, verify=False), source)
+
+
+def test_weights_of_another_architecture_are_named(tmp_path, spec):
+    other = tiny_tower("clip_l", 768, "other")
+    other.model_cfg["vision_cfg"]["width"] = 32
+    write_full_clip(build_tower_module(other), towers_dir(tmp_path) / f"{spec.file_stem}.safetensors")
+    with pytest.raises(EncoderError, match=r"has shape .* \(is it an open_clip tiny-l checkpoint\?\)"):
+        load_tower(spec, tmp_path)
+
+
+def test_file_without_vision_tensors(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    save_file({}, str(path))
+    with pytest.raises(EncoderError, match="holds no tensors of a CLIP vision tower"):
+        read_tower_state(path)
+
+
+def test_download_goes_through_open_clip_only_when_allowed(monkeypatch, tmp_path):
+    calls = []
+
+    class FakeClip:
+        visual = torch.nn.Linear(2, 2)
+
+    def fake_create_model(arch, pretrained=None, cache_dir=None, force_quick_gelu=False):
+        calls.append((arch, pretrained, cache_dir, force_quick_gelu))
+        return FakeClip()
+
+    import open_clip
+
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    with pytest.raises(EncoderError):
+        load_tower(CLIP_G_TOWER, tmp_path)
+    assert calls == []
+    visual = load_tower(CLIP_G_TOWER, tmp_path, allow_download=True, cache_dir=tmp_path / "cache")
+    assert calls == [("ViT-bigG-14", "laion2b_s39b_b160k", str(tmp_path / "cache"), False)]
+    assert visual is FakeClip.visual and not visual.weight.requires_grad
+    with pytest.raises(EncoderError, match="custom config"):
+        towers_module.download_tower(tiny_tower("clip_l", 768, "tiny"))
+
+
+def test_encoder_loads_both_towers_from_the_models_folder(tmp_path):
+    config = tiny_config()
+    sources = {}
+    for spec in config.towers:
+        sources[spec.name] = build_tower_module(spec)
+        write_full_clip(sources[spec.name], towers_dir(tmp_path) / f"{spec.file_stem}.safetensors")
+    encoder = build_encoder(config, models_dir=str(tmp_path))
+    for name, tower in sources.items():
+        assert_same_tower(encoder.towers[name], tower)
