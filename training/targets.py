@@ -25,7 +25,7 @@ import torch
 
 from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH
 from lib_magicnaming.namespace import encode_names_f_id
-from training.common import SkipReport, TrainingError, atomic_path, read_table
+from training.common import SkipReport, TrainingError, atomic_path, read_json, read_table
 from training.text_encoders import SDXL_CLIP_G, SDXL_CLIP_L, SDXLTextEncoder, TextTowerSpec, load_text_tower
 
 TARGETS_KEY = "f_id"
@@ -144,6 +144,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--clip-g-weights", help="safetensors of open_clip ViT-bigG-14 (or an SDXL checkpoint)"
     )
     parser.add_argument("--allow-download", action="store_true", help="fetch missing weights with open_clip")
+    parser.add_argument(
+        "--text-towers", help="JSON {towers: [2 text-tower specs]} (default: SDXL's CLIP-L, bigG)"
+    )
+    parser.add_argument("--random-text-towers", type=int, metavar="SEED", help="random weights (tests, demo)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", required=True, help="targets file to write (.safetensors)")
@@ -153,10 +157,14 @@ def run(args: argparse.Namespace) -> Targets:
     """Run the ``targets`` stage; writes the targets file and <out>.skipped.json."""
     report = SkipReport("targets")
     names = sorted(set(read_table(args.names, "names table", columns=("name",))["name"].astype(str)))
+    specs = [SDXL_CLIP_L, SDXL_CLIP_G]
+    if args.text_towers:
+        specs = [TextTowerSpec(**d) for d in read_json(args.text_towers, "text-tower specs")["towers"]]
     encoder = load_sdxl_text_encoder(
-        [SDXL_CLIP_L, SDXL_CLIP_G],
+        specs,
         [args.clip_l_weights, args.clip_g_weights],
         allow_download=args.allow_download,
+        random_seed=args.random_text_towers,
         device=args.device,
     )
     targets = build_targets(encoder, names, report, args.batch_size)
