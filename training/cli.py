@@ -73,7 +73,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(stage_parser)
-        stage_parser.set_defaults(run=module.run)
+        stage_parser.set_defaults(stage_main=module.run)
     return parser
 
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     stage = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(stage).parse_args(argv)
     try:
-        args.run(args)
+        args.stage_main(args)
     except MagicNamingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
