@@ -361,6 +361,9 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
     report = SkipReport("train")
     data = prepare_data(load_features(args.features), load_targets(args.targets), s, report)
     in_dim = data.train_features.shape[1]
+    # The process's RNG (saved in checkpoints) starts from the seed, so any random op a later head variant
+    # adds (dropout, noise) is reproducible and resumes exactly; the head's init has its own generator.
+    torch.manual_seed(s.seed)
     head = NameHead(s.head_config(in_dim))
     init_head_(head, generator=torch.Generator().manual_seed(s.seed))
     head.to(place.device).train()
@@ -403,11 +406,11 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
             torch.nn.utils.clip_grad_norm_(head.parameters(), s.grad_clip)
         optimizer.step()
         done = step + 1
-        if done % args.log_every == 0 or done == stop:
+        if done % args.log_every == 0 or done == s.steps:
             last_loss = _mean_over_ranks(loss.detach(), distributed)
             val = (
                 validation_loss(head, data, s, place)
-                if place.is_main and (done % args.eval_every == 0 or done == stop)
+                if place.is_main and (done % args.eval_every == 0 or done == s.steps)
                 else None
             )
             logger.log(done, lr, last_loss, val)
