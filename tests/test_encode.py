@@ -1,0 +1,224 @@
+"""Photos -> identity on CPU with tiny towers; caching, averaging, sampling, device policy."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import insightface
+import pytest
+import torch
+from encoder_fixtures import install_pack, write_tiny_checkpoint
+from PIL import Image
+from skimage import data as skdata
+
+from lib_magicnaming.constants import ID_TOKENS, SDXL_CONTEXT_WIDTH
+from lib_magicnaming.encode import IdentityEncoder, photo_hash
+from lib_magicnaming.errors import EncoderError, FaceError
+from lib_magicnaming.face import capture_face, pixels_from_crop
+from lib_magicnaming.identity import IdentityLibrary
+
+SAMPLE_IMAGES = Path(insightface.__file__).parent / "data" / "images"
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return path, write_tiny_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def astronaut_png() -> bytes:
+    return png_bytes(Image.fromarray(skdata.astronaut()))
+
+
+@pytest.fixture(scope="module")
+def faces_png() -> list[bytes]:
+    people = skdata.lfw_subset()[:3]  # 25 x 25 grey face crops
+    return [png_bytes(Image.fromarray((p * 255).astype("uint8")).convert("RGB")) for p in people]
+
+
+def make_encoder(checkpoint, **kwargs) -> IdentityEncoder:
+    return IdentityEncoder(checkpoint[0], device="cpu", **kwargs)
+
+
+def test_loading_is_lazy(checkpoint):
+    encoder = make_encoder(checkpoint)
+    assert not encoder.is_loaded and encoder._checkpoint is None
+    assert encoder.encoder_hash == checkpoint[1]
+    assert not encoder.is_loaded
+    assert encoder.dtype == torch.float32
+
+
+def test_one_photo_through_the_detector(tmp_path, checkpoint, astronaut_png):
+    install_pack(tmp_path, [(180.0, 60.0, 260.0, 170.0, 0.9)], (512, 512))
+    encoder = make_encoder(checkpoint, insightface_root=tmp_path)
+    result = encoder.encode_photos([astronaut_png])
+    assert result.embedding.shape == (ID_TOKENS, SDXL_CONTEXT_WIDTH)
+    assert result.embedding.dtype == torch.float32 and result.embedding.device.type == "cpu"
+    (report,) = result.per_photo
+    assert report.face_found and report.faces_found == 1 and report.distance_from_mean == 0.0
+    assert report.photo_hash == hashlib.sha256(astronaut_png).hexdigest()
+    assert report.crop.provider == "CPUExecutionProvider"
+    # the embedding is the model's output for exactly this crop
+    crop = capture_face(astronaut_png, encoder.detector, encoder.checkpoint.config.crop)
+    model = encoder.checkpoint.build_model()
+    expected = model(pixels_from_crop(crop.image, encoder.checkpoint.config.crop)[None])[0]
+    torch.testing.assert_close(result.embedding, expected.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_several_photos_average_and_report_distances(checkpoint, faces_png):
+    encoder = make_encoder(checkpoint)
+    result = encoder.encode_photos(faces_png, assume_cropped=True)
+    singles = [encoder.encode_photos([p], assume_cropped=True).embedding for p in faces_png]
+    torch.testing.assert_close(result.embedding, torch.stack(singles).mean(dim=0), rtol=1e-5, atol=1e-5)
+    for report, single in zip(result.per_photo, singles, strict=True):
+        assert report.distance_from_mean == pytest.approx(float((single - result.embedding).norm()), rel=1e-4)
+        assert report.distance_from_mean > 0
+        assert report.crop.assumed_cropped
+    assert result.photo_hashes == [hashlib.sha256(p).hexdigest() for p in faces_png]
+    assert encoder.stats.tower_batches == 1  # all three went through in one batch; singles were cached
+
+
+def test_reencoding_the_same_photo_is_free(checkpoint, faces_png):
+    encoder = make_encoder(checkpoint)
+    first = encoder.encode_photos(faces_png[:1], assume_cropped=True)
+    assert (encoder.stats.tower_batches, encoder.stats.photos_encoded) == (1, 1)
+    again = encoder.encode_photos([bytes(faces_png[0])], assume_cropped=True)
+    assert (encoder.stats.tower_batches, encoder.stats.photos_encoded) == (1, 1)
+    assert again.per_photo[0].cached and encoder.stats.cache_hits == 1
+    torch.testing.assert_close(again.embedding, first.embedding, rtol=0, atol=0)
+    again.embedding.add_(1.0)  # results are new tensors: the cache is not affected
+    torch.testing.assert_close(
+        encoder.encode_photos(faces_png[:1], assume_cropped=True).embedding, first.embedding, rtol=0, atol=0
+    )
+    encoder.encode_photos(faces_png[1:2], assume_cropped=True)
+    assert encoder.stats.photos_encoded == 2
+
+
+def test_cache_is_bounded_lru(checkpoint, faces_png):
+    encoder = make_encoder(checkpoint, cache_size=2)
+    for photo in faces_png:  # a, b, c: a is evicted
+        encoder.encode_photos([photo], assume_cropped=True)
+    encoder.encode_photos([faces_png[2]], assume_cropped=True)
+    assert encoder.stats.photos_encoded == 3
+    encoder.encode_photos([faces_png[0]], assume_cropped=True)
+    assert encoder.stats.photos_encoded == 4
+    assert len(encoder._cache) == 2
+
+
+def test_cache_is_per_encoder(checkpoint, faces_png):
+    first, second = make_encoder(checkpoint), make_encoder(checkpoint)
+    first.encode_photos(faces_png[:1], assume_cropped=True)
+    second.encode_photos(faces_png[:1], assume_cropped=True)
+    assert first.stats.photos_encoded == second.stats.photos_encoded == 1
+
+
+def test_pil_and_path_inputs(tmp_path, checkpoint, faces_png):
+    encoder = make_encoder(checkpoint)
+    path = tmp_path / "face.png"
+    path.write_bytes(faces_png[0])
+    from_path = encoder.encode_photos([path], assume_cropped=True)
+    assert from_path.photo_hashes == [hashlib.sha256(faces_png[0]).hexdigest()]
+    image = Image.open(io.BytesIO(faces_png[0])).convert("RGB")
+    from_pil = encoder.encode_photos([image], assume_cropped=True)
+    assert from_pil.photo_hashes == [photo_hash(image)]
+    torch.testing.assert_close(from_pil.embedding, from_path.embedding, rtol=1e-5, atol=1e-5)
+
+
+def test_failures_name_the_photo(tmp_path, checkpoint, astronaut_png, faces_png):
+    encoder = make_encoder(checkpoint)
+    with pytest.raises(FaceError, match="photo 1: No face detector is configured"):
+        encoder.encode_photos([astronaut_png])
+    with pytest.raises(FaceError, match="photo 2: the uploaded photo is not an image file"):
+        encoder.encode_photos([faces_png[0], b"junk"], assume_cropped=True)
+    result = encoder.encode_photos([b"junk", faces_png[0]], assume_cropped=True, skip_failed=True)
+    bad, good = result.per_photo
+    assert not bad.face_found and bad.error.startswith("photo 1:") and bad.distance_from_mean is None
+    assert good.face_found and result.photo_hashes == [good.photo_hash]
+    with pytest.raises(FaceError, match="none of the photos had a usable face"):
+        encoder.encode_photos([b"junk"], assume_cropped=True, skip_failed=True)
+    with pytest.raises(FaceError, match="no photos given"):
+        encoder.encode_photos([])
+
+
+def test_no_face_in_photo(tmp_path, checkpoint, astronaut_png):
+    install_pack(tmp_path, [], (512, 512))
+    encoder = make_encoder(checkpoint, insightface_root=tmp_path)
+    with pytest.raises(FaceError, match="photo 1: no face found"):
+        encoder.encode_photos([astronaut_png])
+    assert encoder.stats.tower_batches == 0
+
+
+def test_identity_from_photos_saves_through_the_library(tmp_path, checkpoint, faces_png):
+    encoder = make_encoder(checkpoint)
+    identity, result = encoder.make_identity_from_photos("Ada", faces_png[:2], assume_cropped=True)
+    assert identity.origin == {
+        "kind": "photos", "encoder_hash": checkpoint[1],
+        "photo_hashes": [hashlib.sha256(p).hexdigest() for p in faces_png[:2]],
+    }
+    assert identity.thumbnail is not None
+    library = IdentityLibrary(tmp_path / "identities")
+    library.save(identity, dtype=torch.float32)
+    loaded = library.load("ada")
+    torch.testing.assert_close(loaded.embedding, result.embedding)
+    assert loaded.origin["encoder_hash"] == checkpoint[1]
+
+
+def test_sampling_is_seeded_and_recorded(checkpoint):
+    encoder = make_encoder(checkpoint)
+    first = encoder.sample_identity(42)
+    torch.testing.assert_close(make_encoder(checkpoint).sample_identity(42), first, rtol=0, atol=0)
+    assert not torch.equal(encoder.sample_identity(43), first)
+    assert not encoder.is_loaded  # sampling needs no towers
+    identity = encoder.make_sampled_identity("Nobody", 42, 0.5)
+    assert identity.origin == {"kind": "sampled", "encoder_hash": checkpoint[1], "seed": 42, "scale": 0.5}
+    torch.testing.assert_close(identity.embedding, encoder.sample_identity(42, 0.5))
+
+
+def test_sampling_without_statistics(tmp_path):
+    path = tmp_path / "nostats.safetensors"
+    write_tiny_checkpoint(path, with_stats=False)
+    with pytest.raises(EncoderError, match="no name-space statistics"):
+        IdentityEncoder(path, device="cpu").sample_identity(1)
+
+
+def test_bad_checkpoint_is_reported_when_first_needed(tmp_path):
+    encoder = IdentityEncoder(tmp_path / "missing.safetensors", device="cpu")
+    with pytest.raises(EncoderError, match="encoder checkpoint not found"):
+        encoder.encode_photos([b"x"], assume_cropped=True)
+
+
+def test_lowvram_never_keeps_towers_loaded(checkpoint):
+    encoder = make_encoder(checkpoint, keep_loaded=True, lowvram=True)
+    assert not encoder.keep_loaded
+    assert make_encoder(checkpoint, keep_loaded=True).keep_loaded
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_matches_cpu_and_frees_the_gpu(checkpoint, faces_png):
+    cpu = make_encoder(checkpoint).encode_photos(faces_png, assume_cropped=True).embedding
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for lowvram in (False, True):
+        encoder = IdentityEncoder(checkpoint[0], device="cuda", lowvram=lowvram)
+        assert encoder.dtype == torch.float16
+        result = encoder.encode_photos(faces_png, assume_cropped=True)
+        assert result.dtype == "float16" and result.device == "cuda"
+        torch.testing.assert_close(result.embedding, cpu, rtol=2e-2, atol=2e-2)
+        assert all(p.device.type == "cpu" for p in encoder.load().parameters())
+        assert torch.cuda.memory_allocated() == before
+    kept = IdentityEncoder(checkpoint[0], device="cuda", keep_loaded=True)
+    kept.encode_photos(faces_png[:1], assume_cropped=True)
+    assert all(p.device.type == "cuda" for p in kept.load().parameters())
+    kept.unload()
+    del kept
+    assert torch.cuda.memory_allocated() == before
