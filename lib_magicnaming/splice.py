@@ -52,7 +52,7 @@ from lib_magicnaming.constants import (
     SDXL_CONTEXT_WIDTH,
 )
 from lib_magicnaming.errors import SpliceError
-from lib_magicnaming.tags import STRENGTH_MAX, STRENGTH_MIN
+from lib_magicnaming.tags import DEFAULT_STRENGTH, STRENGTH_MAX, STRENGTH_MIN
 
 Conditioning = Union[torch.Tensor, dict]
 """A cross-attention tensor, or a dict holding one under 'crossattn' (and usually 'vector')."""
@@ -82,7 +82,7 @@ class Placement:
 
     row: int
     f_id: torch.Tensor
-    strength: float = 1.0
+    strength: float = DEFAULT_STRENGTH
 
 
 def _crossattn_of(cond: Conditioning) -> torch.Tensor:
@@ -238,7 +238,7 @@ def prepend_identity(
     cond: Conditioning,
     f_id: torch.Tensor,
     *,
-    strength: float = 1.0,
+    strength: float = DEFAULT_STRENGTH,
     chunk0_token_count: int | None = None,
 ) -> tuple[Conditioning, SpliceReport]:
     """Name Prepending (the paper): insert F_ID after the start row of chunk 0.

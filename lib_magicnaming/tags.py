@@ -32,6 +32,8 @@ NAME_RE = re.compile(rf"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{{0,{NAME_MAX_CHARS - 1}}}"
 
 STRENGTH_MIN = 0.0
 STRENGTH_MAX = 2.0
+DEFAULT_STRENGTH = 1.0
+"""A tag without a strength means this: exactly the paper's splice."""
 
 TAG_WORD = "name"
 _TAG_START_RE = re.compile(rf"<{TAG_WORD}:", re.IGNORECASE | re.ASCII)
@@ -111,6 +113,11 @@ class NameTag:
     def key(self) -> str:
         """The identity's case-insensitive key."""
         return identity_key(self.identity)
+
+    @property
+    def effective_strength(self) -> float:
+        """The strength to splice with: the tag's own, or DEFAULT_STRENGTH when it gives none."""
+        return DEFAULT_STRENGTH if self.strength is None else self.strength
 
 
 def _check_strength_value(value: float, tag_text: str, span: tuple[int, int] | None) -> None:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from lib_magicnaming.errors import IdentityError, TagError
 from lib_magicnaming.tags import (
+    DEFAULT_STRENGTH,
     NAME_RE,
     STRENGTH_MAX,
     STRENGTH_MIN,
@@ -161,8 +162,10 @@ def test_long_tag_text_is_shortened_in_messages():
     assert "..." in str(caught.value)
 
 
-def test_strength_bounds_are_the_documented_ones():
-    assert (STRENGTH_MIN, STRENGTH_MAX) == (0.0, 2.0)
+def test_strength_bounds_and_default_are_the_documented_ones():
+    assert (STRENGTH_MIN, STRENGTH_MAX, DEFAULT_STRENGTH) == (0.0, 2.0, 1.0)
+    plain, weighted = find_name_tags("<name:a> <name:b:0.5>")
+    assert (plain.effective_strength, weighted.effective_strength) == (1.0, 0.5)
 
 
 # ---------------------------------------------------------------- formatting and NameTag
