@@ -21,11 +21,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from lib_magicnaming.face import CropConfig
+from lib_magicnaming.face import CropConfig, pixels_from_crop
 from lib_magicnaming.model import EncoderConfig, NameEncoder, TowerSpec, build_encoder
 from training.common import SkipReport, TrainingError, atomic_path, read_json, read_table, write_json
 from training.distributed import Place, current_place
@@ -55,17 +54,6 @@ def encoder_config_from_dict(data: dict) -> EncoderConfig:
     ).validate()
 
 
-def crop_pixels(image: Image.Image, crop: CropConfig) -> torch.Tensor:
-    """A saved face crop -> (3, S, S) CLIP-normalised float32 pixels (resized if not already S x S)."""
-    image = image.convert("RGB")
-    if image.size != (crop.size, crop.size):
-        image = image.resize((crop.size, crop.size), Image.BICUBIC)
-    array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(crop.mean).view(3, 1, 1)
-    std = torch.tensor(crop.std).view(3, 1, 1)
-    return (array - mean) / std
-
-
 class CropDataset(torch.utils.data.Dataset):
     """Face crops of some faces-table rows; unreadable files give ``ok = False`` instead of an exception."""
 
@@ -78,7 +66,7 @@ class CropDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, bool, int]:
         try:
             with Image.open(self.paths[index]) as image:
-                pixels = crop_pixels(image, self.crop)
+                pixels = pixels_from_crop(image, self.crop)
             return pixels, True, self.rows[index]
         except Exception:  # any decoding failure means "unreadable": reported, not fatal
             return torch.zeros(3, self.crop.size, self.crop.size), False, self.rows[index]
