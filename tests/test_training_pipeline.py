@@ -96,7 +96,7 @@ def test_train_eval_export(data, tmp_path):
 
     assert main(["eval", "--run", str(run), "--features", str(data["features"]),
                  "--targets", str(data["targets"]), "--split", "train"]) == 0
-    result = json.loads((run / "eval.json").read_text())
+    result = json.loads((run / "eval-train.json").read_text())
     assert result["identities"] == 4 and result["candidates"] == 5
     assert 0 <= result["per_crop"]["top1"] <= result["per_crop"]["top5"] <= 1
     assert (run / "loss.png").stat().st_size > 1000
@@ -109,7 +109,7 @@ def test_train_eval_export(data, tmp_path):
     for key, value in trained.items():
         torch.testing.assert_close(checkpoint.head_state[key], value)
     assert checkpoint.namespace_stats.rank == 3
-    assert checkpoint.training_summary["step"] == 16 and "eval" in checkpoint.training_summary
+    assert checkpoint.training_summary["step"] == 16 and "eval-train" in checkpoint.training_summary
     encoder = checkpoint.build_model()
     assert encoder(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 2048)
 

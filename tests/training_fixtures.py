@@ -3,70 +3,17 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw
 
-from lib_magicnaming.constants import CLIP_G_WIDTH, CLIP_L_WIDTH, ID_TOKENS, SDXL_CONTEXT_WIDTH
+from lib_magicnaming.constants import ID_TOKENS, SDXL_CONTEXT_WIDTH
+from training import demo
 
-TINY_CROP = 32
-
-
-def tiny_encoder_config(crop_size: int = TINY_CROP) -> dict:
-    """An encoder config (towers, crop, feature_norm) with two one-layer vision towers at ``crop_size`` px."""
-
-    def tower(name: str, embed_dim: int) -> dict:
-        cfg = {
-            "embed_dim": embed_dim,
-            "vision_cfg": {
-                "image_size": crop_size,
-                "layers": 1,
-                "width": 64,
-                "head_width": 32,
-                "patch_size": crop_size // 2,
-            },
-        }
-        return {
-            "name": name,
-            "arch": f"tiny-{name}",
-            "pretrained": "random",
-            "embed_dim": embed_dim,
-            "model_cfg": cfg,
-            "file_sha256": None,
-            "file_size": None,
-        }
-
-    from lib_magicnaming.face import CropConfig
-
-    return {
-        "towers": [tower("clip_l", CLIP_L_WIDTH), tower("clip_g", CLIP_G_WIDTH)],
-        "crop": CropConfig(size=crop_size).to_dict(),
-        "feature_norm": "l2",
-    }
-
-
-def draw_face(identity: int, variant: int, size: int = 64) -> Image.Image:
-    """A procedurally drawn face: colours and proportions fixed per identity, pose and light per variant."""
-    ident = random.Random(identity * 7919)
-    vary = random.Random(identity * 104729 + variant)
-    background = tuple(ident.randrange(256) for _ in range(3))
-    skin = tuple(ident.randrange(90, 256) for _ in range(3))
-    eyes = tuple(ident.randrange(0, 120) for _ in range(3))
-    eye_gap, face_w = ident.uniform(0.12, 0.22), ident.uniform(0.28, 0.42)
-    image = Image.new("RGB", (size, size), background)
-    draw = ImageDraw.Draw(image)
-    cx, cy = size * (0.5 + vary.uniform(-0.06, 0.06)), size * (0.5 + vary.uniform(-0.06, 0.06))
-    draw.ellipse([cx - face_w * size, cy - 0.45 * size, cx + face_w * size, cy + 0.45 * size], fill=skin)
-    for side in (-1, 1):
-        ex = cx + side * eye_gap * size
-        draw.ellipse([ex - 0.05 * size, cy - 0.12 * size, ex + 0.05 * size, cy - 0.04 * size], fill=eyes)
-    mouth = ident.uniform(0.08, 0.2) * size
-    draw.line([cx - mouth, cy + 0.2 * size, cx + mouth, cy + 0.2 * size], fill=eyes, width=max(1, size // 32))
-    light = vary.uniform(0.85, 1.15)
-    return image.point(lambda v: max(0, min(255, int(v * light))))
+TINY_CROP = demo.TINY_CROP
+tiny_encoder_config = demo.tiny_encoder_config
+draw_face = demo.draw_face
 
 
 def write_faces_table(folder: Path, identities: int, per_identity: int, size: int = TINY_CROP) -> Path:

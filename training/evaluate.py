@@ -4,7 +4,8 @@ For every crop of the validation identities (``split.json`` of the run): MSE and
 predicted F_ID to its name's true F_ID, and retrieval: among ALL names of the targets file, is the true
 name the nearest (top-1) or among the 5 nearest (top-5) to the prediction (Euclidean distance of the
 flattened 8 x 2048 embeddings)? The same retrieval is reported per identity with the mean prediction of
-its crops. Printed, and saved as ``eval.json``; ``loss.png`` plots the run's training and validation loss.
+its crops. Printed, and saved as ``eval-<split>.json``; ``loss.png`` plots the training and validation
+loss.
 """
 
 from __future__ import annotations
@@ -118,14 +119,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Run the ``eval`` stage; writes RUN/eval.json and RUN/loss.png."""
+    """Run the ``eval`` stage; writes RUN/eval-<split>.json and RUN/loss.png."""
     folder = Path(args.run)
     head = load_head(args.checkpoint or folder / "checkpoints" / LAST_CHECKPOINT)
     split = read_json(folder / "split.json", "identity split")
     if not split[args.split]:
         raise TrainingError(f"the run has no {args.split} identities (train with --val-fraction > 0)")
     result = {"split": args.split, **evaluate(head, args.features, args.targets, split[args.split])}
-    write_json(folder / "eval.json", result)
+    write_json(folder / f"eval-{args.split}.json", result)
     if (folder / "log.csv").is_file():
         plot_losses(folder / "log.csv", folder / "loss.png")
     crop, ident = result["per_crop"], result["per_identity"]
@@ -133,6 +134,6 @@ def run(args: argparse.Namespace) -> dict:
         f"eval ({args.split}, {result['identities']} identities, {result['candidates']} names): "
         f"MSE {crop['mse']:.5g}, cosine {crop['cosine']:.4f}, "
         f"top-1 {crop['top1']:.3f}, top-5 {crop['top5']:.3f} per crop; "
-        f"top-1 {ident['top1']:.3f}, top-5 {ident['top5']:.3f} per identity -> {folder / 'eval.json'}"
+        f"top-1 {ident['top1']:.3f}, top-5 {ident['top5']:.3f} per identity -> eval-{args.split}.json"
     )
     return result

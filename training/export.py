@@ -5,7 +5,7 @@ features were computed with (from the features manifest), and name-space statist
 embeddings (mean, and a rank-``--rank`` PCA basis with the standard deviation along each axis) for sampling
 fictional identities. ``--include-towers`` stores the tower weights in the file too (needed for random test
 towers; real towers are found by the extension in its models folder). The training summary (steps, losses,
-data sizes, eval metrics when ``RUN/eval.json`` exists, and the F_ID rule) goes into the metadata.
+data sizes, eval metrics when ``RUN/eval-<split>.json`` exist, and the F_ID rule) goes into the metadata.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> str:
         "names": len(targets.names),
         "text_towers": targets.towers,
     }
-    for name in ("summary.json", "eval.json"):
+    for name in ("summary.json", "eval-val.json", "eval-train.json"):
         if (folder / name).is_file():
             summary[name.removesuffix(".json")] = read_json(folder / name, name)
     short_hash = save_encoder_checkpoint(

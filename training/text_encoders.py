@@ -137,13 +137,18 @@ def load_text_tower(
     """The text tower in eval mode, weights from a safetensors file, open_clip's hub, or random."""
     if random_seed is not None and weights is None:
         return random_text_tower(spec, random_seed)
+    if weights is None and not allow_download:
+        raise TrainingError(
+            f"no weights for the {spec.name} text encoder ({spec.arch} {spec.pretrained}): pass a local "
+            f"safetensors file of it (--{spec.name.replace('_', '-')}-weights FILE) or allow downloading"
+        )
+    if weights is not None and not Path(weights).is_file():
+        raise TrainingError(f"{spec.name} text-encoder weights not found: {weights}")
     tower = build_text_tower(spec)
     if weights is not None:
         from safetensors.torch import load_file
 
         path = Path(weights)
-        if not path.is_file():
-            raise TrainingError(f"{spec.name} text-encoder weights not found: {path}")
         state = text_state_from_checkpoint(load_file(str(path)))
         wanted = tower.state_dict()
         missing = [k for k in wanted if k not in state]
@@ -161,11 +166,6 @@ def load_text_tower(
                 if k in tower.state_dict()
             },
             strict=True,
-        )
-    else:
-        raise TrainingError(
-            f"no weights for the {spec.name} text encoder ({spec.arch} {spec.pretrained}): pass a local "
-            f"safetensors file of it (--{spec.name.replace('_', '-')}-weights FILE) or allow downloading"
         )
     return tower.eval().requires_grad_(False)
 
