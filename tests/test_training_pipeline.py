@@ -21,8 +21,23 @@ from training.features import load_features, shard_path
 from training.train import EpochSampler, Place, TrainSettings, load_state, lr_at, split_identities
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_ARGS = ["--batch-size", "8", "--hidden-dim", "32", "--warmup-steps", "2", "--lr", "3e-3",
-              "--val-fraction", "0.2", "--log-every", "2", "--eval-every", "4", "--no-tensorboard"]
+TRAIN_ARGS = [
+    "--batch-size",
+    "8",
+    "--hidden-dim",
+    "32",
+    "--warmup-steps",
+    "2",
+    "--lr",
+    "3e-3",
+    "--val-fraction",
+    "0.2",
+    "--log-every",
+    "2",
+    "--eval-every",
+    "4",
+    "--no-tensorboard",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +47,48 @@ def data(tmp_path_factory):
     faces = write_faces_table(folder, identities=6, per_identity=8)
     (folder / "crops" / "002-003.png").write_bytes(b"not a png")
     config = write_encoder_config(folder / "encoder.json")
-    args = ["features", "--faces", str(faces), "--out", str(folder / "features"),
-            "--encoder-config", str(config), "--random-towers", "7", "--shard-size", "16", "--workers", "0"]
+    args = [
+        "features",
+        "--faces",
+        str(faces),
+        "--out",
+        str(folder / "features"),
+        "--encoder-config",
+        str(config),
+        "--random-towers",
+        "7",
+        "--shard-size",
+        "16",
+        "--workers",
+        "0",
+    ]
     assert main(args) == 0
     names = load_features(folder / "features").names
     write_random_targets(folder / "targets.safetensors", names[:-1])  # the last name has no target
-    return {"folder": folder, "faces": faces, "config": config, "features_args": args,
-            "features": folder / "features", "targets": folder / "targets.safetensors"}
+    return {
+        "folder": folder,
+        "faces": faces,
+        "config": config,
+        "features_args": args,
+        "features": folder / "features",
+        "targets": folder / "targets.safetensors",
+    }
 
 
 def _train(data, out: Path, *extra: str) -> int:
-    return main(["train", "--features", str(data["features"]), "--targets", str(data["targets"]),
-                 "--out", str(out), *TRAIN_ARGS, *extra])
+    return main(
+        [
+            "train",
+            "--features",
+            str(data["features"]),
+            "--targets",
+            str(data["targets"]),
+            "--out",
+            str(out),
+            *TRAIN_ARGS,
+            *extra,
+        ]
+    )
 
 
 def test_features_are_sharded_and_report_unreadable_crops(data):
@@ -94,16 +139,47 @@ def test_train_eval_export(data, tmp_path):
     assert (run / "checkpoints" / "step-00000008.safetensors").is_file()
     assert load_state(run / "checkpoints" / "last.safetensors").step == 16
 
-    assert main(["eval", "--run", str(run), "--features", str(data["features"]),
-                 "--targets", str(data["targets"]), "--split", "train"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--run",
+                str(run),
+                "--features",
+                str(data["features"]),
+                "--targets",
+                str(data["targets"]),
+                "--split",
+                "train",
+            ]
+        )
+        == 0
+    )
     result = json.loads((run / "eval-train.json").read_text())
     assert result["identities"] == 4 and result["candidates"] == 5
     assert 0 <= result["per_crop"]["top1"] <= result["per_crop"]["top5"] <= 1
     assert (run / "loss.png").stat().st_size > 1000
 
     out = tmp_path / "encoder.safetensors"
-    assert main(["export", "--run", str(run), "--features", str(data["features"]), "--targets",
-                 str(data["targets"]), "--rank", "3", "--include-towers", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--run",
+                str(run),
+                "--features",
+                str(data["features"]),
+                "--targets",
+                str(data["targets"]),
+                "--rank",
+                "3",
+                "--include-towers",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     checkpoint = load_encoder_checkpoint(out)
     trained = load_state(run / "checkpoints" / "last.safetensors").head_state
     for key, value in trained.items():
@@ -134,8 +210,21 @@ def test_resume_refuses_changed_settings(data, tmp_path):
         from training.cli import build_parser
 
         args = build_parser("train").parse_args(
-            ["train", "--features", str(data["features"]), "--targets", str(data["targets"]),
-             "--out", str(tmp_path / "run"), *TRAIN_ARGS, "--steps", "4", "--batch-size", "4"])
+            [
+                "train",
+                "--features",
+                str(data["features"]),
+                "--targets",
+                str(data["targets"]),
+                "--out",
+                str(tmp_path / "run"),
+                *TRAIN_ARGS,
+                "--steps",
+                "4",
+                "--batch-size",
+                "4",
+            ]
+        )
         args.stage_main(args)
 
 
@@ -148,10 +237,33 @@ def _free_port() -> int:
 def test_two_process_torchrun_ranks_end_with_identical_weights(data, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-               "127.0.0.1", "--master_port", str(_free_port()), "-m", "training", "train",
-               "--features", str(data["features"]), "--targets", str(data["targets"]), "--out", str(run),
-               *TRAIN_ARGS, "--steps", "6", "--checkpoint-every", "3", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "training",
+        "train",
+        "--features",
+        str(data["features"]),
+        "--targets",
+        str(data["targets"]),
+        "--out",
+        str(run),
+        *TRAIN_ARGS,
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--device",
+        "cpu",
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     hashes = [(run / f"weights-rank{r}.sha256").read_text() for r in range(2)]

@@ -225,42 +225,46 @@ def test_weights_load_from_an_open_clip_safetensors_file(tmp_path, tiny_towers):
         )
 
 
-def test_targets_stage_writes_rows_1_to_8_of_each_name(tmp_path):
-    import json
+def test_targets_are_rows_1_to_8_of_the_webui_encoding_and_skip_prompt_syntax(tmp_path, tiny_towers):
+    from training.common import SkipReport
+    from training.targets import build_targets, load_targets, save_targets
 
-    import pandas as pd
-
-    from training.cli import main
-    from training.targets import load_targets
-
-    towers = [tiny_spec(SDXL_CLIP_L, width=768, layers=1), tiny_spec(SDXL_CLIP_G, width=1280, layers=1)]
-    (tmp_path / "towers.json").write_text(json.dumps({"towers": [t.to_dict() for t in towers]}))
-    pd.DataFrame({"name": ["Ada Lovelace", "Alan Turing", "Prince (musician)"], "count": [3, 2, 1]}).to_csv(
-        tmp_path / "names.csv", index=False
+    clip_l, clip_g = tiny_towers
+    encoder = SDXLTextEncoder(
+        [
+            (tiny_spec(SDXL_CLIP_L, width=32, layers=3), clip_l),
+            (tiny_spec(SDXL_CLIP_G, width=48, layers=3), clip_g),
+        ]
     )
-    out = tmp_path / "targets.safetensors"
+    report = SkipReport("targets")
+    targets = build_targets(
+        encoder, ["Ada Lovelace", "Prince (musician)", "Alan Turing"], report, batch_size=1
+    )
+    assert report.skipped == [{"item": "Prince (musician)", "reason": "holds WebUI prompt syntax '('"}]
+    save_targets(tmp_path / "t.safetensors", targets)
+    loaded = load_targets(tmp_path / "t.safetensors")
+    assert loaded.names == ["Ada Lovelace", "Alan Turing"] and loaded.f_id.shape == (2, 8, 80)
+    with torch.no_grad():
+        reference = webui_encode(["Ada Lovelace", "Alan Turing"], clip_l, clip_g)
+    torch.testing.assert_close(loaded.f_id, reference[:, 1:9], rtol=1e-5, atol=1e-5)
+    assert loaded.towers[0]["name"] == "clip_l" and loaded.towers[1]["pad_with_end_token"] is False
+
+
+def test_targets_stage_needs_weights(tmp_path, capsys):
+    from training.cli import main
+
+    (tmp_path / "names.csv").write_text("name,count\nAda Lovelace,1\n")
     code = main(
         [
             "targets",
             "--names",
             str(tmp_path / "names.csv"),
-            "--text-towers",
-            str(tmp_path / "towers.json"),
-            "--random-text-towers",
-            "5",
+            "--clip-l-weights",
+            str(tmp_path / "l.st"),
+            "--out",
+            str(tmp_path / "t.safetensors"),
             "--device",
             "cpu",
-            "--out",
-            str(out),
         ]
     )
-    assert code == 0
-    targets = load_targets(out)
-    assert targets.names == ["Ada Lovelace", "Alan Turing"] and targets.f_id.shape == (2, 8, 2048)
-    skipped = json.loads((tmp_path / "targets.safetensors.skipped.json").read_text())["skipped"]
-    assert skipped == [{"item": "Prince (musician)", "reason": "holds WebUI prompt syntax '('"}]
-    clip_l, clip_g = (load_text_tower(t, random_seed=5 + i) for i, t in enumerate(towers))
-    with torch.no_grad():
-        reference = webui_encode(["Alan Turing"], clip_l, clip_g)[0]
-    torch.testing.assert_close(targets.f_id[1], reference[1:9], rtol=1e-5, atol=1e-5)
-    assert targets.towers[0]["name"] == "clip_l" and targets.towers[1]["pad_with_end_token"] is False
+    assert code == 2 and "clip_l text-encoder weights not found" in capsys.readouterr().err

@@ -131,8 +131,6 @@ def build_targets(
     if not usable:
         raise TrainingError("no name can be encoded as plain prompt text")
     f_id = compute_targets(encoder, usable, batch_size)
-    if f_id.shape[-1] != SDXL_CONTEXT_WIDTH:
-        raise TrainingError(f"the text towers give width {f_id.shape[-1]}, SDXL needs {SDXL_CONTEXT_WIDTH}")
     return Targets(names=usable, f_id=f_id, towers=[spec.to_dict() for spec, _ in encoder.towers])
 
 
@@ -168,6 +166,10 @@ def run(args: argparse.Namespace) -> Targets:
         device=args.device,
     )
     targets = build_targets(encoder, names, report, args.batch_size)
+    if targets.f_id.shape[-1] != SDXL_CONTEXT_WIDTH:
+        raise TrainingError(
+            f"the text towers give width {targets.f_id.shape[-1]}, SDXL needs {SDXL_CONTEXT_WIDTH}"
+        )
     save_targets(args.out, targets)
     report.write(f"{args.out}.skipped.json")
     print(f"targets: {len(targets.names)} names -> {args.out}; {report.summary()}")

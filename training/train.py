@@ -65,6 +65,23 @@ class TrainSettings:
         return HeadConfig(in_dim=in_dim, hidden_dim=self.hidden_dim, norm=self.norm, act=self.act).validate()
 
 
+SETTING_HELP = {
+    "steps": "optimiser steps the schedule spans",
+    "batch_size": "examples per step on each rank",
+    "lr": "peak learning rate (AdamW)",
+    "min_lr_ratio": "final learning rate as a fraction of the peak",
+    "warmup_steps": "linear warm-up steps",
+    "weight_decay": "AdamW weight decay",
+    "cosine_weight": "weight of the (1 - cosine similarity) term added to the MSE",
+    "grad_clip": "gradient norm clip (0: off)",
+    "hidden_dim": "head hidden width (recorded in the checkpoint)",
+    "norm": "head normalisation: layernorm or none",
+    "act": "head activation: gelu, relu or silu",
+    "val_fraction": "share of identities held out for validation",
+    "seed": "seed of the identity split, batch order and head initialisation",
+}
+
+
 def lr_at(step: int, s: TrainSettings) -> float:
     """Learning rate of 0-based ``step``: linear warm-up to ``lr``, then cosine to ``lr * min_lr_ratio``."""
     if step < s.warmup_steps:
@@ -311,14 +328,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, split.json")
     defaults = TrainSettings()
     for f in fields(TrainSettings):
+        value = getattr(defaults, f.name)
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
-            type=type(getattr(defaults, f.name)),
-            default=getattr(defaults, f.name),
+            type=type(value),
+            default=value,
+            help=f"{SETTING_HELP[f.name]} (default: {value})",
         )
-    parser.add_argument("--checkpoint-every", type=int, default=1000)
+    parser.add_argument("--checkpoint-every", type=int, default=1000, help="write a checkpoint every N steps")
     parser.add_argument("--eval-every", type=int, default=500, help="validation loss every N steps")
-    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument(
+        "--log-every", type=int, default=10, help="log the (all-rank mean) loss every N steps"
+    )
     parser.add_argument(
         "--resume", default="auto", help="'auto' (the run folder's last checkpoint), a path, or 'no'"
     )
@@ -376,6 +397,8 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
         head.load_state_dict(state.head_state)
         restore_optimizer(optimizer, head, state.optimizer_tensors)
         torch.random.set_rng_state(state.rng["cpu"])
+        if "cuda" in state.rng and place.device.type == "cuda":
+            torch.cuda.set_rng_state(state.rng["cuda"], place.device)
         start = state.step
     model = head
     if distributed:
