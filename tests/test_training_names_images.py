@@ -110,3 +110,20 @@ def test_images_stage_cli(tmp_path):
 def test_download_and_generate_need_their_inputs(tmp_path, capsys):
     assert main(["images", "--generate", "--out", str(tmp_path / "i.csv")]) == 2
     assert "need --names" in capsys.readouterr().err
+
+
+def test_optional_dependencies_missing_give_clear_errors(tmp_path, monkeypatch):
+    """img2dataset and diffusers are imported only when used; blocked here so nothing can download."""
+    from training.images import download_urls, generate_sdxl
+
+    monkeypatch.setitem(__import__("sys").modules, "img2dataset", None)
+    monkeypatch.setitem(__import__("sys").modules, "diffusers", None)
+    pd.DataFrame({"url": ["http://example.invalid/a.jpg"], "caption": ["Ada Lovelace"]}).to_parquet(
+        tmp_path / "urls.parquet"
+    )
+    with pytest.raises(TrainingError, match="optional dependency img2dataset: pip install img2dataset"):
+        download_urls(tmp_path / "urls.parquet", tmp_path / "out")
+    with pytest.raises(TrainingError, match="optional dependency diffusers"):
+        generate_sdxl(
+            ["Ada Lovelace"], tmp_path / "gen", model="m", per_name=1, prompt="{name}", seed=0, device="cpu"
+        )

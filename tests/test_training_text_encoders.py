@@ -268,3 +268,57 @@ def test_targets_stage_needs_weights(tmp_path, capsys):
         ]
     )
     assert code == 2 and "clip_l text-encoder weights not found" in capsys.readouterr().err
+
+
+def _hf_clip_text_state(tower) -> dict:
+    """open_clip text tower -> Hugging Face CLIPTextModel names (as SDXL checkpoints store CLIP-L)."""
+    state, out = tower.state_dict(), {}
+    out["embeddings.token_embedding.weight"] = state["token_embedding.weight"]
+    out["embeddings.position_embedding.weight"] = state["positional_embedding"]
+    out["embeddings.position_ids"] = torch.arange(77)[None]
+    out["final_layer_norm.weight"], out["final_layer_norm.bias"] = (
+        state["ln_final.weight"],
+        state["ln_final.bias"],
+    )
+    for i in range(len(tower.transformer.resblocks)):
+        src, dst = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = state[f"{src}attn.in_proj_{kind}"].chunk(3)
+            out.update(
+                {
+                    f"{dst}self_attn.q_proj.{kind}": q,
+                    f"{dst}self_attn.k_proj.{kind}": k,
+                    f"{dst}self_attn.v_proj.{kind}": v,
+                }
+            )
+            for hf, oc in (
+                ("self_attn.out_proj", "attn.out_proj"),
+                ("layer_norm1", "ln_1"),
+                ("layer_norm2", "ln_2"),
+                ("mlp.fc1", "mlp.c_fc"),
+                ("mlp.fc2", "mlp.c_proj"),
+            ):
+                out[f"{dst}{hf}.{kind}"] = state[f"{src}{oc}.{kind}"]
+    return out
+
+
+def test_text_encoders_load_from_an_sdxl_checkpoint(tmp_path, tiny_towers):
+    from safetensors.torch import save_file
+
+    from training.targets import load_sdxl_text_encoder
+    from training.text_encoders import SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX
+
+    clip_l, clip_g = tiny_towers
+    tensors = {SDXL_CLIP_L_PREFIX + k: v.contiguous() for k, v in _hf_clip_text_state(clip_l).items()}
+    tensors.update({SDXL_CLIP_G_PREFIX + k: v.contiguous() for k, v in clip_g.state_dict().items()})
+    tensors["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(2)
+    save_file(tensors, str(tmp_path / "sdxl.safetensors"))
+    specs = [tiny_spec(SDXL_CLIP_L, width=32, layers=3), tiny_spec(SDXL_CLIP_G, width=48, layers=3)]
+    loaded = load_sdxl_text_encoder(specs, [None, None], sdxl_checkpoint=str(tmp_path / "sdxl.safetensors"))
+    expected = SDXLTextEncoder(list(zip(specs, tiny_towers, strict=True))).encode(TEXTS)
+    torch.testing.assert_close(loaded.encode(TEXTS), expected)
+    save_file({"model.diffusion_model.x": torch.zeros(1)}, str(tmp_path / "unet-only.safetensors"))
+    from training.common import TrainingError
+
+    with pytest.raises(TrainingError, match="holds no SDXL text encoders"):
+        load_sdxl_text_encoder(specs, [None, None], sdxl_checkpoint=str(tmp_path / "unet-only.safetensors"))

@@ -4,9 +4,9 @@ The name alone is the prompt. It goes through CLIP-L (hidden layer 11 of 12, no 
 (penultimate layer, no final norm) with the WebUI's own chunking and padding (see
 ``training.text_encoders``); the two are concatenated per token to (77, 2048) and rows 1..8 are kept
 (``lib_magicnaming.namespace``, method.md decision 1). Weights: local safetensors files of the two open_clip
-models (``--clip-l-weights``, ``--clip-g-weights``: an open_clip CLIP checkpoint, or for bigG an SDXL
-checkpoint, whose ``conditioner.embedders.1.model.*`` tensors are open_clip's), or open_clip's hub with
-``--allow-download``.
+models (``--clip-l-weights``, ``--clip-g-weights``: open_clip CLIP checkpoints), or the SDXL checkpoint the
+WebUI itself loads (``--sdxl-checkpoint``: its Hugging Face-format CLIP-L is renamed to open_clip's layout,
+its bigG is already open_clip's), or open_clip's hub with ``--allow-download``.
 
 Output: a safetensors file with ``f_id`` (N, 8, 2048) float32 and metadata (names in order, the towers).
 Names holding text the WebUI's prompt parser would interpret (brackets, colons, BREAK, AND) are skipped and
@@ -26,7 +26,14 @@ import torch
 from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH
 from lib_magicnaming.namespace import encode_names_f_id
 from training.common import SkipReport, TrainingError, atomic_path, read_json, read_table
-from training.text_encoders import SDXL_CLIP_G, SDXL_CLIP_L, SDXLTextEncoder, TextTowerSpec, load_text_tower
+from training.text_encoders import (
+    SDXL_CLIP_G,
+    SDXL_CLIP_L,
+    SDXLTextEncoder,
+    TextTowerSpec,
+    load_text_tower,
+    sdxl_checkpoint_text_states,
+)
 
 TARGETS_KEY = "f_id"
 _PROMPT_SYNTAX_RE = re.compile(r"[()\[\]<>:\\]|\bBREAK\b|\bAND\b")
@@ -97,22 +104,25 @@ def load_sdxl_text_encoder(
     specs: list[TextTowerSpec],
     weights: list[str | None],
     *,
+    sdxl_checkpoint: str | None = None,
     allow_download: bool = False,
     random_seed: int | None = None,
     device: str = "cpu",
 ) -> SDXLTextEncoder:
-    """Both text towers (weights per tower: a file, the hub, or random with ``random_seed`` for tests)."""
+    """Both text towers: from an SDXL checkpoint, per-tower files, the hub, or random (``random_seed``)."""
+    states = sdxl_checkpoint_text_states(sdxl_checkpoint) if sdxl_checkpoint else {}
     towers = [
         (
             spec,
             load_text_tower(
                 spec,
                 weights=w,
+                state=states.get(spec.name),
                 allow_download=allow_download,
                 random_seed=None if random_seed is None else random_seed + i,
             ),
         )
-        for i, (spec, w) in enumerate(zip(specs, weights, strict=False))
+        for i, (spec, w) in enumerate(zip(specs, weights, strict=True))
     ]
     return SDXLTextEncoder(towers, device=device)
 
@@ -137,6 +147,9 @@ def build_targets(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of the ``targets`` stage."""
     parser.add_argument("--names", required=True, help="names table (names stage) or images table")
+    parser.add_argument(
+        "--sdxl-checkpoint", help="an SDXL .safetensors checkpoint: both text encoders from it"
+    )
     parser.add_argument("--clip-l-weights", help="safetensors of open_clip ViT-L-14 (openai)")
     parser.add_argument(
         "--clip-g-weights", help="safetensors of open_clip ViT-bigG-14 (or an SDXL checkpoint)"
@@ -161,6 +174,7 @@ def run(args: argparse.Namespace) -> Targets:
     encoder = load_sdxl_text_encoder(
         specs,
         [args.clip_l_weights, args.clip_g_weights],
+        sdxl_checkpoint=args.sdxl_checkpoint,
         allow_download=args.allow_download,
         random_seed=args.random_text_towers,
         device=args.device,

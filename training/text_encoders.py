@@ -127,14 +127,100 @@ def text_state_from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torc
     return text
 
 
+SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
+UNUSED_FOR_HIDDEN_STATES = ("text_projection",)
+"""Tensors the hidden-state computation never reads; an SDXL checkpoint's CLIP-L lacks its projection."""
+
+
+def open_clip_state_from_hf_text(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Hugging Face CLIPTextModel ``text_model.*`` state (prefix removed) in open_clip's names.
+
+    q/k/v projections are stacked into ``in_proj_*`` (open_clip's nn.MultiheadAttention), layer norms and MLP
+    layers renamed; position ids and anything else are dropped.
+    """
+    renames = {
+        "embeddings.token_embedding.weight": "token_embedding.weight",
+        "embeddings.position_embedding.weight": "positional_embedding",
+        "final_layer_norm.weight": "ln_final.weight",
+        "final_layer_norm.bias": "ln_final.bias",
+    }
+    parts = {
+        "self_attn.out_proj": "attn.out_proj",
+        "layer_norm1": "ln_1",
+        "layer_norm2": "ln_2",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+    }
+    out = {new: state[old] for old, new in renames.items() if old in state}
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
+    for i in layers:
+        src, dst = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat(
+                [state[f"{src}self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")]
+            )
+            for old, new in parts.items():
+                out[f"{dst}{new}.{kind}"] = state[f"{src}{old}.{kind}"]
+    return out
+
+
+def sdxl_checkpoint_text_states(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Both text encoders' states (open_clip names) from an SDXL .safetensors checkpoint."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingError(f"SDXL checkpoint not found: {p}")
+    with safe_open(str(p), framework="pt") as handle:
+        keys = list(handle.keys())
+        clip_l = {
+            k[len(SDXL_CLIP_L_PREFIX) :]: handle.get_tensor(k)
+            for k in keys
+            if k.startswith(SDXL_CLIP_L_PREFIX)
+        }
+        clip_g = {
+            k[len(SDXL_CLIP_G_PREFIX) :]: handle.get_tensor(k)
+            for k in keys
+            if k.startswith(SDXL_CLIP_G_PREFIX)
+        }
+    if not clip_l or not clip_g:
+        raise TrainingError(
+            f"{p} holds no SDXL text encoders (no {SDXL_CLIP_L_PREFIX}* or {SDXL_CLIP_G_PREFIX}* tensors)"
+        )
+    return {"clip_l": open_clip_state_from_hf_text(clip_l), "clip_g": clip_g}
+
+
+def load_state_into_tower(
+    tower: torch.nn.Module, state: dict[str, torch.Tensor], source: str, name: str
+) -> None:
+    """Load a text-tower state strictly, except tensors the hidden states never read (zeroed when absent)."""
+    wanted = tower.state_dict()
+    missing = [k for k in wanted if k not in state and k not in UNUSED_FOR_HIDDEN_STATES]
+    if missing:
+        raise TrainingError(f"{source} lacks {name} text-tower tensors, e.g. {missing[:3]}")
+    bad = [k for k in wanted if k in state and tuple(state[k].shape) != tuple(wanted[k].shape)]
+    if bad:
+        raise TrainingError(
+            f"{source}: {name} tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
+            f"the {name} tower needs {tuple(wanted[bad[0]].shape)}"
+        )
+    tower.load_state_dict({k: state[k] if k in state else torch.zeros_like(wanted[k]) for k in wanted})
+
+
 def load_text_tower(
     spec: TextTowerSpec,
     *,
     weights: str | Path | None = None,
+    state: dict[str, torch.Tensor] | None = None,
     allow_download: bool = False,
     random_seed: int | None = None,
 ) -> torch.nn.Module:
-    """The text tower in eval mode, weights from a safetensors file, open_clip's hub, or random."""
+    """The text tower, eval mode: weights from a safetensors file, a state, open_clip's hub, or random."""
+    if state is not None:
+        tower = build_text_tower(spec)
+        load_state_into_tower(tower, state, "the SDXL checkpoint", spec.name)
+        return tower.eval().requires_grad_(False)
     if random_seed is not None and weights is None:
         return random_text_tower(spec, random_seed)
     if weights is None and not allow_download:
@@ -149,12 +235,7 @@ def load_text_tower(
         from safetensors.torch import load_file
 
         path = Path(weights)
-        state = text_state_from_checkpoint(load_file(str(path)))
-        wanted = tower.state_dict()
-        missing = [k for k in wanted if k not in state]
-        if missing:
-            raise TrainingError(f"{path} lacks {spec.name} text-tower tensors, e.g. {missing[:3]}")
-        tower.load_state_dict({k: state[k] for k in wanted}, strict=True)
+        load_state_into_tower(tower, text_state_from_checkpoint(load_file(str(path))), str(path), spec.name)
     elif allow_download:
         import open_clip
 
