@@ -118,7 +118,8 @@ class IdentityEncoder:
     ``models_dir``: the extension's models folder (tower files under ``towers/``); ``insightface_root``: the
     folder holding ``models/<pack>`` (the WebUI's ``models/insightface``). ``device``: None picks CUDA when
     available. ``keep_loaded`` keeps the towers on the GPU between calls; ``lowvram`` forbids it and moves
-    one tower at a time. ``random_towers`` is for benchmarks only (towers with random weights).
+    one tower at a time. ``random_towers`` is for benchmarks only (towers with random weights). ``dtype``
+    overrides the towers' dtype (default float16 on CUDA, float32 on CPU; the head always runs in float32).
     """
 
     def __init__(
@@ -135,6 +136,7 @@ class IdentityEncoder:
         allow_download: bool = False,
         cache_size: int = DEFAULT_CACHE_SIZE,
         random_towers: bool = False,
+        dtype: torch.dtype | None = None,
     ):
         self._checkpoint = checkpoint if isinstance(checkpoint, EncoderCheckpoint) else None
         self._checkpoint_path = None if self._checkpoint else checkpoint
@@ -143,7 +145,7 @@ class IdentityEncoder:
             detector = FaceDetector(insightface_root, pack)
         self.detector = detector
         self.device = torch.device(device) if device is not None else _default_device()
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.lowvram = lowvram
         self.keep_loaded = keep_loaded and not lowvram
         self.allow_download = allow_download

@@ -275,12 +275,14 @@ def head_state_shapes(config: HeadConfig) -> dict[str, tuple[int, ...]]:
 def init_head_(
     head: NameHead, *, out_std: float = 0.02, generator: torch.Generator | None = None
 ) -> NameHead:
-    """Re-initialise a head in place (trunc-normal-ish weights scaled by fan-in, zero biases); return it."""
-    for linear in (head.fc1, head.fc2):
-        nn.init.normal_(linear.weight, std=1.0 / math.sqrt(linear.in_features), generator=generator)
-        nn.init.zeros_(linear.bias)
-    nn.init.normal_(head.fc3.weight, std=out_std, generator=generator)
-    nn.init.zeros_(head.fc3.bias)
+    """Re-initialise a head in place (normal weights: 1/sqrt(fan-in), ``out_std`` for the last layer; zero
+    biases); return it. Uses torch.randn so a ``generator`` works on every torch the WebUI ships."""
+    with torch.no_grad():
+        for linear, std in ((head.fc1, None), (head.fc2, None), (head.fc3, out_std)):
+            std = 1.0 / math.sqrt(linear.in_features) if std is None else std
+            noise = torch.randn(linear.weight.shape, generator=generator, dtype=torch.float32)
+            linear.weight.copy_(noise * std)
+            linear.bias.zero_()
     return head
 
 

@@ -9,6 +9,7 @@ code. Nothing is ever downloaded unless the caller allows it, and never at impor
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -177,11 +178,11 @@ def download_tower(spec: TowerSpec, cache_dir: str | os.PathLike | None = None) 
         )
     import open_clip
 
+    kwargs = {"pretrained": spec.pretrained, "cache_dir": None if cache_dir is None else str(cache_dir)}
+    if _accepts(open_clip.create_model, "force_quick_gelu"):  # 2.x and 3.x both have it; be safe
+        kwargs["force_quick_gelu"] = bool(tower_model_config(spec).get("quick_gelu", False))
     try:
-        model = open_clip.create_model(
-            spec.arch, pretrained=spec.pretrained, cache_dir=None if cache_dir is None else str(cache_dir),
-            force_quick_gelu=bool(tower_model_config(spec).get("quick_gelu", False)),
-        )
+        model = open_clip.create_model(spec.arch, **kwargs)
     except Exception as err:  # noqa: BLE001 - network, hub and file errors all end here
         raise EncoderError(
             f"open_clip could not load {spec.arch} / {spec.pretrained}: "
@@ -210,3 +211,10 @@ def load_tower(
     if allow_download:
         return download_tower(spec, cache_dir)
     raise EncoderError(missing_tower_message(spec, models_dir))
+
+
+def _accepts(function, name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False

@@ -222,3 +222,14 @@ def test_cuda_fp16_matches_cpu_and_frees_the_gpu(checkpoint, faces_png):
     kept.unload()
     del kept
     assert torch.cuda.memory_allocated() == before
+
+
+def test_dtype_override_runs_towers_in_bfloat16(checkpoint, faces_png):
+    reference = make_encoder(checkpoint).encode_photos(faces_png[:1], assume_cropped=True).embedding
+    encoder = make_encoder(checkpoint, dtype=torch.bfloat16)
+    result = encoder.encode_photos(faces_png[:1], assume_cropped=True)
+    assert result.dtype == "bfloat16" and result.embedding.dtype == torch.float32
+    assert {p.dtype for p in encoder.load().towers.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in encoder.load().head.parameters()} == {torch.float32}
+    torch.testing.assert_close(result.embedding, reference, rtol=0.1, atol=0.1)
+    assert not torch.equal(result.embedding, reference)

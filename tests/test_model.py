@@ -16,6 +16,7 @@ from lib_magicnaming.model import (
     build_encoder,
     default_towers,
     head_state_shapes,
+    init_head_,
     tower_model_config,
 )
 
@@ -155,3 +156,14 @@ def test_tower_states_rebuild_identical_towers(encoder):
     twin = build_encoder(config, head_state=encoder.head.state_dict(), tower_states=states)
     x = pixels(1)
     torch.testing.assert_close(twin(x), encoder(x))
+
+
+def test_init_head_is_seeded_and_scaled():
+    config = HeadConfig(in_dim=256, hidden_dim=128, out_tokens=2, out_dim=64)
+    first = init_head_(NameHead(config), out_std=0.5, generator=torch.Generator().manual_seed(1))
+    second = init_head_(NameHead(config), out_std=0.5, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert first.fc1.weight.std().item() == pytest.approx(256 ** -0.5, rel=0.05)
+    assert first.fc3.weight.std().item() == pytest.approx(0.5, rel=0.05)
+    assert first.fc3.bias.abs().max().item() == 0.0
