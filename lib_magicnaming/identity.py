@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,9 @@ WINDOWS_RESERVED_STEMS = frozenset(
 _TEMP_PREFIX = ".tmp-"
 _LOCK_SUFFIX = ".lock"
 _STALE_LOCK_SECONDS = 30.0
+_NO_HARD_LINK_ERRNOS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS, errno.EMLINK}
+)
 _SHORT_HASH_RE = re.compile(f"[0-9a-f]{{{SHORT_HASH_CHARS}}}")
 _EMBEDDING_SHAPE = [ID_TOKENS, SDXL_CONTEXT_WIDTH]
 
@@ -106,8 +109,8 @@ def validate_file_name_safe(name: str) -> str:
     """Check that an identity name is legal AND safe as a file name everywhere; return it unchanged.
 
     Beyond the name rule (which already excludes separators, NUL, spaces, non-ASCII look-alikes and names over
-    64 characters), refuse Windows device names (``con``, ``nul.txt``, ``com1`` ...) and trailing dots, which
-    Windows strips or maps to devices. Raises IdentityError.
+    64 characters), refuse Windows device names (``con``, ``nul.txt``, ``com1`` ...: opening one opens the
+    device) and a trailing dot (Windows drops trailing dots from names). Raises IdentityError.
     """
     validate_identity_name(name)
     stem = name.split(".", 1)[0].lower()
@@ -126,7 +129,7 @@ class Identity:
 
     Constructing one validates the name, the embedding (shape ID_TOKENS x SDXL_CONTEXT_WIDTH, floating point,
     finite; copied to a new float32 CPU tensor) and the origin (a JSON object whose ``kind`` is one of
-    ORIGIN_KINDS with that kind's details).
+    ORIGIN_KINDS; saving also requires that kind's details, see _ORIGIN_REQUIRED_KEYS).
     """
 
     name: str
@@ -228,18 +231,18 @@ def _check_created(created: Any) -> None:
         stamp = datetime.fromisoformat(created[:-1] + "+00:00" if created.endswith("Z") else created)
     except ValueError as error:
         raise IdentityError(f"an identity's created time {created!r} is not ISO 8601") from error
-    if stamp.utcoffset() is None:
-        raise IdentityError(f"an identity's created time {created!r} has no time zone; expected UTC")
+    if stamp.utcoffset() != timedelta(0):
+        raise IdentityError(f"an identity's created time {created!r} is not in UTC (end it with 'Z')")
 
 
 def _thumbnail_rgb(image: Image.Image) -> Image.Image:
     """A new RGB copy of ``image``, upright, transparent parts on white, at most THUMBNAIL_MAX_SIDE a side."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "F") or image.mode.startswith("I;"):
-        values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
     try:
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
             rgba = image.convert("RGBA")
@@ -315,10 +318,14 @@ def _parse_header_bytes(prefix: bytes, file_size: int, source: str) -> tuple[dic
 
 
 def _tensor_entry(header: dict, name: str, source: str) -> dict | None:
-    entry = header.get(name)
-    if entry is None:
+    if name not in header:
         return None
-    if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list) and "dtype" in entry):
+    entry = header[name]
+    if not (
+        isinstance(entry, dict)
+        and isinstance(entry.get("shape"), list)
+        and isinstance(entry.get("dtype"), str)
+    ):
         raise IdentityError(f"{source} has a malformed entry for tensor {name!r}")
     offsets = entry.get("data_offsets")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
@@ -501,6 +508,24 @@ def read_identity_info(path: str | os.PathLike) -> IdentityInfo:
 # ------------------------------------------------------------------------------------------ atomic publishing
 
 
+def _publish(data: bytes, target: Path, *, overwrite: bool) -> bool:
+    """Atomically give ``target`` the content ``data``; False (and no change) if it exists and not overwrite.
+
+    Raises IdentityError when the folder cannot be written.
+    """
+    try:
+        temp = _write_temp(target.parent, data)
+        try:
+            if overwrite:
+                _replace(temp, target)
+                return True
+            return _publish_new(temp, target)
+        finally:
+            _remove_quietly(temp)
+    except OSError as error:
+        raise IdentityError(f"cannot write {target}: {error.strerror or error}") from error
+
+
 def _write_temp(folder: Path, data: bytes) -> Path:
     """Write ``data`` to a new hidden temp file in ``folder`` (same file system as the final name), synced."""
     descriptor, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".part", dir=folder)
@@ -549,14 +574,9 @@ def _publish_new(temp: Path, target: Path) -> bool:
     except FileExistsError:
         return False
     except OSError as error:
-        if error.errno not in (
-            errno.EPERM,
-            errno.ENOTSUP,
-            errno.EOPNOTSUPP,
-            errno.EXDEV,
-            errno.ENOSYS,
-            errno.EMLINK,
-        ):
+        # Windows reports a volume without hard links in several ways (ERROR_INVALID_FUNCTION, ...); the
+        # rename that follows refuses an existing name by itself and raises real problems (a full disk).
+        if os.name != "nt" and error.errno not in _NO_HARD_LINK_ERRNOS:
             raise
         return _publish_new_without_links(temp, target)
     _remove_quietly(temp)
@@ -608,15 +628,8 @@ def write_identity_file(
     once exactly one wins. The folder must exist. Raises IdentityError for an unstorable identity.
     """
     path = Path(path)
-    data = encode_identity_file(identity, dtype)
-    temp = _write_temp(path.parent, data)
-    try:
-        if overwrite:
-            _replace(temp, path)
-        elif not _publish_new(temp, path):
-            raise IdentityExists(f"an identity file already exists at {path}", identity.name)
-    finally:
-        _remove_quietly(temp)
+    if not _publish(encode_identity_file(identity, dtype), path, overwrite=overwrite):
+        raise IdentityExists(f"an identity file already exists at {path}", identity.name)
 
 
 # ------------------------------------------------------------------------------------------------- library
@@ -657,6 +670,8 @@ class IdentityLibrary:
             entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
         except FileNotFoundError:
             return LibraryScan([], [])
+        except OSError as error:
+            raise IdentityError(f"cannot read the identity folder {self.folder}: {error}") from error
         for entry in entries:
             if entry.name.startswith(_TEMP_PREFIX) or not entry.name.lower().endswith(FILE_SUFFIX):
                 continue
@@ -665,7 +680,8 @@ class IdentityLibrary:
                 info = read_identity_info(path)
                 _check_file_name_matches(info, path)
             except IdentityError as error:
-                problems.append(LibraryProblem(path, str(error)))
+                if path.exists():  # a file deleted or renamed while we scanned is no problem
+                    problems.append(LibraryProblem(path, str(error)))
                 continue
             identities.append(info)
         identities.sort(key=lambda info: info.key)
@@ -735,18 +751,15 @@ class IdentityLibrary:
         """
         path = self.path_for(identity.name)
         data = encode_identity_file(identity, dtype)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        temp = _write_temp(self.folder, data)
         try:
-            if overwrite:
-                _replace(temp, path)
-            elif not _publish_new(temp, path):
-                raise IdentityExists(
-                    f"an identity named {identity.name!r} already exists; choose another name or overwrite",
-                    identity.name,
-                )
-        finally:
-            _remove_quietly(temp)
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise IdentityError(f"cannot create the identity folder {self.folder}: {error}") from error
+        if not _publish(data, path, overwrite=overwrite):
+            raise IdentityExists(
+                f"an identity named {identity.name!r} already exists; choose another name or overwrite",
+                identity.name,
+            )
         return _info_from_bytes(data, path, str(path))[0]
 
     def rename(self, old: str, new: str) -> IdentityInfo:
@@ -768,6 +781,8 @@ class IdentityLibrary:
             path.unlink()
         except FileNotFoundError as error:
             raise IdentityNotFound(f"no identity named {name!r} in {self.folder}", name) from error
+        except OSError as error:
+            raise IdentityError(f"cannot delete {path}: {error.strerror or error}") from error
 
     def import_file(
         self, path: str | os.PathLike, *, name: str | None = None, overwrite: bool = False
@@ -797,14 +812,8 @@ class IdentityLibrary:
         target = Path(dest)
         if target.is_dir():
             target = target / source.name
-        temp = _write_temp(target.parent, data)
-        try:
-            if overwrite:
-                _replace(temp, target)
-            elif not _publish_new(temp, target):
-                raise IdentityExists(f"{target} already exists; choose another file or overwrite it", name)
-        finally:
-            _remove_quietly(temp)
+        if not _publish(data, target, overwrite=overwrite):
+            raise IdentityExists(f"{target} already exists; choose another file or overwrite it", name)
         return target
 
 

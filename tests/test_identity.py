@@ -18,6 +18,8 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from lib_magicnaming import identity as identity_module
@@ -159,8 +161,9 @@ def test_only_float16_and_float32_storage(library, dtype):
         ({"origin": {"kind": "imported", "when": object()}}, "not plain JSON"),
         ({"origin": {"kind": "imported", "weight": float("nan")}}, "not plain JSON"),
         ({"created": "yesterday"}, "not ISO 8601"),
-        ({"created": "2025-01-31T12:00:00"}, "no time zone"),
-        ({"name": "no spaces"}, "not a valid identity name"),
+        ({"created": "2025-01-31T12:00:00"}, "not in UTC"),
+        ({"created": "2025-01-31T12:00:00+05:00"}, "not in UTC"),
+        ({"name": "no spaces"}, "contains ' '"),
         ({"thumbnail": np.zeros((4, 4, 3), dtype=np.uint8)}, "not a PIL image"),
     ],
 )
@@ -223,6 +226,13 @@ def test_sixteen_bit_thumbnail_uses_its_range():
     stored = identity_module._thumbnail_rgb(Image.fromarray(gradient))
     row = np.asarray(stored)[10, :, 0]
     assert row[0] < 10 and row[-1] > 245 and np.all(np.diff(row.astype(int)) >= -1)
+
+
+def test_float_thumbnail_with_nan_is_stored():
+    values = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    values[0, 0] = np.nan
+    stored = identity_module._thumbnail_rgb(Image.fromarray(values, mode="F"))
+    assert stored.mode == "RGB" and np.asarray(stored)[7, 7, 0] == 255
 
 
 def test_identity_without_thumbnail(library):
@@ -369,6 +379,42 @@ def test_bad_identity_files_give_clear_errors_everywhere(library, tmp_path, case
         assert [problem.path for problem in scan.problems] == [inside]
 
 
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_arbitrary_bytes_give_identity_errors_only(data):
+    with pytest.raises(IdentityError):
+        decode_identity_file(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.sampled_from(["embedding", "thumbnail", "__metadata__", "extra"]), value=JSON_VALUES)
+def test_any_header_entry_gives_an_identity_error_or_a_valid_identity(key, value):
+    data = encode_identity_file(make_identity())
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    header[key] = value
+    text = json.dumps(header).encode()
+    mutated = struct.pack("<Q", len(text)) + text + data[8 + length :]
+    try:
+        identity = decode_identity_file(mutated)
+    except IdentityError:
+        return
+    assert key == "extra"  # only an unknown extra entry may be ignored
+    assert identity.embedding.shape == (ID_TOKENS, SDXL_CONTEXT_WIDTH)
+
+
 def test_reading_a_missing_file_is_an_identity_error(tmp_path):
     with pytest.raises(IdentityError, match="no identity file at"):
         read_identity_file(tmp_path / "nowhere.safetensors")
@@ -419,8 +465,28 @@ def test_a_file_whose_name_does_not_match_its_identity_is_a_problem(library):
     assert "file name should be alice.safetensors" in scan.problems[0].message
 
 
+def test_a_file_deleted_during_listing_is_not_a_problem(library, monkeypatch):
+    library.save(make_identity("alice"))
+    library.save(make_identity("bob"))
+    real_read_info = identity_module.read_identity_info
+
+    def delete_bob_first(path):
+        (library.folder / "bob.safetensors").unlink(missing_ok=True)
+        return real_read_info(path)
+
+    monkeypatch.setattr(identity_module, "read_identity_info", delete_bob_first)
+    scan = library.scan()
+    assert [info.name for info in scan.identities] == ["alice"] and scan.problems == []
+
+
 def test_list_of_a_missing_folder_is_empty(tmp_path):
     assert IdentityLibrary(tmp_path / "not-yet").list() == []
+
+
+def test_a_folder_that_is_a_file_is_an_identity_error(tmp_path):
+    (tmp_path / "identities").write_text("oops")
+    with pytest.raises(IdentityError, match="cannot read the identity folder"):
+        IdentityLibrary(tmp_path / "identities").list()
 
 
 def test_list_reads_only_headers_of_a_thousand_files(library, monkeypatch):
@@ -668,6 +734,15 @@ def test_export_to_folder_and_file_and_back(library, tmp_path):
     imported = other.import_file(as_file)
     assert imported.short_hash == saved.short_hash and other.load("alice").thumbnail.size == (128, 85)
     assert sorted(os.listdir(exports)) == ["alice.safetensors", "for-bob.safetensors"]
+
+
+def test_unwritable_destinations_are_identity_errors(library, tmp_path):
+    library.save(make_identity("alice"))
+    with pytest.raises(IdentityError, match="cannot write"):
+        library.export_file("alice", tmp_path / "missing-folder" / "alice.safetensors")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(IdentityError, match="cannot create the identity folder"):
+        IdentityLibrary(tmp_path / "a-file" / "identities").save(make_identity())
 
 
 def test_write_identity_file_refuses_overwrite_when_asked(tmp_path):
