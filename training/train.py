@@ -133,14 +133,27 @@ class EpochSampler:
 
 @dataclass
 class TrainData:
-    """Features with the row of their name's F_ID, split by identity."""
+    """Features with the row of their name's F_ID in ``table``, split by identity.
+
+    Targets stay one row per identity (``table``, (identities, 8, 2048)); a batch gathers its rows, so memory
+    grows with identities, not with crops (810k crops x 64 KiB would not fit).
+    """
 
     train_features: torch.Tensor
-    train_targets: torch.Tensor
+    train_rows: torch.Tensor
     val_features: torch.Tensor
-    val_targets: torch.Tensor
+    val_rows: torch.Tensor
+    table: torch.Tensor
     train_names: list[str]
     val_names: list[str]
+
+    def to(self, device: torch.device) -> TrainData:
+        """The same data on ``device`` (on CUDA the whole set moves once instead of every batch)."""
+        moved = {
+            k: getattr(self, k).to(device)
+            for k in ("train_features", "train_rows", "val_features", "val_rows", "table")
+        }
+        return TrainData(**moved, train_names=self.train_names, val_names=self.val_names)
 
 
 def prepare_data(features: FeatureSet, targets: Targets, s: TrainSettings, report: SkipReport) -> TrainData:
@@ -160,9 +173,10 @@ def prepare_data(features: FeatureSet, targets: Targets, s: TrainSettings, repor
     train_mask, val_mask = known & ~in_val, known & in_val
     return TrainData(
         train_features=features.features[train_mask],
-        train_targets=targets.f_id[target_row[train_mask]],
+        train_rows=target_row[train_mask],
         val_features=features.features[val_mask],
-        val_targets=targets.f_id[target_row[val_mask]],
+        val_rows=target_row[val_mask],
+        table=targets.f_id,
         train_names=train_names,
         val_names=val_names,
     )
@@ -194,7 +208,7 @@ def validation_loss(head: NameHead, data: TrainData, s: TrainSettings, place: Pl
     total = 0.0
     for start in range(0, len(data.val_features), s.batch_size):
         x = data.val_features[start : start + s.batch_size].to(place.device, torch.float32)
-        y = data.val_targets[start : start + s.batch_size].to(place.device)
+        y = data.table[data.val_rows[start : start + s.batch_size]].to(place.device)
         with autocast(place):
             pred = head(x)
         total += float(loss_terms(pred, y, s.cosine_weight)) * len(x)
@@ -381,6 +395,8 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     report = SkipReport("train")
     data = prepare_data(load_features(args.features), load_targets(args.targets), s, report)
+    if place.device.type == "cuda":
+        data = data.to(place.device)
     in_dim = data.train_features.shape[1]
     # The process's RNG (saved in checkpoints) starts from the seed, so any random op a later head variant
     # adds (dropout, noise) is reproducible and resumes exactly; the head's init has its own generator.
@@ -417,9 +433,9 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
         lr = lr_at(step, s)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        idx = sampler.indices(step)
+        idx = sampler.indices(step).to(data.train_features.device)
         x = data.train_features[idx].to(place.device, torch.float32, non_blocking=True)
-        y = data.train_targets[idx].to(place.device, non_blocking=True)
+        y = data.table[data.train_rows[idx]].to(place.device, non_blocking=True)
         with autocast(place):
             pred = model(x)
         loss = loss_terms(pred, y, s.cosine_weight)
