@@ -37,6 +37,8 @@ TRAIN_ARGS = [
     "--eval-every",
     "4",
     "--no-tensorboard",
+    "--cpu-threads",
+    "1",
 ]
 
 

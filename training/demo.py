@@ -207,6 +207,8 @@ def run(args: argparse.Namespace) -> dict:
             "5",
             "--device",
             "cpu",
+            "--cpu-threads",
+            "1",
         ]
     )
     for split in ("train", "val"):

@@ -360,6 +360,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-at", type=int, help="stop after this step (the schedule still spans --steps)")
     parser.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
     parser.add_argument("--no-tensorboard", action="store_true")
+    parser.add_argument("--cpu-threads", type=int, help="torch CPU threads (1 is fastest for small heads)")
 
 
 def _resume_path(args: argparse.Namespace, out: Path) -> Path | None:
@@ -382,9 +383,13 @@ def run(args: argparse.Namespace) -> dict:
     """Run (or resume) training; returns the summary written to ``summary.json``."""
     place = current_place(args.device)
     distributed = init_process_group(place)
+    threads = torch.get_num_threads()
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
     try:
         return _train(args, place, distributed)
     finally:
+        torch.set_num_threads(threads)
         if distributed:
             torch.distributed.destroy_process_group()
 
