@@ -24,6 +24,7 @@ import csv
 import hashlib
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -434,7 +435,9 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
     sampler = EpochSampler(len(data.train_features), s.batch_size, place, s.seed)
     extra = {"split": {"train": len(data.train_names), "val": len(data.val_names)}, "world": place.world}
     last_loss = float("nan")
+    clock = _LoopClock(place)
     for step in range(start, stop):
+        clock.tick(step - start)
         lr = lr_at(step, s)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -468,6 +471,7 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
                     )
             if distributed:
                 torch.distributed.barrier()
+    steps_per_second = clock.steps_per_second(stop - start)
     logger.close()
     (out / f"weights-rank{place.rank}.sha256").write_text(head_weights_hash(head) + "\n")
     summary = {
@@ -480,11 +484,34 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
         "train_crops": len(data.train_features),
         "val_crops": len(data.val_features),
         "settings": asdict(s),
+        "steps_per_second": steps_per_second,
     }
     if place.is_main:
         write_json(out / "summary.json", summary)
         print(f"train: {stop} steps, last train loss {last_loss:.6g} -> {out}; {report.summary()}")
     return summary
+
+
+class _LoopClock:
+    """Wall time of the training loop from the end of its first step (start-up and warm-up excluded)."""
+
+    def __init__(self, place: Place):
+        self.place, self.started = place, None
+
+    def _now(self) -> float:
+        if self.place.device.type == "cuda":
+            torch.cuda.synchronize(self.place.device)
+        return time.perf_counter()
+
+    def tick(self, done: int) -> None:
+        if done == 1:
+            self.started = self._now()
+
+    def steps_per_second(self, done: int) -> float | None:
+        """Steps per second over steps 2..done (None for runs of fewer than 3 steps)."""
+        if self.started is None or done < 3:
+            return None
+        return (done - 1) / max(1e-9, self._now() - self.started)
 
 
 def _mean_over_ranks(value: torch.Tensor, distributed: bool) -> float:
