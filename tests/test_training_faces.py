@@ -82,7 +82,8 @@ def test_recognition_model_separates_identities(tmp_path):
 
 def test_faces_with_the_extensions_detector(tmp_path):
     pack_root = tmp_path / "insightface"
-    install_pack(pack_root, [(16, 12, 48, 52, 0.9)], (64, 64))
+    pack_dir = install_pack(pack_root, [(16, 12, 48, 52, 0.9)], (64, 64))
+    write_arcface_onnx(pack_dir / "w600k_r50.onnx")
     out = tmp_path / "faces"
     code = main(
         [
@@ -96,6 +97,10 @@ def test_faces_with_the_extensions_detector(tmp_path):
             "--cpu",
             "--crop-size",
             "32",
+            "--recognition-model",
+            "pack",
+            "--consistency-threshold",
+            "0.8",
             "--drop-at-most",
             "4",
         ]
@@ -104,7 +109,10 @@ def test_faces_with_the_extensions_detector(tmp_path):
     faces = pd.read_csv(out / "faces.csv")
     assert faces["score"].between(0.85, 0.95).all()
     assert set(faces["name"]) == {"Ada Lovelace", "Alan Turing"}
-    assert json.loads((out / "faces.json").read_text())["detector"]["pack"] == "buffalo_l"
+    report = json.loads((out / "faces.json").read_text())
+    assert report["detector"]["pack"] == "buffalo_l"
+    assert report["consistency"]["model"].endswith("w600k_r50.onnx")
+    assert not faces["source_path"].str.endswith("Ada_Lovelace/008.png").any()
 
 
 def test_missing_detector_and_small_identities_are_clear(tmp_path, capsys):

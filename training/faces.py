@@ -82,6 +82,20 @@ class RecognitionModel:
             raise TrainingError(f"{p} is not a face-recognition (ArcFace) model by insightface's routing")
         self.model, self.path = model, p
 
+    @classmethod
+    def from_pack(cls, insightface_root: str | Path, pack: str, providers: list[str] | None = None):
+        """The pack's recognition model (e.g. buffalo_l's w600k_r50.onnx), found by insightface's routing."""
+        folder = Path(insightface_root) / "models" / pack
+        candidates = sorted(
+            folder.glob("*.onnx"), key=lambda p: ("w600k" not in p.name and "arc" not in p.name, p)
+        )
+        for path in candidates:
+            try:
+                return cls(path, providers)
+            except TrainingError:
+                continue
+        raise TrainingError(f"the insightface pack {folder} holds no face-recognition (ArcFace) model")
+
     def embed(self, crop_paths: list[str]) -> np.ndarray:
         """(N, D) L2-normalised embeddings of crops (read as BGR, resized to the model's input)."""
         import cv2
@@ -152,7 +166,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assume-cropped", action="store_true", help="use each image's centred square")
     parser.add_argument("--crop-size", type=int, default=CropConfig().size)
     parser.add_argument("--margin", type=float, default=CropConfig().margin)
-    parser.add_argument("--recognition-model", help="ArcFace ONNX model for the identity-consistency filter")
+    parser.add_argument(
+        "--recognition-model",
+        help="ArcFace ONNX model for the consistency filter, or 'pack' (the pack's own)",
+    )
     parser.add_argument("--consistency-threshold", type=float, default=0.4, help="minimum cosine similarity")
     parser.add_argument(
         "--drop-at-most",
@@ -180,7 +197,13 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     if args.recognition_model and not faces.empty:
         rule = ConsistencyRule(args.consistency_threshold)
         providers = ["CPUExecutionProvider"] if args.cpu else None
-        faces = filter_consistency(faces, RecognitionModel(args.recognition_model, providers), rule, report)
+        if args.recognition_model == "pack":
+            if not args.insightface_root:
+                raise TrainingError("--recognition-model pack needs --insightface-root")
+            model = RecognitionModel.from_pack(args.insightface_root, args.pack, providers)
+        else:
+            model = RecognitionModel(args.recognition_model, providers)
+        faces = filter_consistency(faces, model, rule, report)
     faces = drop_small_identities(faces, args.drop_at_most, report)
     if faces.empty:
         raise TrainingError(f"no identity kept more than {args.drop_at_most} faces; {report.summary()}")
@@ -199,7 +222,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             "consistency": None
             if rule is None
             else {
-                "model": str(args.recognition_model),
+                "model": str(model.path),
                 "threshold": rule.threshold,
                 "rounds": rule.rounds,
                 "reference": "normalised mean embedding of the identity's crops",
