@@ -114,6 +114,22 @@ def test_features_resume_skips_finished_shards_and_ranks_take_strided_shards(dat
     assert load_features(data["features"]).features.shape[0] == 47
 
 
+def test_features_refuse_to_mix_runs(data, capsys):
+    args = list(data["features_args"])
+    args[args.index("--random-towers") + 1] = "8"
+    assert main(args) == 2
+    assert "holds features of a different run (changed: random_towers_seed)" in capsys.readouterr().err
+
+
+def test_retrieval_ranks_in_chunks():
+    from training.evaluate import retrieval_ranks
+
+    candidates = torch.arange(5.0).view(5, 1, 1).expand(5, 2, 3)
+    predictions = torch.stack([candidates[3] + 0.1, candidates[0] + 2.2, candidates[4] - 0.4])
+    ranks = retrieval_ranks(predictions, torch.tensor([3, 0, 1]), candidates, chunk=2)
+    assert ranks.tolist() == [0, 4, 3]  # 2.2 vs 0: 1, 2, 3, 4 are nearer; 3.6 vs 1: 2, 3, 4
+
+
 def test_schedule_split_and_sampler():
     s = TrainSettings(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
     assert lr_at(0, s) == pytest.approx(0.1) and lr_at(9, s) == pytest.approx(1.0)

@@ -32,12 +32,20 @@ def predict(head: NameHead, features: torch.Tensor, batch_size: int = 1024) -> t
 
 
 def retrieval_ranks(
-    predictions: torch.Tensor, own_rows: torch.Tensor, candidates: torch.Tensor
+    predictions: torch.Tensor, own_rows: torch.Tensor, candidates: torch.Tensor, chunk: int = 1024
 ) -> torch.Tensor:
-    """0-based rank of each prediction's own candidate by Euclidean distance (0 = nearest)."""
-    distances = torch.cdist(predictions.flatten(1).double(), candidates.flatten(1).double())
-    own = distances.gather(1, own_rows.view(-1, 1))
-    return (distances < own).sum(dim=1)
+    """0-based rank of each prediction's own candidate by Euclidean distance (0 = nearest).
+
+    Distances are computed ``chunk`` predictions at a time (in float64), so 40k crops against 42k names need
+    a few hundred MB, not the full matrix.
+    """
+    flat = candidates.flatten(1).double()
+    ranks = []
+    for start in range(0, len(predictions), chunk):
+        distances = torch.cdist(predictions[start : start + chunk].flatten(1).double(), flat)
+        own = distances.gather(1, own_rows[start : start + chunk].view(-1, 1))
+        ranks.append((distances < own).sum(dim=1))
+    return torch.cat(ranks)
 
 
 def metrics(predictions: torch.Tensor, own_rows: torch.Tensor, candidates: torch.Tensor) -> dict:

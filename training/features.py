@@ -98,6 +98,21 @@ def shard_path(folder: Path, shard: int) -> Path:
     return folder / f"shard-{shard:05d}.safetensors"
 
 
+def check_resumable(folder: Path, manifest: dict) -> None:
+    """Refuse to mix shards of another faces table, tower set or shard size into this folder."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return
+    old = read_json(path, "features manifest")
+    keys = ("names", "rows", "encoder", "shard_size", "random_towers_seed")
+    changed = [k for k in keys if old.get(k) != manifest.get(k)]
+    if changed:
+        raise TrainingError(
+            f"{folder} holds features of a different run (changed: {', '.join(changed)}); "
+            "use a new --out folder or delete the old shards"
+        )
+
+
 def build_feature_encoder(args: argparse.Namespace, folder: Path, place: Place) -> NameEncoder:
     """The towers (--encoder-config or the defaults) on the rank's device, in the compute dtype."""
     if args.encoder_config:
@@ -225,6 +240,8 @@ def run(args: argparse.Namespace) -> dict:
         "feature_dim": encoder.config.feature_dim,
         "random_towers_seed": args.random_towers,
     }
+    manifest["shard_size"] = args.shard_size
+    check_resumable(folder, manifest)
     if place.is_main:
         write_json(folder / MANIFEST, manifest)
     report = SkipReport("features")
