@@ -1,4 +1,4 @@
-"""Stage ``export``: the extension's encoder checkpoint (format v1), ready for ``models/magicnaming/``.
+"""Stage ``export``: the extension's encoder checkpoint (format v1) for ``models/magicnaming/encoder/``.
 
 Writes with ``lib_magicnaming.checkpoint.save_encoder_checkpoint``: the trained head, the towers and crop the
 features were computed with (from the features manifest), and name-space statistics of all target
@@ -102,5 +102,5 @@ def run(args: argparse.Namespace) -> str:
         training_summary=summary,
         tower_states=tower_states(features) if args.include_towers else None,
     )
-    print(f"export: {args.out} (hash {short_hash}); copy it into the WebUI's models/magicnaming/")
+    print(f"export: {args.out} (hash {short_hash}); copy it into the WebUI's models/magicnaming/encoder/")
     return short_hash

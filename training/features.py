@@ -209,7 +209,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faces", required=True, help="faces table from the faces stage")
     parser.add_argument("--out", required=True, help="folder for the manifest and shards")
     parser.add_argument("--encoder-config", help="JSON: towers, crop, feature_norm (default: real towers)")
-    parser.add_argument("--models-dir", help="the extension's models folder holding towers/ (real weights)")
+    parser.add_argument("--models-dir", help="WebUI models/magicnaming (towers/ inside)")
     parser.add_argument("--allow-download", action="store_true", help="fetch tower weights with open_clip")
     parser.add_argument("--random-towers", type=int, metavar="SEED", help="random towers (tests, bench)")
     parser.add_argument("--shard-size", type=int, default=4096)
