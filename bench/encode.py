@@ -91,8 +91,12 @@ def main() -> None:
     parser.add_argument("--size", choices=("tiny", "real"), default="tiny")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch", type=int, default=8, help="batch size for the throughput figure")
-    parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
-                        help="tower dtype (auto: float16 on CUDA, float32 on CPU)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        default="auto",
+        help="tower dtype (auto: float16 on CUDA, float32 on CPU)",
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cuda-graph", action="store_true", help="also time one CUDA graph of towers + head")
@@ -102,11 +106,15 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA GPU here")
 
-    print(f"# {platform.node()} | python {platform.python_version()} | torch {torch.__version__} | "
-          f"threads {torch.get_num_threads()} | cpus {os.cpu_count()} | "
-          + (torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"))
-    print(f"# size {args.size} | device {device} | dtype {args.dtype} | "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"# {platform.node()} | python {platform.python_version()} | torch {torch.__version__} | "
+        f"threads {torch.get_num_threads()} | cpus {os.cpu_count()} | "
+        + (torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu")
+    )
+    print(
+        f"# size {args.size} | device {device} | dtype {args.dtype} | "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
 
     config = make_config(args.size)
     with tempfile.TemporaryDirectory() as folder:
@@ -156,8 +164,11 @@ def main() -> None:
             before = torch.cuda.memory_allocated()
             times = timed(lambda: offloading.embed_pixels(one), device, 1, max(1, args.repeats // 2))
             report("encode with towers moved on/off GPU, median", statistics.median(times) * 1000, "ms")
-            report("GPU memory held after offloaded encode", (torch.cuda.memory_allocated() - before) / 2**20,
-                   "MiB")
+            report(
+                "GPU memory held after offloaded encode",
+                (torch.cuda.memory_allocated() - before) / 2**20,
+                "MiB",
+            )
 
 
 if __name__ == "__main__":

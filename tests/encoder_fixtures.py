@@ -103,9 +103,11 @@ def write_scrfd_onnx(path, faces, *, kps: bool = True, det_size: int = DET_SIZE)
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)))
             names.append(name)
     graph = helper.make_graph(
-        nodes, "tiny_scrfd",
+        nodes,
+        "tiny_scrfd",
         [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "height", "width"])],
-        outputs, initializers,
+        outputs,
+        initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -137,6 +139,9 @@ def write_tiny_checkpoint(path, *, with_stats: bool = True, seed: int = 0):
     model = build_encoder(config, head_state=tiny_head_state(config, seed), random_towers=True)
     stats = namespace_stats_from_embeddings(random_embeddings(6, seed), rank=3) if with_stats else None
     return save_encoder_checkpoint(
-        path, config=config, head_state=model.head.state_dict(), namespace_stats=stats,
+        path,
+        config=config,
+        head_state=model.head.state_dict(),
+        namespace_stats=stats,
         tower_states={name: tower.state_dict() for name, tower in model.towers.items()},
     )

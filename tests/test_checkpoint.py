@@ -36,7 +36,10 @@ def saved(tmp_path, stats):
     head = tiny_head_state(config)
     path = tmp_path / "enc.safetensors"
     short = save_encoder_checkpoint(
-        path, config=config, head_state=head, namespace_stats=stats,
+        path,
+        config=config,
+        head_state=head,
+        namespace_stats=stats,
         training_summary={"steps": 10, "loss": 0.5},
     )
     return path, short, config, head
@@ -83,7 +86,9 @@ def test_checkpoint_with_towers_rebuilds_the_same_model(tmp_path):
     original = build_encoder(config, head_state=tiny_head_state(config), random_towers=True)
     path = tmp_path / "full.safetensors"
     save_encoder_checkpoint(
-        path, config=config, head_state=original.head.state_dict(),
+        path,
+        config=config,
+        head_state=original.head.state_dict(),
         tower_states={n: t.state_dict() for n, t in original.towers.items()},
     )
     ckpt = load_encoder_checkpoint(path)
@@ -220,7 +225,9 @@ def test_save_refuses_what_load_would_refuse(tmp_path, stats):
         )
     with pytest.raises(EncoderError, match="non-finite"):
         save_encoder_checkpoint(
-            tmp_path / "b", config=config, head_state=head,
+            tmp_path / "b",
+            config=config,
+            head_state=head,
             namespace_stats=NamespaceStats(stats.mean * float("nan"), stats.basis, stats.scales),
         )
     with pytest.raises(EncoderError, match="names tower 'clip_x'"):

@@ -161,7 +161,8 @@ def test_identity_from_photos_saves_through_the_library(tmp_path, checkpoint, fa
     encoder = make_encoder(checkpoint)
     identity, result = encoder.make_identity_from_photos("Ada", faces_png[:2], assume_cropped=True)
     assert identity.origin == {
-        "kind": "photos", "encoder_hash": checkpoint[1],
+        "kind": "photos",
+        "encoder_hash": checkpoint[1],
         "photo_hashes": [hashlib.sha256(p).hexdigest() for p in faces_png[:2]],
     }
     assert identity.thumbnail is not None

@@ -53,8 +53,10 @@ def jpeg_bytes(image: Image.Image) -> bytes:
 
 def contains(outer, inner, tolerance=1.0):
     return (
-        outer[0] <= inner[0] + tolerance and outer[1] <= inner[1] + tolerance
-        and outer[2] >= inner[2] - tolerance and outer[3] >= inner[3] - tolerance
+        outer[0] <= inner[0] + tolerance
+        and outer[1] <= inner[1] + tolerance
+        and outer[2] >= inner[2] - tolerance
+        and outer[3] >= inner[3] - tolerance
     )
 
 
@@ -169,6 +171,7 @@ def test_crop_config_validation():
 
 # --- bad images ----------------------------------------------------------------------------------------
 
+
 def test_load_image_accepts_bytes_paths_and_pil(tmp_path, astronaut):
     path = tmp_path / "a.png"
     path.write_bytes(png_bytes(astronaut))
@@ -191,6 +194,7 @@ def test_truncated_jpeg(astronaut):
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares a huge size and carries almost no data (a decompression bomb's header)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

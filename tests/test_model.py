@@ -164,6 +164,6 @@ def test_init_head_is_seeded_and_scaled():
     second = init_head_(NameHead(config), out_std=0.5, generator=torch.Generator().manual_seed(1))
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert first.fc1.weight.std().item() == pytest.approx(256 ** -0.5, rel=0.05)
+    assert first.fc1.weight.std().item() == pytest.approx(256**-0.5, rel=0.05)
     assert first.fc3.weight.std().item() == pytest.approx(0.5, rel=0.05)
     assert first.fc3.bias.abs().max().item() == 0.0

@@ -185,9 +185,11 @@ def test_prepend_rejects_impossible_token_counts(count):
 def reference_strength(strength_one: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
     """Emphasis as the WebUI does it, spelled out with loops: per item, per chunk, per encoder's columns."""
     z = strength_one.double().clone()
-    halves = [slice(0, CLIP_L_WIDTH), slice(CLIP_L_WIDTH, None)] if z.shape[2] == SDXL_CONTEXT_WIDTH else [
-        slice(None)
-    ]
+    halves = (
+        [slice(0, CLIP_L_WIDTH), slice(CLIP_L_WIDTH, None)]
+        if z.shape[2] == SDXL_CONTEXT_WIDTH
+        else [slice(None)]
+    )
     for item in range(z.shape[0]):
         for start in range(0, z.shape[1], CHUNK_ROWS):
             rows = slice(start, start + CHUNK_ROWS)

@@ -282,8 +282,16 @@ def test_property_arbitrary_text_raises_only_tag_error(text):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.sampled_from(["<name:", "<NAME:", ">", ":", "<", " ", "\n"]), names,
-                          st.sampled_from(["0.5", "nan", "-1", "3", "x", ""])), max_size=12))
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(["<name:", "<NAME:", ">", ":", "<", " ", "\n"]),
+            names,
+            st.sampled_from(["0.5", "nan", "-1", "3", "x", ""]),
+        ),
+        max_size=12,
+    )
+)
 def test_property_tag_like_soup_raises_only_tag_error(parts):
     text = "".join(parts)
     try:

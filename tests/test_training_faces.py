@@ -1,0 +1,123 @@
+"""Stage ``faces``: the extension's capture code, the ArcFace consistency filter, and small identities."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from encoder_fixtures import install_pack
+from training_fixtures import write_arcface_onnx, write_image_folder
+
+from training.cli import main
+from training.common import SkipReport
+from training.faces import RecognitionModel, drop_small_identities
+
+
+def _images(tmp_path):
+    root = write_image_folder(
+        tmp_path / "root",
+        {
+            "Ada_Lovelace": [0] * 8 + [5],  # the last one is somebody else
+            "Alan Turing": [1] * 7,
+            "Grace Hopper": [2] * 4,  # too few after filtering
+        },
+    )
+    (root / "Ada_Lovelace" / "broken.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    out = tmp_path / "images.csv"
+    assert main(["images", "--folder", str(root), "--out", str(out)]) == 0
+    return out
+
+
+def test_faces_assume_cropped_with_consistency_filter(tmp_path):
+    model = write_arcface_onnx(tmp_path / "w600k_tiny.onnx")
+    out = tmp_path / "faces"
+    code = main(
+        [
+            "faces",
+            "--images",
+            str(_images(tmp_path)),
+            "--out",
+            str(out),
+            "--assume-cropped",
+            "--cpu",
+            "--crop-size",
+            "32",
+            "--recognition-model",
+            str(model),
+            "--consistency-threshold",
+            "0.8",
+        ]
+    )
+    assert code == 0
+    faces = pd.read_csv(out / "faces.csv")
+    assert dict(faces["name"].value_counts()) == {"Ada Lovelace": 8, "Alan Turing": 7}
+    assert not faces["source_path"].str.endswith("008.png").any()  # the impostor was dropped
+    assert (faces["consistency"] >= 0.8).all()
+    skipped = {
+        s["item"].split("/")[-1]: s["reason"]
+        for s in json.loads((out / "skipped.json").read_text())["skipped"]
+    }
+    assert skipped["broken.jpg"].endswith("is not an image file this program can read")
+    assert skipped["008.png"].startswith("face does not match its identity")
+    assert skipped["Grace Hopper"] == "only 4 usable face(s), need more than 5"
+    report = json.loads((out / "faces.json").read_text())
+    assert report["consistency"]["threshold"] == 0.8 and report["assume_cropped"] is True
+    crop = faces["crop_path"].iloc[0]
+    from PIL import Image
+
+    assert Image.open(crop).size == (32, 32)
+
+
+def test_recognition_model_separates_identities(tmp_path):
+    from training_fixtures import draw_face
+
+    paths = []
+    for identity, variant in ((0, 0), (0, 1), (3, 0)):
+        path = tmp_path / f"{identity}-{variant}.png"
+        draw_face(identity, variant, 64).save(path)
+        paths.append(str(path))
+    embeddings = RecognitionModel(write_arcface_onnx(tmp_path / "r.onnx")).embed(paths)
+    assert embeddings @ embeddings[0] @ [0, 1, -1] > 0.02  # same identity closer than a different one
+
+
+def test_faces_with_the_extensions_detector(tmp_path):
+    pack_root = tmp_path / "insightface"
+    pack_dir = install_pack(pack_root, [(16, 12, 48, 52, 0.9)], (64, 64))
+    write_arcface_onnx(pack_dir / "w600k_r50.onnx")
+    out = tmp_path / "faces"
+    code = main(
+        [
+            "faces",
+            "--images",
+            str(_images(tmp_path)),
+            "--out",
+            str(out),
+            "--insightface-root",
+            str(pack_root),
+            "--cpu",
+            "--crop-size",
+            "32",
+            "--recognition-model",
+            "pack",
+            "--consistency-threshold",
+            "0.8",
+            "--drop-at-most",
+            "4",
+        ]
+    )
+    assert code == 0
+    faces = pd.read_csv(out / "faces.csv")
+    assert faces["score"].between(0.85, 0.95).all()
+    assert set(faces["name"]) == {"Ada Lovelace", "Alan Turing"}
+    report = json.loads((out / "faces.json").read_text())
+    assert report["detector"]["pack"] == "buffalo_l"
+    assert report["consistency"]["model"].endswith("w600k_r50.onnx")
+    assert not faces["source_path"].str.endswith("Ada_Lovelace/008.png").any()
+
+
+def test_missing_detector_and_small_identities_are_clear(tmp_path, capsys):
+    code = main(["faces", "--images", str(_images(tmp_path)), "--out", str(tmp_path / "f")])
+    assert code == 2 and "--insightface-root" in capsys.readouterr().err
+    report = SkipReport("faces")
+    kept = drop_small_identities(pd.DataFrame({"name": ["a"] * 6 + ["b"] * 5}), 5, report)
+    assert set(kept["name"]) == {"a"} and report.skipped[0]["item"] == "b"

@@ -1,0 +1,293 @@
+"""Stages features, train, eval, export on tiny data: resumable shards, exact resume, DDP ranks agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_fixtures import write_encoder_config, write_faces_table, write_random_targets
+
+from lib_magicnaming.checkpoint import load_encoder_checkpoint
+from training.cli import main
+from training.common import TrainingError
+from training.features import load_features, shard_path
+from training.train import EpochSampler, Place, TrainSettings, load_state, lr_at, split_identities
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_ARGS = [
+    "--batch-size",
+    "8",
+    "--hidden-dim",
+    "32",
+    "--warmup-steps",
+    "2",
+    "--lr",
+    "3e-3",
+    "--val-fraction",
+    "0.2",
+    "--log-every",
+    "2",
+    "--eval-every",
+    "4",
+    "--no-tensorboard",
+    "--cpu-threads",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Faces of 6 drawn identities (8 each, one unreadable), their features (3 shards) and random targets."""
+    folder = tmp_path_factory.mktemp("data")
+    faces = write_faces_table(folder, identities=6, per_identity=8)
+    (folder / "crops" / "002-003.png").write_bytes(b"not a png")
+    config = write_encoder_config(folder / "encoder.json")
+    args = [
+        "features",
+        "--faces",
+        str(faces),
+        "--out",
+        str(folder / "features"),
+        "--encoder-config",
+        str(config),
+        "--random-towers",
+        "7",
+        "--shard-size",
+        "16",
+        "--workers",
+        "0",
+    ]
+    assert main(args) == 0
+    names = load_features(folder / "features").names
+    write_random_targets(folder / "targets.safetensors", names[:-1])  # the last name has no target
+    return {
+        "folder": folder,
+        "faces": faces,
+        "config": config,
+        "features_args": args,
+        "features": folder / "features",
+        "targets": folder / "targets.safetensors",
+    }
+
+
+def _train(data, out: Path, *extra: str) -> int:
+    return main(
+        [
+            "train",
+            "--features",
+            str(data["features"]),
+            "--targets",
+            str(data["targets"]),
+            "--out",
+            str(out),
+            *TRAIN_ARGS,
+            *extra,
+        ]
+    )
+
+
+def test_features_are_sharded_and_report_unreadable_crops(data):
+    features = load_features(data["features"])
+    assert features.features.shape == (47, 2048) and features.features.dtype == torch.float32
+    assert sorted(features.row.tolist()) == [r for r in range(48) if r != 19]
+    norms = features.features[:, :768].norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))  # the encoder's l2 feature normalisation
+    skipped = json.loads((data["features"] / "skipped-rank0.json").read_text())
+    assert skipped["count"] == 1 and skipped["skipped"][0]["item"].endswith("002-003.png")
+
+
+def test_features_resume_skips_finished_shards_and_ranks_take_strided_shards(data, monkeypatch):
+    first, second = shard_path(data["features"], 0), shard_path(data["features"], 1)
+    before = first.stat().st_mtime_ns
+    second.unlink()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(data["features_args"]) == 0  # rank 1 of 2 owns shard 1 only
+    assert first.stat().st_mtime_ns == before and second.is_file()
+    assert load_features(data["features"]).features.shape[0] == 47
+
+
+def test_features_refuse_to_mix_runs(data, capsys):
+    args = list(data["features_args"])
+    args[args.index("--random-towers") + 1] = "8"
+    assert main(args) == 2
+    assert "holds features of a different run (changed: random_towers_seed)" in capsys.readouterr().err
+
+
+def test_retrieval_ranks_in_chunks():
+    from training.evaluate import retrieval_ranks
+
+    candidates = torch.arange(5.0).view(5, 1, 1).expand(5, 2, 3)
+    predictions = torch.stack([candidates[3] + 0.1, candidates[0] + 2.2, candidates[4] - 0.4])
+    ranks = retrieval_ranks(predictions, torch.tensor([3, 0, 1]), candidates, chunk=2)
+    assert ranks.tolist() == [0, 4, 3]  # 2.2 vs 0: 1, 2, 3, 4 are nearer; 3.6 vs 1: 2, 3, 4
+
+
+def test_schedule_split_and_sampler():
+    s = TrainSettings(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, s) == pytest.approx(0.1) and lr_at(9, s) == pytest.approx(1.0)
+    assert lr_at(99, s) == pytest.approx(0.1, abs=1e-3)
+    names = [f"n{i}" for i in range(20)]
+    train, val = split_identities(names, 0.25, seed=3)
+    assert len(val) == 5 and not set(train) & set(val) and sorted(train + val) == sorted(names)
+    assert split_identities(names, 0.25, seed=3) == (train, val)
+    ranks = [EpochSampler(40, 4, Place(r, 2, r, torch.device("cpu")), seed=1) for r in range(2)]
+    epoch = torch.cat([torch.cat([sampler.indices(step) for sampler in ranks]) for step in range(5)])
+    assert sorted(epoch.tolist()) == list(range(40))  # one epoch covers every example exactly once
+
+
+def test_train_eval_export(data, tmp_path):
+    run = tmp_path / "run"
+    assert _train(data, run, "--steps", "16", "--checkpoint-every", "8") == 0
+    log = (run / "log.csv").read_text().splitlines()
+    assert log[0] == "step,lr,train_loss,val_loss" and len(log) == 1 + 8
+    losses = [float(line.split(",")[2]) for line in log[1:]]
+    assert losses[-1] < losses[0]
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["val"]) == 1 and not set(split["train"]) & set(split["val"])
+    skipped = json.loads((run / "skipped.json").read_text())["skipped"]
+    assert [s["reason"] for s in skipped] == ["no target F_ID for this name (not in the targets file)"]
+    assert (run / "checkpoints" / "step-00000008.safetensors").is_file()
+    assert load_state(run / "checkpoints" / "last.safetensors").step == 16
+
+    assert (
+        main(
+            [
+                "eval",
+                "--run",
+                str(run),
+                "--features",
+                str(data["features"]),
+                "--targets",
+                str(data["targets"]),
+                "--split",
+                "train",
+            ]
+        )
+        == 0
+    )
+    result = json.loads((run / "eval-train.json").read_text())
+    assert result["identities"] == 4 and result["candidates"] == 5
+    assert 0 <= result["per_crop"]["top1"] <= result["per_crop"]["top5"] <= 1
+    assert (run / "loss.png").stat().st_size > 1000
+
+    out = tmp_path / "encoder.safetensors"
+    assert (
+        main(
+            [
+                "export",
+                "--run",
+                str(run),
+                "--features",
+                str(data["features"]),
+                "--targets",
+                str(data["targets"]),
+                "--rank",
+                "3",
+                "--include-towers",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    checkpoint = load_encoder_checkpoint(out)
+    trained = load_state(run / "checkpoints" / "last.safetensors").head_state
+    for key, value in trained.items():
+        torch.testing.assert_close(checkpoint.head_state[key], value)
+    assert checkpoint.namespace_stats.rank == 3
+    assert checkpoint.training_summary["step"] == 16 and "eval-train" in checkpoint.training_summary
+    encoder = checkpoint.build_model()
+    assert encoder(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 2048)
+
+
+def test_resume_after_interruption_is_bit_exact(data, tmp_path):
+    assert _train(data, tmp_path / "straight", "--steps", "12", "--checkpoint-every", "4") == 0
+    interrupted = ("--steps", "12", "--checkpoint-every", "4", "--stop-at", "6")
+    assert _train(data, tmp_path / "resumed", *interrupted) == 0
+    assert load_state(tmp_path / "resumed" / "checkpoints" / "last.safetensors").step == 6
+    assert _train(data, tmp_path / "resumed", "--steps", "12", "--checkpoint-every", "4") == 0
+    straight = load_file(str(tmp_path / "straight" / "checkpoints" / "last.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "checkpoints" / "last.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    assert (tmp_path / "straight" / "log.csv").read_text() == (tmp_path / "resumed" / "log.csv").read_text()
+
+
+def test_resume_refuses_changed_settings(data, tmp_path):
+    assert _train(data, tmp_path / "run", "--steps", "4", "--checkpoint-every", "2", "--stop-at", "2") == 0
+    with pytest.raises(TrainingError, match="settings changed: batch_size"):
+        from training.cli import build_parser
+
+        args = build_parser("train").parse_args(
+            [
+                "train",
+                "--features",
+                str(data["features"]),
+                "--targets",
+                str(data["targets"]),
+                "--out",
+                str(tmp_path / "run"),
+                *TRAIN_ARGS,
+                "--steps",
+                "4",
+                "--batch-size",
+                "4",
+            ]
+        )
+        args.stage_main(args)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_torchrun_ranks_end_with_identical_weights(data, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "training",
+        "train",
+        "--features",
+        str(data["features"]),
+        "--targets",
+        str(data["targets"]),
+        "--out",
+        str(run),
+        *TRAIN_ARGS,
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    hashes = [(run / f"weights-rank{r}.sha256").read_text() for r in range(2)]
+    assert hashes[0] == hashes[1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world"] == 2 and summary["steps"] == 6
+    state = load_state(run / "checkpoints" / "last.safetensors")
+    initial = load_state(run / "checkpoints" / "step-00000003.safetensors")
+    assert not torch.equal(state.head_state["fc3.weight"], initial.head_state["fc3.weight"])

@@ -1,0 +1,121 @@
+"""Tiny data for the training tests (imported explicitly; not a conftest): drawn faces, towers, targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from lib_magicnaming.constants import ID_TOKENS, SDXL_CONTEXT_WIDTH
+from training import demo
+
+TINY_CROP = demo.TINY_CROP
+tiny_encoder_config = demo.tiny_encoder_config
+draw_face = demo.draw_face
+
+
+def write_faces_table(folder: Path, identities: int, per_identity: int, size: int = TINY_CROP) -> Path:
+    """Drawn crops under ``folder/crops`` and a faces table naming them; returns the table's path."""
+    crops = folder / "crops"
+    crops.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(identities):
+        for v in range(per_identity):
+            path = crops / f"{i:03d}-{v:03d}.png"
+            draw_face(i, v, size).save(path)
+            rows.append(
+                {
+                    "image_id": f"{i:03d}-{v:03d}",
+                    "name": person_name(i),
+                    "crop_path": str(path),
+                    "source_path": str(path),
+                    "score": float("nan"),
+                    "consistency": float("nan"),
+                }
+            )
+    table = folder / "faces.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    return table
+
+
+FIRST = ["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "John", "Radia", "Ken"]
+LAST = [
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Allen",
+    "Backus",
+    "Perlman",
+    "Thompson",
+]
+
+
+def person_name(i: int) -> str:
+    """A distinct two-word name per index."""
+    return f"{FIRST[i % len(FIRST)]} {LAST[(i // len(FIRST) + i) % len(LAST)]}"
+
+
+def write_random_targets(path: Path, names: list[str], seed: int = 0) -> Path:
+    """A targets file with random F_IDs (no text towers: fast), in the targets stage's format."""
+    from training.targets import Targets, save_targets
+
+    generator = torch.Generator().manual_seed(seed)
+    f_id = torch.randn(len(names), ID_TOKENS, SDXL_CONTEXT_WIDTH, generator=generator)
+    return save_targets(path, Targets(names=list(names), f_id=f_id, towers=[]))
+
+
+def write_encoder_config(path: Path, crop_size: int = TINY_CROP) -> Path:
+    """``tiny_encoder_config`` as a JSON file for ``--encoder-config``."""
+    path.write_text(json.dumps(tiny_encoder_config(crop_size)))
+    return path
+
+
+def write_arcface_onnx(path: Path, size: int = 112, cells: int = 4) -> Path:
+    """A tiny recognition model with insightface's ArcFace signature ((N, 3, 112, 112) -> one (N, D) output).
+
+    insightface's model zoo routes a square input >= 112 (multiple of 16) with one output to ArcFaceONNX.
+    The "embedding" is the mean colour of each cell of a ``cells`` x ``cells`` grid: it tells the drawn
+    identities apart, which is all the consistency filter needs.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    kernel = size // cells
+    nodes = [
+        helper.make_node(
+            "AveragePool",
+            ["input.1"],
+            ["pooled"],
+            kernel_shape=[kernel, kernel],
+            strides=[kernel, kernel],
+            name="pool",
+        ),
+        helper.make_node("Flatten", ["pooled"], ["fc1"], axis=1, name="flatten"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_arcface",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", 3 * cells * cells])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_image_folder(root: Path, layout: dict[str, list[int]], size: int = 64) -> Path:
+    """``root/<Name>/<k>.png`` drawn faces; ``layout``: folder name -> drawn identity of each image."""
+    for name, identities in layout.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, identity in enumerate(identities):
+            draw_face(identity, k, size).save(folder / f"{k:03d}.png")
+    return root

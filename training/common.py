@@ -1,0 +1,117 @@
+"""Pieces every stage shares: the pipeline's error, the skipped-input report, atomic file writes, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lib_magicnaming.errors import MagicNamingError
+
+
+class TrainingError(MagicNamingError):
+    """A training-pipeline input or setting that cannot be used; the message names the problem."""
+
+
+@dataclass
+class SkipReport:
+    """What a stage left out, and why, so malformed inputs never vanish silently."""
+
+    stage: str
+    skipped: list[dict] = field(default_factory=list)
+
+    def add(self, item: str, reason: str) -> None:
+        """Record one skipped input (a row, a file, a name) with the reason it was skipped."""
+        self.skipped.append({"item": item, "reason": reason})
+
+    def extend(self, other: SkipReport) -> None:
+        """Append every entry of another report."""
+        self.skipped.extend(other.skipped)
+
+    def __len__(self) -> int:
+        return len(self.skipped)
+
+    def summary(self, limit: int = 5) -> str:
+        """One line for the console: how many were skipped and the first few reasons."""
+        if not self.skipped:
+            return f"{self.stage}: nothing skipped"
+        head = "; ".join(f"{s['item']}: {s['reason']}" for s in self.skipped[:limit])
+        more = f" (+{len(self.skipped) - limit} more)" if len(self.skipped) > limit else ""
+        return f"{self.stage}: skipped {len(self.skipped)}: {head}{more}"
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the report as JSON (atomically) and return its path."""
+        return write_json(path, {"stage": self.stage, "count": len(self.skipped), "skipped": self.skipped})
+
+
+def atomic_path(path: str | os.PathLike) -> tuple[Path, Path]:
+    """A temporary path beside ``path`` to write into, then ``os.replace`` onto ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return target, Path(tmp)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` so that readers see either the old file or the whole new one."""
+    target, tmp = atomic_path(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def write_json(path: str | os.PathLike, payload: object) -> Path:
+    """Write JSON atomically (sorted keys, indented) and return the path."""
+    return write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """Read a JSON file the pipeline wrote; ``what`` names it in the error if it is missing or broken."""
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingError(f"{what} not found: {p}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{what} is not valid JSON: {p} ({exc})") from exc
+
+
+def write_table(path: str | os.PathLike, table: pd.DataFrame) -> Path:
+    """Write a table as CSV or parquet (by the file's suffix), atomically."""
+    target, tmp = atomic_path(path)
+    try:
+        if target.suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def read_table(path: str | os.PathLike, what: str, columns: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a CSV or parquet table and check it has ``columns``; errors name the file and what is missing."""
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingError(f"{what} not found: {p}")
+    try:
+        table = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p, keep_default_na=False)
+    except Exception as exc:  # pandas/pyarrow raise many kinds for a broken file
+        raise TrainingError(f"{what} cannot be read as a table: {p} ({exc})") from exc
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise TrainingError(
+            f"{what} {p} lacks the column(s) {', '.join(missing)}; "
+            f"it has: {', '.join(map(str, table.columns))}"
+        )
+    return table

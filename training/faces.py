@@ -1,0 +1,237 @@
+"""Stage ``faces``: face crops with the extension's own detector and crop code, filtered by identity.
+
+1. Capture: every image of the images table goes through ``lib_magicnaming.face.capture_face`` (the same
+   insightface detector, square margin crop and size the extension uses on a user's photo; the crop settings
+   come from ``--crop-size``/``--margin``). ``--assume-cropped`` uses each image's centred square instead of
+   running a detector (synthetic or pre-cropped data). Unreadable images and images without a face are
+   skipped and reported.
+2. Identity consistency (optional, the paper's steps 5 and 7): a face-recognition model (an insightface
+   ArcFace ONNX model, e.g. the pack's ``w600k_r50.onnx``, loaded through insightface's model zoo) embeds
+   every crop (resized to the model's input; not landmark-aligned). Per identity the reference is the
+   normalised mean embedding; crops whose cosine similarity to it is below ``--consistency-threshold`` are
+   dropped, then the reference is recomputed once from the kept crops and the test repeated. The threshold
+   and model are recorded in ``faces.json``.
+3. Identities with ``--drop-at-most`` (default 5, as in the paper) kept crops or fewer are dropped.
+
+Output folder: ``crops/<image_id>.png``, ``faces.csv`` (image_id, name, crop_path, source_path, score,
+consistency), ``faces.json`` (settings, counts) and ``skipped.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lib_magicnaming.errors import FaceError
+from lib_magicnaming.face import CropConfig, FaceDetector, capture_face
+from training.common import SkipReport, TrainingError, read_table, write_json, write_table
+
+PAPER_DROP_AT_MOST = 5
+"""The paper drops identities with 5 images or fewer."""
+FACES_COLUMNS = ["image_id", "name", "crop_path", "source_path", "score", "consistency"]
+
+
+def capture_all(
+    images: pd.DataFrame,
+    out: Path,
+    detector: FaceDetector | None,
+    crop: CropConfig,
+    assume_cropped: bool,
+    report: SkipReport,
+) -> pd.DataFrame:
+    """Crop every image (skipping and reporting failures); crops are saved as PNG under ``out/crops``."""
+    crops_dir = out / "crops"
+    crops_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for image_id, name, path in images[["image_id", "name", "path"]].itertuples(index=False):
+        target = crops_dir / f"{image_id}.png"
+        try:
+            face = capture_face(str(path), detector, crop, assume_cropped=assume_cropped)
+        except FaceError as exc:
+            report.add(str(path), str(exc))
+            continue
+        face.image.save(target)
+        rows.append(
+            {
+                "image_id": image_id,
+                "name": name,
+                "crop_path": str(target),
+                "source_path": str(path),
+                "score": face.score if face.score is not None else float("nan"),
+                "consistency": float("nan"),
+            }
+        )
+    return pd.DataFrame(rows, columns=FACES_COLUMNS)
+
+
+class RecognitionModel:
+    """An insightface ArcFace-style ONNX recognition model, via insightface's model zoo (its routing)."""
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None):
+        from insightface.model_zoo import model_zoo
+
+        p = Path(path)
+        if not p.is_file():
+            raise TrainingError(f"face-recognition model not found: {p}")
+        model = model_zoo.get_model(str(p), providers=providers or ["CPUExecutionProvider"])
+        if model is None or getattr(model, "taskname", None) != "recognition":
+            raise TrainingError(f"{p} is not a face-recognition (ArcFace) model by insightface's routing")
+        self.model, self.path = model, p
+
+    @classmethod
+    def from_pack(cls, insightface_root: str | Path, pack: str, providers: list[str] | None = None):
+        """The pack's recognition model (e.g. buffalo_l's w600k_r50.onnx), found by insightface's routing."""
+        folder = Path(insightface_root) / "models" / pack
+        candidates = sorted(
+            folder.glob("*.onnx"), key=lambda p: ("w600k" not in p.name and "arc" not in p.name, p)
+        )
+        for path in candidates:
+            try:
+                return cls(path, providers)
+            except TrainingError:
+                continue
+        raise TrainingError(f"the insightface pack {folder} holds no face-recognition (ArcFace) model")
+
+    def embed(self, crop_paths: list[str]) -> np.ndarray:
+        """(N, D) L2-normalised embeddings of crops (read as BGR, resized to the model's input)."""
+        import cv2
+
+        images = []
+        for path in crop_paths:
+            image = cv2.imread(path)
+            images.append(cv2.resize(image, self.model.input_size))
+        feats = np.asarray(self.model.get_feat(images), dtype=np.float64).reshape(len(images), -1)
+        return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class ConsistencyRule:
+    """Keep a crop when its cosine similarity to its identity's mean embedding is >= threshold."""
+
+    threshold: float
+    rounds: int = 2
+
+
+def consistent_mask(embeddings: np.ndarray, rule: ConsistencyRule) -> tuple[np.ndarray, np.ndarray]:
+    """(keep mask, similarity to the final reference) for one identity's embeddings."""
+    keep = np.ones(len(embeddings), dtype=bool)
+    sims = np.ones(len(embeddings))
+    for _ in range(rule.rounds):
+        if not keep.any():
+            break
+        reference = embeddings[keep].mean(axis=0)
+        reference /= max(np.linalg.norm(reference), 1e-12)
+        sims = embeddings @ reference
+        keep = sims >= rule.threshold
+    return keep, sims
+
+
+def filter_consistency(
+    faces: pd.DataFrame, model: RecognitionModel, rule: ConsistencyRule, report: SkipReport
+) -> pd.DataFrame:
+    """Drop crops that do not look like the rest of their identity; record each crop's similarity."""
+    kept = []
+    for _name, group in faces.groupby("name", sort=True):
+        keep, sims = consistent_mask(model.embed(group["crop_path"].tolist()), rule)
+        group = group.assign(consistency=sims)
+        for path, sim in zip(group["source_path"][~keep], sims[~keep], strict=True):
+            report.add(
+                str(path), f"face does not match its identity (similarity {sim:.3f} < {rule.threshold})"
+            )
+        kept.append(group[keep])
+    return pd.concat(kept, ignore_index=True) if kept else faces.iloc[0:0]
+
+
+def drop_small_identities(faces: pd.DataFrame, drop_at_most: int, report: SkipReport) -> pd.DataFrame:
+    """Drop identities with ``drop_at_most`` crops or fewer (each reported)."""
+    counts = faces["name"].value_counts()
+    small = sorted(counts[counts <= drop_at_most].index)
+    for name in small:
+        report.add(name, f"only {counts[name]} usable face(s), need more than {drop_at_most}")
+    return faces[~faces["name"].isin(small)].reset_index(drop=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line options of the ``faces`` stage."""
+    parser.add_argument("--images", required=True, help="images table (images stage)")
+    parser.add_argument("--out", required=True, help="output folder (crops/, faces.csv, faces.json)")
+    parser.add_argument(
+        "--insightface-root", help="folder holding models/<pack>/ (the WebUI's models/insightface)"
+    )
+    parser.add_argument("--pack", default="buffalo_l", help="insightface pack with the detector")
+    parser.add_argument("--assume-cropped", action="store_true", help="use each image's centred square")
+    parser.add_argument("--crop-size", type=int, default=CropConfig().size)
+    parser.add_argument("--margin", type=float, default=CropConfig().margin)
+    parser.add_argument(
+        "--recognition-model",
+        help="ArcFace ONNX model for the consistency filter, or 'pack' (the pack's own)",
+    )
+    parser.add_argument("--consistency-threshold", type=float, default=0.4, help="minimum cosine similarity")
+    parser.add_argument(
+        "--drop-at-most",
+        type=int,
+        default=PAPER_DROP_AT_MOST,
+        help="drop identities with this many crops or fewer (paper: 5)",
+    )
+    parser.add_argument("--cpu", action="store_true", help="run onnxruntime on the CPU only")
+
+
+def run(args: argparse.Namespace) -> pd.DataFrame:
+    """Run the ``faces`` stage; writes crops, faces.csv, faces.json and skipped.json."""
+    out = Path(args.out)
+    images = read_table(args.images, "images table", columns=("image_id", "name", "path"))
+    crop = CropConfig(size=args.crop_size, margin=args.margin).validate()
+    detector = None
+    if not args.assume_cropped:
+        if not args.insightface_root:
+            raise TrainingError("faces needs --insightface-root (detector pack) or --assume-cropped")
+        detector = FaceDetector(args.insightface_root, args.pack, use_cuda=not args.cpu).load()
+    report = SkipReport("faces")
+    faces = capture_all(images, out, detector, crop, args.assume_cropped, report)
+    captured = len(faces)
+    rule = None
+    if args.recognition_model and not faces.empty:
+        rule = ConsistencyRule(args.consistency_threshold)
+        providers = ["CPUExecutionProvider"] if args.cpu else None
+        if args.recognition_model == "pack":
+            if not args.insightface_root:
+                raise TrainingError("--recognition-model pack needs --insightface-root")
+            model = RecognitionModel.from_pack(args.insightface_root, args.pack, providers)
+        else:
+            model = RecognitionModel(args.recognition_model, providers)
+        faces = filter_consistency(faces, model, rule, report)
+    faces = drop_small_identities(faces, args.drop_at_most, report)
+    if faces.empty:
+        raise TrainingError(f"no identity kept more than {args.drop_at_most} faces; {report.summary()}")
+    write_table(out / "faces.csv", faces)
+    report.write(out / "skipped.json")
+    write_json(
+        out / "faces.json",
+        {
+            "images": len(images),
+            "captured": captured,
+            "kept": len(faces),
+            "identities": int(faces["name"].nunique()),
+            "crop": crop.to_dict(),
+            "assume_cropped": bool(args.assume_cropped),
+            "detector": None if detector is None else {"pack": args.pack, "provider": detector.provider},
+            "consistency": None
+            if rule is None
+            else {
+                "model": str(model.path),
+                "threshold": rule.threshold,
+                "rounds": rule.rounds,
+                "reference": "normalised mean embedding of the identity's crops",
+            },
+            "drop_at_most": args.drop_at_most,
+        },
+    )
+    print(
+        f"faces: kept {len(faces)} of {len(images)} images, {faces['name'].nunique()} identities -> {out}; "
+        f"{report.summary()}"
+    )
+    return faces
