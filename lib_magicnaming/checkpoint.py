@@ -18,13 +18,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lib_magicnaming.atomic import write_atomic
 from lib_magicnaming.constants import (
     BASE_MODEL_FAMILY,
     ID_FIRST_ROW,
@@ -199,16 +199,7 @@ def save_encoder_checkpoint(
         tensors.update({f"{TOWER_PREFIX}{slot}.{k}": v for k, v in state.items()})
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    target = write_atomic(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
     return file_sha256(target)[:SHORT_HASH_CHARS]
 
 

@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import struct
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import safetensors.torch
 import torch
 from PIL import Image, ImageOps
 
+from lib_magicnaming.atomic import create_temp_file
 from lib_magicnaming.constants import BASE_MODEL_FAMILY, ID_TOKENS, SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
 from lib_magicnaming.errors import IdentityError, IdentityExists, IdentityNotFound
 from lib_magicnaming.tags import identity_key, validate_identity_name
@@ -528,16 +528,16 @@ def _publish(data: bytes, target: Path, *, overwrite: bool) -> bool:
 
 def _write_temp(folder: Path, data: bytes) -> Path:
     """Write ``data`` to a new hidden temp file in ``folder`` (same file system as the final name), synced."""
-    descriptor, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".part", dir=folder)
+    descriptor, temp = create_temp_file(folder, prefix=_TEMP_PREFIX)
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
     except BaseException:
-        _remove_quietly(Path(temp_name))
+        _remove_quietly(temp)
         raise
-    return Path(temp_name)
+    return temp
 
 
 def _remove_quietly(path: Path) -> None:

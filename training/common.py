@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from lib_magicnaming.atomic import write_atomic, write_bytes_atomic
 from lib_magicnaming.errors import MagicNamingError
 
 
@@ -49,26 +49,6 @@ class SkipReport:
         return write_json(path, {"stage": self.stage, "count": len(self.skipped), "skipped": self.skipped})
 
 
-def atomic_path(path: str | os.PathLike) -> tuple[Path, Path]:
-    """A temporary path beside ``path`` to write into, then ``os.replace`` onto ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return target, Path(tmp)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` so that readers see either the old file or the whole new one."""
-    target, tmp = atomic_path(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
 def write_json(path: str | os.PathLike, payload: object) -> Path:
     """Write JSON atomically (sorted keys, indented) and return the path."""
     return write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode("utf-8"))
@@ -87,16 +67,9 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
 
 def write_table(path: str | os.PathLike, table: pd.DataFrame) -> Path:
     """Write a table as CSV or parquet (by the file's suffix), atomically."""
-    target, tmp = atomic_path(path)
-    try:
-        if target.suffix == ".parquet":
-            table.to_parquet(tmp, index=False)
-        else:
-            table.to_csv(tmp, index=False)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    if Path(path).suffix == ".parquet":
+        return write_atomic(path, lambda temp: table.to_parquet(temp, index=False))
+    return write_atomic(path, lambda temp: table.to_csv(temp, index=False))
 
 
 def read_table(path: str | os.PathLike, what: str, columns: Iterable[str] = ()) -> pd.DataFrame:

@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from lib_magicnaming.atomic import write_atomic
 from lib_magicnaming.face import CropConfig, pixels_from_crop
 from lib_magicnaming.model import EncoderConfig, NameEncoder, TowerSpec, build_encoder
-from training.common import SkipReport, TrainingError, atomic_path, read_json, read_table, write_json
+from training.common import SkipReport, TrainingError, read_json, read_table, write_json
 from training.distributed import Place, current_place
 
 MANIFEST = "manifest.json"
@@ -146,24 +147,15 @@ def save_tower_states(path: Path, encoder: NameEncoder) -> None:
         for name, tower in encoder.towers.items()
         for k, v in tower.state_dict().items()
     }
-    target, tmp = atomic_path(path)
-    try:
-        save_file(tensors, str(tmp))
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda temp: save_file(tensors, str(temp)))
 
 
 def write_shard(path: Path, features: torch.Tensor, identity: torch.Tensor, rows: torch.Tensor) -> None:
     """Write one shard atomically (temporary file, then rename)."""
     from safetensors.torch import save_file
 
-    target, tmp = atomic_path(path)
-    try:
-        save_file({"features": features.contiguous(), "identity": identity, "row": rows}, str(tmp))
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tensors = {"features": features.contiguous(), "identity": identity, "row": rows}
+    write_atomic(path, lambda temp: save_file(tensors, str(temp)))
 
 
 @torch.inference_mode()

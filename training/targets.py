@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
+from lib_magicnaming.atomic import write_atomic
 from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH
 from lib_magicnaming.namespace import encode_names_f_id
-from training.common import SkipReport, TrainingError, atomic_path, read_json, read_table
+from training.common import SkipReport, TrainingError, read_json, read_table
 from training.text_encoders import (
     SDXL_CLIP_G,
     SDXL_CLIP_L,
@@ -70,14 +71,9 @@ def save_targets(path: str | Path, targets: Targets) -> Path:
     """Write targets atomically as safetensors (tensor ``f_id``, names and towers in the metadata)."""
     from safetensors.torch import save_file
 
-    target, tmp = atomic_path(path)
-    try:
-        metadata = {"names": json.dumps(targets.names), "towers": json.dumps(targets.towers)}
-        save_file({TARGETS_KEY: targets.f_id.contiguous()}, str(tmp), metadata=metadata)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    metadata = {"names": json.dumps(targets.names), "towers": json.dumps(targets.towers)}
+    tensors = {TARGETS_KEY: targets.f_id.contiguous()}
+    return write_atomic(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
 
 
 def load_targets(path: str | Path) -> Targets:

@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lib_magicnaming.atomic import write_atomic
 from lib_magicnaming.model import HeadConfig, NameHead, init_head_
-from training.common import SkipReport, TrainingError, atomic_path, read_json, write_json
+from training.common import SkipReport, TrainingError, read_json, write_json
 from training.distributed import Place, current_place, init_process_group
 from training.features import FeatureSet, load_features
 from training.targets import Targets, load_targets
@@ -248,12 +249,7 @@ def save_state(
         "head": json.dumps(head.config.to_dict(), sort_keys=True),
         "extra": json.dumps(extra, sort_keys=True),
     }
-    target, tmp = atomic_path(path)
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
 
 
 @dataclass
