@@ -48,7 +48,7 @@ def test_settings_section_and_defaults(app_webui):
 
     labels = app_webui.shared.opts.data_labels
     keys = [options.OPT_MODELS_DIR, options.OPT_ENCODER_CHECKPOINT, options.OPT_ENCODER_DEVICE,
-            options.OPT_KEEP_ENCODER_LOADED, options.OPT_DETECTOR_PACK]
+            options.OPT_KEEP_ENCODER_LOADED, options.OPT_DETECTOR_PACK, options.OPT_DOWNLOAD_TOWERS]
     assert all(labels[key].section == ("magicnaming", "MagicNaming") for key in keys)
     app_webui.shared.cmd_opts.magicnaming_dir = None
     settings = options.current_settings()
@@ -58,7 +58,20 @@ def test_settings_section_and_defaults(app_webui):
     assert settings.models_dir == models / "magicnaming"
     assert settings.identities_dir == models / "magicnaming" / "identities"
     assert settings.detector_dir == models / "insightface" / "models" / "buffalo_l"
-    assert (settings.encoder_device, settings.keep_encoder_loaded) == ("auto", True)
+    assert (settings.encoder_device, settings.keep_encoder_loaded) == ("auto", False)
+
+
+def test_tower_downloads_follow_the_setting_and_the_offline_switch(app_webui, monkeypatch):
+    from lib_magicnaming.webui import options
+
+    for name in options.OFFLINE_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert options.current_settings().download_towers is True
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert options.current_settings().download_towers is False
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    app_webui.shared.opts.set(options.OPT_DOWNLOAD_TOWERS, False)
+    assert options.current_settings().download_towers is False
 
 
 def test_flags_beat_settings(app_webui, tmp_path):

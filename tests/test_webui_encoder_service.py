@@ -57,6 +57,7 @@ def env(webui, tmp_path):  # noqa: F811 - the fixture above
 
 
 def test_status_before_and_after_use(env, astronaut_png):
+    env.shared.opts.set("magicnaming_keep_encoder_loaded", True)
     status = env.client.get("/magicnaming/v1/encoder").json()
     assert status["ready"] is True and status["loaded"] is False
     assert (status["checkpoint"], status["checkpoint_hash"]) == ("tiny.safetensors", env.checkpoint_hash)

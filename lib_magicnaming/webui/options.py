@@ -6,6 +6,7 @@ frozen :class:`MagicNamingSettings`. Command-line flags (``preload.py``) win ove
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,10 @@ OPT_ENCODER_CHECKPOINT = "magicnaming_encoder_checkpoint"
 OPT_ENCODER_DEVICE = "magicnaming_encoder_device"
 OPT_KEEP_ENCODER_LOADED = "magicnaming_keep_encoder_loaded"
 OPT_DETECTOR_PACK = "magicnaming_detector_pack"
+OPT_DOWNLOAD_TOWERS = "magicnaming_download_towers"
+
+OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+"""Set to 1/true/yes, either one forbids downloading tower weights whatever the setting says."""
 
 DEFAULT_FOLDER_NAME = "magicnaming"
 """Under the WebUI's models folder when the models-folder setting is blank."""
@@ -47,6 +52,8 @@ class MagicNamingSettings:
     encoder_device: str
     keep_encoder_loaded: bool
     detector_pack: str
+    download_towers: bool = False
+    """Fetch missing CLIP tower weights through open_clip's pretrained mechanism (never when offline)."""
 
     @property
     def identities_dir(self) -> Path:
@@ -80,6 +87,11 @@ def validate_detector_pack(pack: str) -> str:
     return pack.strip()
 
 
+def offline_by_environment() -> bool:
+    """True when the Hugging Face offline switches are set in the environment."""
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes") for name in OFFLINE_ENV_VARS)
+
+
 def _opt(opts: Any, key: str, default: Any) -> Any:
     value = getattr(opts, key, None)
     return default if value is None else value
@@ -101,8 +113,9 @@ def read_settings(opts: Any, cmd_opts: Any, models_path: str | Path) -> MagicNam
         insightface_root=models_path / "insightface",
         encoder_checkpoint=str(_opt(opts, OPT_ENCODER_CHECKPOINT, "")).strip(),
         encoder_device=validate_device(str(device)),
-        keep_encoder_loaded=bool(_opt(opts, OPT_KEEP_ENCODER_LOADED, True)),
+        keep_encoder_loaded=bool(_opt(opts, OPT_KEEP_ENCODER_LOADED, False)),
         detector_pack=validate_detector_pack(str(_opt(opts, OPT_DETECTOR_PACK, DEFAULT_DETECTOR_PACK))),
+        download_towers=bool(_opt(opts, OPT_DOWNLOAD_TOWERS, True)) and not offline_by_environment(),
     )
 
 
@@ -131,8 +144,11 @@ def on_ui_settings() -> None:
         "auto", "Photo encoder device (auto: the WebUI's device, CPU under --lowvram/--medvram; "
         "--magicnaming-device overrides)", gr.Radio, {"choices": list(DEVICE_CHOICES)}, section=SECTION))
     add(OPT_KEEP_ENCODER_LOADED, shared.OptionInfo(
-        True, "Keep the photo encoder loaded between uses (off: free its memory after each use)",
-        section=SECTION))
+        False, "Keep the photo encoder loaded between uses (off: free its memory after each use; "
+        "never kept on the GPU under --lowvram/--medvram)", section=SECTION))
+    add(OPT_DOWNLOAD_TOWERS, shared.OptionInfo(
+        True, "Download missing CLIP tower weights with open_clip (off, or HF_HUB_OFFLINE=1: only files in "
+        "<folder>/towers are used)", section=SECTION))
     add(OPT_DETECTOR_PACK, shared.OptionInfo(
         DEFAULT_DETECTOR_PACK, "Face detector pack (folder under models/insightface/models)",
         section=SECTION))

@@ -133,7 +133,7 @@ def _require_packages() -> None:
 
 def _encoder_key(checkpoint_sha256: str, settings: MagicNamingSettings) -> tuple:
     return (checkpoint_sha256, resolve_device(settings.encoder_device), settings.detector_pack,
-            settings.keep_encoder_loaded, webui_lowvram(), str(settings.models_dir))
+            settings.keep_encoder_loaded, webui_lowvram(), str(settings.models_dir), settings.download_towers)
 
 
 def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
@@ -162,6 +162,7 @@ def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
                 device=resolve_device(settings.encoder_device),
                 keep_loaded=settings.keep_encoder_loaded,
                 lowvram=webui_lowvram(),
+                allow_download=settings.download_towers,
             )
             _ENCODERS[key] = encoder
     return encoder
