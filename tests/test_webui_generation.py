@@ -66,6 +66,19 @@ def test_in_place_rows_are_where_the_webui_tokenizer_put_the_placeholder(magicna
     assert "mode: in place" in processed.infotexts[0]
 
 
+def test_in_place_placeholders_leave_the_embedding_database_as_it_was(magicnaming):
+    # Left behind, they would reach the Textual Inversion extra-networks page, which needs a file name
+    # (modules/ui_extra_networks_textual_inversion.py: os.path.splitext(embedding.filename)).
+    from modules import sd_hijack
+
+    database = sd_hijack.model_hijack.embedding_db
+    before = (dict(database.word_embeddings), {k: list(v) for k, v in database.ids_lookup.items()})
+    p, _ = magicnaming.run("a photo of <name:alice> and <name:bob> hiking", args=(True, "in place"))
+    cond, _ = first_cond(p)
+    assert torch.equal(cond["crossattn"][4:12], magicnaming.alice)
+    assert (dict(database.word_embeddings), {k: list(v) for k, v in database.ids_lookup.items()}) == before
+
+
 def test_in_place_rows_across_long_prompts_break_and_emphasis(magicnaming):
     filler = " ".join(["word"] * 80)
     prompt = f"{filler} <name:alice> end BREAK x (<name:bob:0.9>:1.3) y"

@@ -146,16 +146,17 @@ class SplicingModel:
             return self._model.get_learned_conditioning(_same_kind(texts, [strip_markers(t) for t in texts]))
         require_sdxl(self._model)
         in_place = [m.text for text in texts for m in find_markers(text) if m.mode == IN_PLACE]
-        if in_place:
-            embeddings.ensure_placeholders(self._model, in_place)
-        encoded_texts = [strip_markers(text, PREPEND) for text in texts]
-        conds = self._model.get_learned_conditioning(_same_kind(texts, encoded_texts))
-        items = [
-            splice_item(self._model, _item(conds, i), text, encoded, self._store)
-            if is_marked
-            else _item(conds, i)
-            for i, (text, encoded, is_marked) in enumerate(zip(texts, encoded_texts, marked, strict=False))
-        ]
+        with embeddings.placeholders_registered(self._model, in_place):
+            encoded_texts = [strip_markers(text, PREPEND) for text in texts]
+            conds = self._model.get_learned_conditioning(_same_kind(texts, encoded_texts))
+            items = [
+                splice_item(self._model, _item(conds, i), text, encoded, self._store)
+                if is_marked
+                else _item(conds, i)
+                for i, (text, encoded, is_marked) in enumerate(
+                    zip(texts, encoded_texts, marked, strict=False)
+                )
+            ]
         return _stack(items)
 
 

@@ -7,13 +7,16 @@ BREAK, chunking and comma back-tracking did their work. The rows the identity go
 ``chunk * 77 + offset + 1 .. + 8`` (row 0 of a chunk is the start token). The placeholder's input vectors are
 zeros (a neutral input for the text encoder); its output rows are replaced by the identity's F_ID.
 
-An entry is keyed by the marker, i.e. by content; the WebUI forgets it when it reloads its embeddings
-folder, and :func:`ensure_placeholder` registers it again before each use.
+Placeholders live in the database only while the conditioning that needs them is computed
+(:func:`placeholders_registered`), which the WebUI does under its queue lock. Left registered, they would
+show up in the Textual Inversion extra-networks page, whose cards need a file name a placeholder has not
+(``os.path.splitext(embedding.filename)`` in modules/ui_extra_networks_textual_inversion.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -46,12 +49,21 @@ def placeholder_embedding(marker_text: str):
     return embedding
 
 
-def ensure_placeholders(model, marker_texts: Iterable[str]) -> None:
-    """Register a placeholder for each marker not registered yet (idempotent)."""
+@contextmanager
+def placeholders_registered(model, marker_texts: Iterable[str]) -> Iterator[None]:
+    """Register a placeholder for each marker for the duration of the block, then remove those it added.
+
+    Removal uses the WebUI's own rule: ``register_embedding_by_name(None, model, name)`` deletes the entry.
+    """
     database = _embedding_db()
-    for marker_text in dict.fromkeys(marker_texts):
-        if marker_text not in database.word_embeddings:
-            database.register_embedding_by_name(placeholder_embedding(marker_text), model, marker_text)
+    added = [text for text in dict.fromkeys(marker_texts) if text not in database.word_embeddings]
+    for marker_text in added:
+        database.register_embedding_by_name(placeholder_embedding(marker_text), model, marker_text)
+    try:
+        yield
+    finally:
+        for marker_text in added:
+            database.register_embedding_by_name(None, model, marker_text)
 
 
 PLACEHOLDER_TOKEN = 0
