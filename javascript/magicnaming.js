@@ -207,7 +207,12 @@
         if (!item) return;
         var dropdown = item.closest("[id^='script_']");
         var tab = dropdown ? tabOfDropdown(dropdown.id) : null;
-        if (tab) insertInto(promptOf(tab), item.getAttribute("data-value") || item.getAttribute("aria-label"));
+        if (!tab) return;
+        var name = item.getAttribute("data-value") || item.getAttribute("aria-label");
+        // On Enter, insert after the key's default action: focusing the prompt during keydown would let
+        // the Enter land in the prompt as a newline.
+        if (event.type === "keydown") setTimeout(function () { insertInto(promptOf(tab), name); }, 0);
+        else insertInto(promptOf(tab), name);
     }
 
     root.onUiLoaded(function () {

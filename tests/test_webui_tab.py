@@ -56,8 +56,22 @@ def test_names_then_mix_then_library_view(actions, library):
     assert names == ["ab", "ada", "bob"]
     ada_hash = library.get_info("ada").short_hash
     assert rows[1][:3] == ["ada", ada_hash, "names: 0.6 Ada Lovelace + 0.4 Alan Turing"]
-    assert gallery == []  # none of these has a thumbnail
+    # None of these has a photo: each gets a card with its initials on a colour taken from its hash.
+    assert [caption for _, caption in gallery] == [f"{n} [{library.get_info(n).short_hash}]" for n in names]
+    cards = [image for image, _ in gallery]
+    assert all(card.size == (128, 128) for card in cards)
+    assert len({card.getpixel((0, 0)) for card in cards}) == 3
+    assert actions.library_view()[0][1][0].tobytes() == cards[1].tobytes()  # the same card every time
     assert "<name:ada>" in actions.identity_details("ADA")
+
+
+def test_delete_asks_about_the_selected_identity_by_name():
+    from lib_magicnaming.webui.tab import ask_delete
+
+    row, text = ask_delete("alice")
+    assert row["visible"] is True and "`alice`" in text
+    row, text = ask_delete(None)
+    assert row["visible"] is False and text == ""
 
 
 def test_errors_come_back_as_messages(actions, library):
@@ -146,6 +160,8 @@ def test_events_run_through_gradio(actions, library):
     saved, exported = asyncio.run(run())
     message, gallery, table, dropdown, details = saved
     assert "Saved ada" in message
-    assert [caption for _image, caption in gallery] == [f"bob [{library.get_info('bob').short_hash}]"]
+    assert [caption for _image, caption in gallery] == [
+        f"{name} [{library.get_info(name).short_hash}]" for name in ("ada", "bob")
+    ]
     assert [row[0] for row in table["data"]] == ["ada", "bob"] and dropdown["choices"] == ["ada", "bob"]
     assert exported[0]["orig_name"] == "bob.safetensors" and "Exported bob" in exported[1]

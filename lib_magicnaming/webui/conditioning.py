@@ -50,7 +50,8 @@ def raise_for_error_markers(texts: Sequence[str]) -> None:
     for text in texts:
         for key in find_error_hashes(text):
             message = MESSAGES.get(key) or "MagicNaming stopped this generation (the message was lost)."
-            raise MagicNamingError(message)
+            # The WebUI shows "MagicNamingError: <message>": the class name already says whose it is.
+            raise MagicNamingError(message.removeprefix("MagicNaming: "))
 
 
 def require_sdxl(model) -> None:

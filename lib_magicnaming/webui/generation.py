@@ -263,7 +263,7 @@ def rewrite_batch(
     if state.settings is None or not state.settings.enabled:
         p.comment(
             "MagicNaming is off, so the WebUI dropped the <name:...> tags from the prompt; "
-            "open the MagicNaming accordion to use them."
+            "tick the MagicNaming accordion's checkbox to use them."
         )
         return
     try:

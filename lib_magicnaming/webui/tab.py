@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
 
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.webui.services import (
@@ -40,6 +43,32 @@ def message_html(text: str, *, error: bool = False) -> str:
     """A status line; errors use the WebUI's ``error`` class."""
     css = "error" if error else "magicnaming-message"
     return f"<div class='{css}'>{html.escape(text)}</div>"
+
+
+def placeholder_card(name: str, short_hash: str, size: int = 128) -> Image.Image:
+    """A picture for an identity without a photo (made from names, a mix, a sample): its initials on a
+    colour taken from its hash, so the same identity always looks the same in the gallery."""
+    red, green, blue = (int(short_hash[i : i + 2], 16) // 2 + 64 for i in (0, 2, 4))
+    card = Image.new("RGB", (size, size), (red, green, blue))
+    draw = ImageDraw.Draw(card)
+    initials = "".join(part[0] for part in re.split(r"[_.-]+", name) if part)[:2].upper() or name[:2].upper()
+    font = ImageFont.load_default()
+    box = draw.textbbox((0, 0), initials, font=font)
+    scale = max(1, (size // 2) // max(1, box[2] - box[0]))
+    text = Image.new("L", (box[2] - box[0] + 2, box[3] - box[1] + 2), 0)
+    ImageDraw.Draw(text).text((1 - box[0], 1 - box[1]), initials, fill=255, font=font)
+    text = text.resize((text.width * scale, text.height * scale), Image.NEAREST)
+    card.paste((255, 255, 255), ((size - text.width) // 2, (size - text.height) // 2), text)
+    return card
+
+
+def ask_delete(name: str | None) -> tuple[Any, str]:
+    """Show the delete confirmation naming the selected identity (nothing to confirm without one)."""
+    import gradio as gr
+
+    if not name:
+        return gr.update(visible=False), ""
+    return gr.update(visible=True), f"Delete the identity `{name}` for good?"
 
 
 def describe_origin(origin: dict) -> str:
@@ -118,13 +147,14 @@ class TabActions:
         for info in library.list():
             names.append(info.name)
             rows.append([info.name, info.short_hash, describe_origin(info.origin), info.created, info.dtype])
+            thumbnail = None
             if info.has_thumbnail:
                 try:
                     thumbnail = library.load(info.name).thumbnail
                 except MagicNamingError:
                     continue
-                if thumbnail is not None:
-                    gallery.append((thumbnail, f"{info.name} [{info.short_hash}]"))
+            gallery.append((thumbnail or placeholder_card(info.name, info.short_hash),
+                            f"{info.name} [{info.short_hash}]"))
         return gallery, rows, names
 
     def identity_details(self, name: str | None) -> str:
@@ -349,7 +379,7 @@ def _library_section(gr: Any, initial: tuple[list, list, list[str]]) -> SimpleNa
             ui.delete = gr.Button("Delete", variant="stop")
             ui.export = gr.Button("Export")
         with gr.Row(visible=False) as ui.confirm_row:
-            gr.Markdown("Delete this identity for good?")
+            ui.confirm_text = gr.Markdown()
             ui.confirm = gr.Button("Yes, delete", variant="stop")
             ui.cancel = gr.Button("Cancel")
         ui.export_file = gr.File(label="Exported file", interactive=False)
@@ -401,7 +431,7 @@ def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNam
     refreshed.then(actions.encoder_status_text, [], [status])
     library.selected.change(actions.identity_details, [library.selected], [library.details])
     library.rename.click(saving(actions.rename), [library.selected, library.new_name], saved)
-    library.delete.click(lambda: gr.update(visible=True), [], [library.confirm_row])
+    library.delete.click(ask_delete, [library.selected], [library.confirm_row, library.confirm_text])
     library.cancel.click(lambda: gr.update(visible=False), [], [library.confirm_row])
     library.confirm.click(saving(actions.delete), [library.selected], saved).then(
         lambda: gr.update(visible=False), [], [library.confirm_row])

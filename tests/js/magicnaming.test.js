@@ -157,7 +157,11 @@ test("autocomplete in a prompt box: fetch names, suggest, accept with Enter", as
     app.fire("mousedown", {target: option});
     assert.strictEqual(prompt.value, "<name:carol> a <name:alice> photo of <name:bob>");
     prompt.selectionStart = prompt.selectionEnd = prompt.value.length;
+    const before = prompt.value;
     app.fire("keydown", {target: dropdownInput, key: "Enter"});
+    // not during the keydown: the browser would then type the Enter into the prompt as a newline
+    assert.strictEqual(prompt.value, before);
+    await new Promise((resolve) => setTimeout(resolve, 0));
     assert.ok(prompt.value.endsWith("<name:bob> <name:carol>"));
     app.fire("keydown", {target: dropdownInput, key: "a"});
     app.fire("mousedown", {target: prompt});
