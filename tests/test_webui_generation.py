@@ -206,6 +206,9 @@ def test_a_face_upload_is_the_identity_face_without_saving(magicnaming):
 
     face = Image.new("RGB", (32, 32), (200, 150, 120))
     p, processed = magicnaming.run("<name:face> at the beach", args=(True, "prepend", 1.0, face))
+    assert magicnaming.encoder.assume_cropped == [False]  # detection runs unless the user says "a crop"
+    magicnaming.run("<name:face> at the beach", args=(True, "prepend", 1.0, face, True))
+    assert magicnaming.encoder.assume_cropped == [False, True]
     expected = magicnaming.encoder.encode_photos([face]).embedding
     assert torch.equal(first_cond(p)[0]["crossattn"][1:9], expected)
     assert not magicnaming.library.exists("face")

@@ -110,8 +110,11 @@ def test_api_bad_dict_key_stops_the_generation(magicnaming, api_client):
 
 def test_script_ui_returns_the_args_in_order_with_defaults(magicnaming):
     inputs = magicnaming.runner.inputs[magicnaming.script.args_from:magicnaming.script.args_to]
-    assert [type(control).__name__ for control in inputs] == ["InputAccordion", "Radio", "Slider", "Image"]
+    assert [type(control).__name__ for control in inputs] == [
+        "InputAccordion", "Radio", "Slider", "Image", "Checkbox"
+    ]
     assert [control.value for control in inputs[:3]] == [False, "prepend", 1.0]
+    assert inputs[4].value is False
     assert inputs[0].elem_id == "script_txt2img_magicnaming_enabled-checkbox"
 
 

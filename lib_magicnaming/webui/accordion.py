@@ -1,13 +1,14 @@
 """The "MagicNaming" accordion under the prompt (gradio 3.41.2; built inside the script's ``ui()``).
 
 Controls returned as script args, in :mod:`.script_args` order: the accordion itself (enable), insertion
-mode, default strength, one-off face. Not args: a dropdown of saved identities whose choice the extension's
-JavaScript inserts into the prompt as a tag, its refresh button, and a status line. ``ui()`` runs at API
-start-up too, so building reads (the identity list, the encoder status) and never loads models.
+mode, default strength, one-off face, whether that face is a crop already. Not args: a dropdown of saved
+identities whose choice the extension's JavaScript inserts into the prompt as a tag, its refresh button,
+and a status line. ``ui()`` runs at API start-up too, so building reads (the identity list, the encoder
+status) and never loads models.
 
 Element ids (for javascript/ and style.css), with ``<tab>`` = txt2img or img2img:
 ``script_<tab>_magicnaming_enabled`` (accordion), ``..._mode``, ``..._strength``, ``..._face``,
-``..._identity`` (dropdown), ``..._refresh``, ``..._status``.
+``..._face_is_crop``, ``..._identity`` (dropdown), ``..._refresh``, ``..._status``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class AccordionControls:
     mode: object
     strength: object
     face: object
+    face_is_crop: object
     identity: object
     refresh: object
     status: object
@@ -36,7 +38,7 @@ class AccordionControls:
     @property
     def args(self) -> list:
         """The controls that are script args, in order."""
-        return [self.enabled, self.mode, self.strength, self.face]
+        return [self.enabled, self.mode, self.strength, self.face, self.face_is_crop]
 
 
 def build_accordion(
@@ -66,6 +68,10 @@ def build_accordion(
                 elem_id=elem_id("face"),
             )
             with gr.Column():
+                face_is_crop = gr.Checkbox(
+                    False, label="The face photo is a face crop already (skip detection)",
+                    elem_id=elem_id("face_is_crop"),
+                )
                 with gr.Row():
                     identity = gr.Dropdown(
                         choices=identity_names(),
@@ -79,4 +85,4 @@ def build_accordion(
             inputs=[],
             outputs=[identity, status],
         )
-    return AccordionControls(enabled, mode, strength, face, identity, refresh, status)
+    return AccordionControls(enabled, mode, strength, face, face_is_crop, identity, refresh, status)

@@ -161,7 +161,9 @@ class IdentityResolver:
 
     def _encode_face(self):
         try:
-            result = self.services.encoder().encode_photos([self.settings.face])
+            result = self.services.encoder().encode_photos(
+                [self.settings.face], assume_cropped=self.settings.face_is_crop
+            )
         except MagicNamingError as error:
             raise MagicNamingError(f"MagicNaming could not use the uploaded face: {error}") from None
         finally:

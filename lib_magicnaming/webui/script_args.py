@@ -8,10 +8,13 @@ Positional order (the order of the controls ``ui()`` returns, which ``/sdapi/v1/
  2    strength    default strength of tags without one, 0..2 (default 1.0)
  3    face        optional one-off face photo, used as ``<name:face>``: a PIL image from the UI,
                   base64 text (a ``data:image/...;base64,`` prefix is allowed) from the API
+ 4    face_is_crop  bool; the face photo is a face crop already: skip face detection (default false;
+                  for WebUIs without an insightface detector pack)
 ====  ==========  =====================================================================
 
 The API also accepts a single dict as the first arg: ``{"enabled": true, "mode": "in place",
-"strength": 0.8, "face": "<base64>"}``; every key is optional and ``enabled`` defaults to true there.
+"strength": 0.8, "face": "<base64>", "face_is_crop": false}``; every key is optional and ``enabled``
+defaults to true there.
 Missing or ``None`` positional values take the defaults.
 """
 
@@ -27,7 +30,7 @@ from typing import Any
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.webui.markers import PREPEND, check_strength, normalise_mode
 
-ARG_NAMES = ("enabled", "mode", "strength", "face")
+ARG_NAMES = ("enabled", "mode", "strength", "face", "face_is_crop")
 DEFAULT_STRENGTH = 1.0
 FACE_IDENTITY = "face"
 """The identity name a one-off face photo takes in prompts: ``<name:face>``."""
@@ -42,6 +45,8 @@ class ScriptSettings:
     strength: float = DEFAULT_STRENGTH
     face: Any = None
     """None, a PIL image, or bytes of an image file."""
+    face_is_crop: bool = False
+    """Use the face photo as given (no detection)."""
 
 
 def _as_bool(value: Any, name: str) -> bool:
@@ -102,6 +107,7 @@ def parse_script_args(args: Sequence[Any]) -> ScriptSettings:
         mode=normalise_mode(named.get("mode", PREPEND)),
         strength=check_strength(named.get("strength", DEFAULT_STRENGTH)),
         face=decode_face(named.get("face")),
+        face_is_crop=_as_bool(named.get("face_is_crop", False), "face_is_crop"),
     )
 
 

@@ -26,14 +26,16 @@ class FakeEncodeResult:
 
 
 class FakeEncoder:
-    """Follows ``IdentityEncoder.encode_photos(photos) -> result.embedding (8, 2048)``: an embedding seeded
-    by the photos' content, so the same photo always gives the same identity."""
+    """Follows ``IdentityEncoder.encode_photos(photos, *, assume_cropped) -> result.embedding (8, 2048)``: an
+    embedding seeded by the photos' content, so the same photo always gives the same identity."""
 
     def __init__(self):
         self.calls = 0
+        self.assume_cropped: list[bool] = []
 
-    def encode_photos(self, photos):
+    def encode_photos(self, photos, *, assume_cropped=False, skip_failed=False):
         self.calls += 1
+        self.assume_cropped.append(assume_cropped)
         digest = hashlib.sha256()
         for photo in photos:
             if isinstance(photo, bytes):
