@@ -82,6 +82,7 @@ _NO_HARD_LINK_ERRNOS = frozenset(
     {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS, errno.EMLINK}
 )
 _SHORT_HASH_RE = re.compile(f"[0-9a-f]{{{SHORT_HASH_CHARS}}}")
+_VERSION_RE = re.compile("[0-9]{1,9}")
 _EMBEDDING_SHAPE = [ID_TOKENS, SDXL_CONTEXT_WIDTH]
 
 
@@ -220,7 +221,7 @@ def _checked_origin(origin: Any, *, require_details: bool) -> dict:
             raise IdentityError(f"an identity origin of kind {kind!r} lacks {', '.join(missing)}")
     try:
         return json.loads(json.dumps(dict(origin), allow_nan=False))
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:
         raise IdentityError(f"an identity's origin is not plain JSON: {error}") from error
 
 
@@ -310,7 +311,7 @@ def _parse_header_bytes(prefix: bytes, file_size: int, source: str) -> tuple[dic
     text = prefix[8 : 8 + header_length]
     try:
         header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: hostile nesting such as [[[[...]]]]
         raise IdentityError(f"{source} is not a safetensors file: its header is not JSON") from error
     if not isinstance(header, dict):
         raise IdentityError(f"{source} is not a safetensors file: its header is not a JSON object")
@@ -348,7 +349,7 @@ def _info_from_header(header: dict, data_start: int, file_size: int, path: Path,
             f"expected {FORMAT_NAME!r}"
         )
     version_text = metadata.get("format_version", "")
-    if not version_text.isdigit():
+    if not _VERSION_RE.fullmatch(version_text):  # not str.isdigit(): it accepts '²', int() does not
         raise IdentityError(f"{source} has format version {version_text!r}; expected {FORMAT_VERSION}")
     if int(version_text) != FORMAT_VERSION:
         newer = (
@@ -404,7 +405,7 @@ def _info_from_header(header: dict, data_start: int, file_size: int, path: Path,
         raise IdentityError(f"{source} has a malformed short hash {short_hash!r}")
     try:
         origin = _checked_origin(json.loads(metadata.get("origin", "")), require_details=False)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise IdentityError(f"{source} has an origin that is not JSON") from error
     except IdentityError as error:
         raise IdentityError(f"{source}: {error}") from error

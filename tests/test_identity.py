@@ -349,6 +349,9 @@ BAD_FILES = {
     "text": (lambda: b"hello, this is a text file, not an identity" * 3, "header claims|not a safetensors"),
     "header not JSON": (lambda: struct.pack("<Q", 10) + b"not json!!" + bytes(10), "header is not JSON"),
     "header a list": (lambda: struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+    "header nested deeply": (lambda: struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000, "JSON"),
+    "origin nested deeply": (with_metadata(origin="[" * 100_000 + "]" * 100_000), "origin that is not JSON"),
+    "version not ASCII digits": (with_metadata(format_version="\u00b2"), "format version '\u00b2'"),
 }
 VALUE_PROBLEMS = {"NaN", "inf", "hash mismatch"}
 
