@@ -39,7 +39,7 @@ import safetensors.torch
 import torch
 from PIL import Image, ImageOps
 
-from lib_magicnaming.atomic import create_temp_file
+from lib_magicnaming.atomic import replace_file, write_temp_file
 from lib_magicnaming.constants import BASE_MODEL_FAMILY, ID_TOKENS, SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
 from lib_magicnaming.errors import IdentityError, IdentityExists, IdentityNotFound
 from lib_magicnaming.tags import identity_key, validate_identity_name
@@ -515,49 +515,16 @@ def _publish(data: bytes, target: Path, *, overwrite: bool) -> bool:
     Raises IdentityError when the folder cannot be written.
     """
     try:
-        temp = _write_temp(target.parent, data)
+        temp = write_temp_file(target.parent, _TEMP_PREFIX, lambda path: path.write_bytes(data))
         try:
             if overwrite:
-                _replace(temp, target)
+                replace_file(temp, target)
                 return True
             return _publish_new(temp, target)
         finally:
-            _remove_quietly(temp)
+            temp.unlink(missing_ok=True)
     except OSError as error:
         raise IdentityError(f"cannot write {target}: {error.strerror or error}") from error
-
-
-def _write_temp(folder: Path, data: bytes) -> Path:
-    """Write ``data`` to a new hidden temp file in ``folder`` (same file system as the final name), synced."""
-    descriptor, temp = create_temp_file(folder, prefix=_TEMP_PREFIX)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-    except BaseException:
-        _remove_quietly(temp)
-        raise
-    return temp
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _replace(source: Path, target: Path) -> None:
-    """os.replace, retried briefly: on Windows it fails while another process has the target open."""
-    for attempt in range(20):
-        try:
-            os.replace(source, target)
-            return
-        except PermissionError:
-            if os.name != "nt" or attempt == 19:
-                raise
-            time.sleep(0.05)
 
 
 def _publish_new(temp: Path, target: Path) -> bool:
@@ -580,7 +547,7 @@ def _publish_new(temp: Path, target: Path) -> bool:
         if os.name != "nt" and error.errno not in _NO_HARD_LINK_ERRNOS:
             raise
         return _publish_new_without_links(temp, target)
-    _remove_quietly(temp)
+    temp.unlink(missing_ok=True)
     return True
 
 
@@ -599,7 +566,7 @@ def _publish_new_without_links(temp: Path, target: Path) -> bool:
         os.replace(temp, target)
         return True
     finally:
-        _remove_quietly(lock)
+        lock.unlink(missing_ok=True)
 
 
 def _take_lock(lock: Path) -> None:
@@ -615,7 +582,7 @@ def _take_lock(lock: Path) -> None:
             except FileNotFoundError:
                 continue
             if age > _STALE_LOCK_SECONDS or time.monotonic() > deadline:
-                _remove_quietly(lock)
+                lock.unlink(missing_ok=True)
                 continue
             time.sleep(0.01)
 

@@ -43,3 +43,30 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
         write_atomic(target, half_write)
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+@pytest.mark.parametrize("writer", ["write_atomic", "identity library"])
+def test_the_temp_file_is_synced_to_disk_before_it_gets_its_name(tmp_path, monkeypatch, writer):
+    events = []
+    real_fsync, real_replace, real_link = os.fsync, os.replace, os.link
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        return real_fsync(fd)
+
+    def named(kind, real):
+        def call(source, target):
+            events.append((kind, os.stat(source).st_ino))
+            return real(source, target)
+
+        return call
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", named("name", real_replace))
+    monkeypatch.setattr(os, "link", named("name", real_link))
+    if writer == "write_atomic":
+        write_bytes_atomic(tmp_path / "a.bin", b"data")
+    else:
+        IdentityLibrary(tmp_path).save(Identity("alice", torch.randn(8, 2048), {"kind": "imported"}))
+    (temp_file,) = {inode for kind, inode in events if kind == "name"}
+    assert events.index(("fsync", temp_file)) < events.index(("name", temp_file))
