@@ -570,18 +570,25 @@ def _publish_new_without_links(temp: Path, target: Path) -> bool:
 
 
 def _take_lock(lock: Path) -> None:
-    """Create ``lock`` exclusively, waiting for another writer; a stale lock (left by a crash) is taken."""
-    deadline = time.monotonic() + _STALE_LOCK_SECONDS
+    """Create ``lock`` exclusively, waiting for another writer; a stale lock (left by a crash) is taken.
+
+    A lock is stale when its mtime is old, or (clocks of network shares disagree) when this writer has seen
+    that same lock file for _STALE_LOCK_SECONDS. The wait starts again for each new lock file, so a waiter
+    never removes a lock another waiter has only just taken.
+    """
+    seen, deadline = None, 0.0
     while True:
         try:
             os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             return
         except FileExistsError:
             try:
-                age = time.time() - lock.stat().st_mtime
+                status = lock.stat()
             except FileNotFoundError:
                 continue
-            if age > _STALE_LOCK_SECONDS or time.monotonic() > deadline:
+            if (status.st_ino, status.st_mtime_ns) != seen:
+                seen, deadline = (status.st_ino, status.st_mtime_ns), time.monotonic() + _STALE_LOCK_SECONDS
+            if time.time() - status.st_mtime > _STALE_LOCK_SECONDS or time.monotonic() > deadline:
                 lock.unlink(missing_ok=True)
                 continue
             time.sleep(0.01)

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import struct
 import threading
+import time as time_module
 from pathlib import Path
 
 import numpy as np
@@ -857,3 +858,64 @@ def test_processes_saving_at_once_lose_nothing(library):
     assert library.load("shared").short_hash == embedding_hash(random_embedding(100 + winner).half())
     own_files = [f"own-{i}.safetensors" for i in range(count)]
     assert folder_files(library) == own_files + ["shared.safetensors"]
+
+
+# ------------------------------------------------------------------------- lock file (no hard links) fallback
+
+
+def test_a_lock_left_by_a_crash_is_taken(tmp_path):
+    lock = tmp_path / "x.lock"
+    lock.write_bytes(b"")
+    os.utime(lock, (1, 1))  # written long ago
+    identity_module._take_lock(lock)
+    assert lock.exists()
+
+
+class ScriptedClock:
+    """Stands in for the time module: monotonic time moves only when the waiter sleeps, by the script."""
+
+    def __init__(self, on_sleep):
+        self.now, self.sleeps, self.on_sleep = 0.0, 0, on_sleep
+        self.time = time_module.time
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, _seconds):
+        self.sleeps += 1
+        self.on_sleep(self)
+
+
+def test_a_waiter_never_removes_a_lock_another_writer_has_just_taken(tmp_path, monkeypatch):
+    lock = tmp_path / "x.lock"
+    lock.write_bytes(b"first holder")
+    seen_second = []
+
+    def script(clock):
+        if clock.sleeps == 1:  # the first holder finishes after a long wait; a second writer takes the lock
+            clock.now += 10 * identity_module._STALE_LOCK_SECONDS
+            lock.unlink()
+            lock.write_bytes(b"second holder")
+            os.utime(lock, ns=(time_module.time_ns() + 10**9,) * 2)  # a new lock file, whatever the inode
+        else:  # the second holder must still hold its lock now; it finishes
+            seen_second.append(lock.read_bytes())
+            lock.unlink()
+
+    monkeypatch.setattr(identity_module, "time", ScriptedClock(script))
+    identity_module._take_lock(lock)
+    assert seen_second == [b"second holder"]
+    assert lock.read_bytes() == b""  # ours
+
+
+def test_a_lock_seen_unchanged_for_the_stale_time_is_taken_even_if_its_clock_is_ahead(tmp_path, monkeypatch):
+    lock = tmp_path / "x.lock"
+    lock.write_bytes(b"")
+    os.utime(lock, ns=(time_module.time_ns() + 3600 * 10**9,) * 2)  # a network share's clock an hour ahead
+
+    def script(clock):
+        clock.now += identity_module._STALE_LOCK_SECONDS / 2
+
+    clock = ScriptedClock(script)
+    monkeypatch.setattr(identity_module, "time", clock)
+    identity_module._take_lock(lock)
+    assert clock.sleeps >= 2 and lock.read_bytes() == b""  # it waited, then took the lock
