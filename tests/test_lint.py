@@ -1,4 +1,4 @@
-"""The repository is lint clean: ruff, configured in pyproject.toml, finds nothing."""
+"""Repository hygiene: ruff (configured in pyproject.toml) finds nothing; CI runs what the README says."""
 
 import importlib.util
 import subprocess
@@ -23,3 +23,16 @@ def test_ruff_check_is_clean():
         timeout=300,
     )
     assert result.returncode == 0, f"ruff found problems:\n{result.stdout}\n{result.stderr}"
+
+
+def test_ci_runs_exactly_the_readmes_two_development_commands_in_a_fresh_venv():
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Development\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2 and commands[1] == "python -m pytest"
+    script = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    steps = [line for line in script.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    activate = steps.index("source .venv-ci/bin/activate")
+    assert "python3 -m venv .venv-ci" in steps[:activate] and "rm -rf .venv-ci" in steps[:activate]
+    assert steps[activate + 1 :] == commands
