@@ -159,15 +159,21 @@ def normalise_weights(weights: Sequence[float]) -> list[float]:
     for index, weight in enumerate(weights):
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             raise NamespaceError(f"Weight {index + 1} is {weight!r}; weights must be numbers.")
-        if not math.isfinite(weight):
+        try:
+            value = float(weight)
+        except OverflowError:  # an int beyond float range
+            value = math.inf
+        if not math.isfinite(value):
             raise NamespaceError(f"Weight {index + 1} is {weight}; weights must be finite.")
-        if weight < 0:
+        if value < 0:
             raise NamespaceError(f"Weight {index + 1} is {weight}; weights must be >= 0.")
-        values.append(float(weight))
-    total = math.fsum(values)
-    if total <= 0:
+        values.append(value)
+    largest = max(values)
+    if largest <= 0:
         raise NamespaceError("All weights are zero; at least one must be positive.")
-    return [value / total for value in values]
+    scaled = [value / largest for value in values]  # the sum of weights near float's maximum would overflow
+    total = math.fsum(scaled)
+    return [value / total for value in scaled]
 
 
 def _stacked(embeddings: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -169,14 +169,21 @@ def test_property_arbitrary_text_raises_only_namespace_error(text):
 
 @pytest.mark.parametrize(
     ("raw", "normalised"),
-    [([3, 1], [0.75, 0.25]), ([0.2], [1.0]), ([0, 5, 0], [0.0, 1.0, 0.0]), ((1.0, 1.0), [0.5, 0.5])],
+    [
+        ([3, 1], [0.75, 0.25]),
+        ([0.2], [1.0]),
+        ([0, 5, 0], [0.0, 1.0, 0.0]),
+        ((1.0, 1.0), [0.5, 0.5]),
+        ([1e308, 1e308], [0.5, 0.5]),  # their sum overflows float
+        ([5e-324, 5e-324], [0.5, 0.5]),
+    ],
 )
 def test_normalise_weights(raw, normalised):
     assert normalise_weights(raw) == normalised
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.floats(min_value=0, max_value=1e12), min_size=1, max_size=10).filter(lambda w: sum(w) > 0))
+@given(st.lists(st.floats(min_value=0, max_value=1e308), min_size=1, max_size=10).filter(lambda w: any(w)))
 def test_property_normalised_weights_sum_to_one(raw):
     normalised = normalise_weights(raw)
     assert math.isclose(math.fsum(normalised), 1.0, rel_tol=1e-12)
@@ -192,6 +199,7 @@ def test_property_normalised_weights_sum_to_one(raw):
         ([1, -0.5], "Weight 2 is -0.5; weights must be >= 0"),
         ([float("nan")], "Weight 1 is nan; weights must be finite"),
         ([1, float("inf")], "Weight 2 is inf"),
+        ([1, 10**400], "weights must be finite"),
         ([1, "2"], "Weight 2 is '2'; weights must be numbers"),
         ([True], "must be numbers"),
     ],
