@@ -167,7 +167,7 @@ def fit_f_id(f_id: torch.Tensor, width: int, *, dtype: torch.dtype, device: torc
 def _checked_strength(strength: float) -> float:
     try:
         value = float(strength)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SpliceError(f"An identity strength must be a number, not {strength!r}.") from None
     if not math.isfinite(value) or not STRENGTH_MIN <= value <= STRENGTH_MAX:
         raise SpliceError(

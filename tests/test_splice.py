@@ -266,7 +266,7 @@ def test_apply_strengths_all_ones_is_bit_exact_copy():
     assert torch.equal(out, z) and out.data_ptr() != z.data_ptr()
 
 
-@pytest.mark.parametrize("strength", [-0.1, 2.01, float("nan"), float("inf"), "x", None])
+@pytest.mark.parametrize("strength", [-0.1, 2.01, float("nan"), float("inf"), "x", None, 10**400])
 def test_bad_strengths_are_refused(strength):
     with pytest.raises(SpliceError, match="strength"):
         prepend_identity(make_crossattn(None, 1), make_f_id(), strength=strength)
