@@ -654,6 +654,7 @@ class IdentityLibrary:
             try:
                 info = read_identity_info(path)
                 _check_file_name_matches(info, path)
+                self.path_for(info.name)  # a link out of the folder: a problem here, as load() refuses it
             except IdentityError as error:
                 if path.exists():  # a file deleted or renamed while we scanned is no problem
                     problems.append(LibraryProblem(path, str(error)))

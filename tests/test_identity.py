@@ -621,6 +621,9 @@ def test_a_link_leading_out_of_the_folder_is_refused(library, tmp_path):
     (library.folder / "evil.safetensors").symlink_to(target)
     with pytest.raises(IdentityError, match="outside the identity folder"):
         library.load("evil")
+    scan = library.scan()
+    assert [info.name for info in scan.identities] == ["ok"]
+    assert [problem.path.name for problem in scan.problems] == ["evil.safetensors"]
 
 
 # ---------------------------------------------------------------------------------------- file operations
