@@ -114,11 +114,6 @@ class NameTag:
         """The identity's case-insensitive key."""
         return identity_key(self.identity)
 
-    @property
-    def effective_strength(self) -> float:
-        """The strength to splice with: the tag's own, or DEFAULT_STRENGTH when it gives none."""
-        return DEFAULT_STRENGTH if self.strength is None else self.strength
-
 
 def _check_strength_value(value: float, tag_text: str, span: tuple[int, int] | None) -> None:
     if not math.isfinite(value):

@@ -165,7 +165,7 @@ def test_long_tag_text_is_shortened_in_messages():
 def test_strength_bounds_and_default_are_the_documented_ones():
     assert (STRENGTH_MIN, STRENGTH_MAX, DEFAULT_STRENGTH) == (0.0, 2.0, 1.0)
     plain, weighted = find_name_tags("<name:a> <name:b:0.5>")
-    assert (plain.effective_strength, weighted.effective_strength) == (1.0, 0.5)
+    assert (plain.strength, weighted.strength) == (None, 0.5)
 
 
 # ---------------------------------------------------------------- formatting and NameTag
