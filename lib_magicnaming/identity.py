@@ -747,7 +747,14 @@ class IdentityLibrary:
         same_file = identity_key(old) == identity_key(new)
         info = self.save(renamed, overwrite=same_file, dtype=dtype)
         if not same_file:
-            self.path_for(old).unlink(missing_ok=True)
+            old_path = self.path_for(old)
+            try:
+                old_path.unlink(missing_ok=True)
+            except OSError as error:
+                raise IdentityError(
+                    f"{identity.name!r} was copied to {new!r}, but {old_path} could not be removed: "
+                    f"{error.strerror or error}; delete it by hand"
+                ) from error
         return info
 
     def delete(self, name: str) -> None:

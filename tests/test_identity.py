@@ -697,6 +697,21 @@ def test_rename_refuses_an_existing_name_and_missing_source(library):
         library.rename("zed", "yan")
 
 
+def test_rename_that_cannot_remove_the_old_file_says_so(library, monkeypatch):
+    library.save(make_identity("alice", seed=1))
+    real_unlink = Path.unlink
+
+    def unlink(path, missing_ok=False):
+        if path.name == "alice.safetensors":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(IdentityError, match="copied to 'bob', but .*alice.safetensors could not be removed"):
+        library.rename("alice", "bob")
+    assert folder_files(library) == ["alice.safetensors", "bob.safetensors"]
+
+
 def test_delete(library):
     library.save(make_identity("alice"))
     library.delete("ALICE")
