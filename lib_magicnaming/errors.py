@@ -6,7 +6,7 @@ class MagicNamingError(Exception):
 
 
 class TagError(MagicNamingError):
-    """A malformed ``<name:...>`` tag in a prompt."""
+    """A malformed ``<name:...>`` tag in a prompt; ``.span`` is its (start, end) in the prompt, or None."""
 
     def __init__(self, message: str, span: tuple[int, int] | None = None):
         super().__init__(message)
@@ -18,7 +18,7 @@ class IdentityError(MagicNamingError):
 
 
 class IdentityNotFound(IdentityError):
-    """No saved identity has this name (or hash)."""
+    """No saved identity has this name (or hash); ``.name`` is the name (or hash) asked for."""
 
     def __init__(self, message: str, name: str):
         super().__init__(message)
@@ -26,7 +26,7 @@ class IdentityNotFound(IdentityError):
 
 
 class IdentityExists(IdentityError):
-    """An identity of this name exists and overwriting was not asked for."""
+    """An identity of this name exists and overwriting was not asked for; ``.name`` is the name."""
 
     def __init__(self, message: str, name: str):
         super().__init__(message)
