@@ -36,3 +36,21 @@ def test_ci_runs_exactly_the_readmes_two_development_commands_in_a_fresh_venv():
     activate = steps.index("source .venv-ci/bin/activate")
     assert "python3 -m venv .venv-ci" in steps[:activate] and "rm -rf .venv-ci" in steps[:activate]
     assert steps[activate + 1 :] == commands
+
+
+def requirement_lines(name: str) -> list[str]:
+    text = (REPO_ROOT / name).read_text(encoding="utf-8")
+    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def test_requirements_txt_lists_what_install_py_installs_with_the_same_pins():
+    spec = importlib.util.spec_from_file_location("magicnaming_install_for_lint", REPO_ROOT / "install.py")
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    runtime = requirement_lines("requirements.txt")
+    # onnxruntime-gpu replaces onnxruntime on CUDA machines; requirements.txt names the CPU build
+    assert {pin for package, pin in install.PINS.items() if package != "onnxruntime-gpu"} <= set(runtime)
+    dev = requirement_lines("requirements-dev.txt")
+    for pin in runtime:
+        if "==" in pin:  # an exact runtime pin is what the tests run against
+            assert pin in dev
