@@ -50,6 +50,7 @@ def test_settings_section_and_defaults(app_webui):
     keys = [options.OPT_MODELS_DIR, options.OPT_ENCODER_CHECKPOINT, options.OPT_ENCODER_DEVICE,
             options.OPT_KEEP_ENCODER_LOADED, options.OPT_DETECTOR_PACK, options.OPT_DOWNLOAD_TOWERS]
     assert all(labels[key].section == ("magicnaming", "MagicNaming") for key in keys)
+    assert all(labels[key].category_id == "sd" for key in keys)  # not "Uncategorized" on the settings page
     app_webui.shared.cmd_opts.magicnaming_dir = None
     settings = options.current_settings()
     from modules import paths
