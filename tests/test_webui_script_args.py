@@ -89,9 +89,9 @@ def test_api_single_dict_with_a_base64_face(magicnaming, api_client):
 
 def test_api_unknown_identity_is_an_error_naming_it_and_the_api_keeps_working(magicnaming, api_client):
     response = api_client.post("/sdapi/v1/txt2img", json=request("<name:carol> jogging", [True]))
-    assert response.status_code == 500
+    assert response.status_code == 404  # the caller's mistake, as the REST routes answer it; not a 500
     assert response.json()["error"] == "MagicNamingError"
-    assert "'carol'" in response.json()["errors"]
+    assert "'carol'" in response.json()["errors"] and "'carol'" in response.json()["detail"]
     response = api_client.post("/sdapi/v1/txt2img", json=request("<name:bob> jogging", [True]))
     assert response.status_code == 200
 
@@ -105,7 +105,12 @@ def test_api_default_args_leave_magicnaming_off(magicnaming, api_client):
 
 def test_api_bad_dict_key_stops_the_generation(magicnaming, api_client):
     response = api_client.post("/sdapi/v1/txt2img", json=request("<name:alice>", [{"strenght": 1}]))
-    assert response.status_code == 500 and "'strenght'" in response.json()["errors"]
+    assert response.status_code == 400 and "'strenght'" in response.json()["errors"]
+
+
+def test_api_malformed_tag_is_a_400(magicnaming, api_client):
+    response = api_client.post("/sdapi/v1/txt2img", json=request("<name:alice:9> jogging", [True]))
+    assert response.status_code == 400 and "strength" in response.json()["detail"]
 
 
 def test_script_ui_returns_the_args_in_order_with_defaults(magicnaming):

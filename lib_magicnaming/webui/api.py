@@ -24,13 +24,8 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, Field
 
-from lib_magicnaming.errors import (
-    EncoderError,
-    FaceError,
-    IdentityExists,
-    IdentityNotFound,
-    MagicNamingError,
-)
+from lib_magicnaming.errors import FaceError, MagicNamingError
+from lib_magicnaming.webui.http_status import http_status
 from lib_magicnaming.webui.services import (
     ServiceContext,
     mix_identity,
@@ -109,17 +104,9 @@ def size_text(size: int) -> str:
     return f"{size >> 20} MiB" if size >= 1 << 20 and size % (1 << 20) == 0 else f"{size} bytes"
 
 
-def http_error(error: Exception) -> HTTPException:
-    """Map a library error to its HTTP status (message as ``detail``)."""
-    if isinstance(error, IdentityNotFound):
-        return HTTPException(status_code=404, detail=str(error))
-    if isinstance(error, IdentityExists):
-        return HTTPException(status_code=409, detail=str(error))
-    if isinstance(error, EncoderError):
-        return HTTPException(status_code=503, detail=str(error))
-    if isinstance(error, FaceError):
-        return HTTPException(status_code=422, detail=str(error))
-    return HTTPException(status_code=400, detail=str(error))
+def http_error(error: MagicNamingError) -> HTTPException:
+    """Map a library error to its HTTP status (:func:`.http_status.http_status`; message as ``detail``)."""
+    return HTTPException(status_code=http_status(error), detail=str(error))
 
 
 @contextmanager
