@@ -63,8 +63,7 @@ def build_accordion(
         with gr.Row():
             face = gr.Image(
                 label=f"One-off face: use it as <name:{FACE_IDENTITY}> (not saved)",
-                type="pil",
-                source="upload",
+                type="pil",  # no source=: upload is 3.41's default, and gradio 4 has no such argument
                 elem_id=elem_id("face"),
             )
             with gr.Column():
