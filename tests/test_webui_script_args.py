@@ -53,6 +53,16 @@ def test_face_forms():
     assert decode_face(image) is image
     with pytest.raises(MagicNamingError, match="must be an image"):
         decode_face(3.5)
+    with pytest.raises(MagicNamingError, match="must be an image"):
+        decode_face({"name": __file__})  # an API client must not make the server read its files
+
+
+def test_any_true_spelling_of_enabled_makes_a_bad_argument_stop_the_generation():
+    from lib_magicnaming.webui.script_args import wants_enabled
+
+    assert [wants_enabled(args) for args in ([1, "x"], ["true", "x"], [{"mode": "x"}], ["yes"])] == [True] * 4
+    off = ([], [None, "x"], [False, "x"], [0, "x"], ["false"])
+    assert [wants_enabled(args) for args in off] == [False] * 5
 
 
 @pytest.fixture
