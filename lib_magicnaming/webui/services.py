@@ -8,6 +8,7 @@ and detector it was built for): a changed file is a new key, so a stale encoder 
 from __future__ import annotations
 
 import importlib.util
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
-from lib_magicnaming.errors import EncoderError, IdentityExists
+from lib_magicnaming.errors import EncoderError, IdentityExists, MagicNamingError
 from lib_magicnaming.tags import validate_identity_name
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
 
@@ -293,8 +294,14 @@ def photos_identity(name: str, result: Any) -> Any:
 
 
 def sampled_identity(context: ServiceContext, name: str, seed: int, scale: float) -> Any:
-    """A new fictional Identity drawn from the encoder checkpoint's name-space statistics."""
+    """A new fictional Identity drawn from the encoder checkpoint's name-space statistics.
+
+    A bad scale is the caller's mistake (MagicNamingError, HTTP 400), checked before the encoder, whose
+    own EncoderError for it would read as "encoder unavailable" (503).
+    """
     validate_identity_name(name)
+    if not math.isfinite(float(scale)) or float(scale) < 0:
+        raise MagicNamingError(f"the scale must be a finite number >= 0, not {scale!r}")
     return context.encoder().make_sampled_identity(name, int(seed), float(scale))
 
 
