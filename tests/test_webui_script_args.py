@@ -141,3 +141,29 @@ def test_status_line_reports_the_encoder_and_identity_names_come_from_the_librar
     assert setup.saved_identity_names() == []
     magicnaming.webui.shared.cmd_opts.magicnaming_dir = str(magicnaming.library.folder.parent)
     assert setup.saved_identity_names() == ["alice", "bob"]
+
+
+def test_opening_the_accordion_or_refresh_rereads_the_saved_identities(webui):
+    import asyncio
+
+    import gradio as gr
+
+    from lib_magicnaming.webui.accordion import build_accordion
+
+    names = ["alice"]
+    with gr.Blocks() as blocks:
+        controls = build_accordion(lambda part: f"script_txt2img_magicnaming_{part}", lambda: list(names),
+                                   lambda: "status")
+    blocks.queue()
+    config = blocks.get_config_file()
+
+    def event(trigger) -> int:
+        return next(i for i, dep in enumerate(config["dependencies"])
+                    if dep["targets"] == [trigger._id] and controls.identity._id in dep["outputs"])
+
+    names.append("bob")
+    opened = asyncio.run(blocks.process_api(event(controls.enabled), [], state={}))["data"]
+    assert opened[0]["choices"] == ["alice", "bob"]
+    names.append("carol")
+    refreshed = asyncio.run(blocks.process_api(event(controls.refresh), [], state={}))["data"]
+    assert refreshed[0]["choices"] == ["alice", "bob", "carol"] and refreshed[1] == "status"
