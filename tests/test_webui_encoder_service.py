@@ -42,6 +42,7 @@ def env(webui, tmp_path):  # noqa: F811 - the fixture above
     paths.models_path = str(tmp_path / "models")
     webui.shared.cmd_opts.magicnaming_dir = None
     webui.shared.cmd_opts.magicnaming_device = None
+    webui.shared.cmd_opts.api = True
     webui.load_script(ROOT / "scripts" / "magicnaming_app.py")
     webui.script_callbacks.ui_settings_callback()
     encoder_dir = tmp_path / "models" / "magicnaming" / "encoder"
