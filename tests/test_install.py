@@ -23,13 +23,15 @@ class FakeLaunch(types.SimpleNamespace):
     """launch.is_installed / launch.run_pip as modules/launch_utils.py defines them (v1.10.1)."""
 
     def __init__(self, installed=(), fail=()):
-        super().__init__(installed=set(installed), fail=set(fail), pip_calls=[])
+        super().__init__(installed=set(installed), fail=set(fail), pip_calls=[], constraints=[])
 
     def is_installed(self, package: str) -> bool:
         return package in self.installed
 
     def run_pip(self, command: str, desc: str | None = None, live: bool = False):
         self.pip_calls.append(command)
+        constraints_file = command.split(" -c ")[1].strip('"')
+        self.constraints.append(Path(constraints_file).read_text().split())
         if any(name in command for name in self.fail):
             raise RuntimeError(f"Couldn't install {desc}.\nCommand: pip {command}\nError code: 1")
 
@@ -54,6 +56,33 @@ def test_installs_only_what_is_missing(installed, cuda, expected):
     launch = FakeLaunch(installed)
     assert module.main(launch, cuda=cuda) == []
     assert installed_packages(launch) == expected
+
+
+def test_pip_may_not_change_an_installed_package(tmp_path):
+    """Each pip call is constrained to the installed versions (insightface's deps would pull numpy 2 and
+    pydantic 2 into the WebUI otherwise), and the constraints file is gone afterwards."""
+    import importlib.metadata
+
+    module = load_install_module()
+    launch = FakeLaunch(("open_clip_torch",))
+    module.main(launch, cuda=False)
+    numpy_pin = f"numpy=={importlib.metadata.version('numpy')}"
+    pydantic_pin = f"pydantic=={importlib.metadata.version('pydantic')}"
+    assert len(launch.constraints) == 2
+    assert all(numpy_pin in pins and pydantic_pin in pins for pins in launch.constraints)
+    assert not Path(launch.pip_calls[0].split(" -c ")[1].strip('"')).exists()
+
+
+def test_installed_pins_skip_unusable_metadata():
+    module = load_install_module()
+
+    class Dist:
+        def __init__(self, name, version):
+            self.metadata, self.version = {"Name": name}, version
+
+    dists = [Dist("NumPy", "1.26.2"), Dist("torch", "2.1.2+cu121"), Dist(None, "1.0"), Dist("bad name", "1"),
+             Dist("weird", "not a version;rm")]
+    assert module.installed_pins(dists) == ["NumPy==1.26.2", "torch==2.1.2+cu121"]
 
 
 def test_never_both_onnxruntime_builds():

@@ -253,3 +253,18 @@ def test_api_auth_accepts_each_listed_user(library):
 
 def test_without_api_auth_no_credentials_needed(library):
     assert make_client(library).get(f"{PREFIX}/identities").status_code == 200
+
+
+def test_sample_creates_an_identity_and_a_bad_scale_is_400(library):
+    class SamplingEncoder:
+        def make_sampled_identity(self, name, seed, scale):
+            return random_identity(name, seed)
+
+    client = make_client(library, encoder=SamplingEncoder)
+    response = client.post(f"{PREFIX}/identities/sample", json={"name": "dreamt", "seed": 7, "scale": 0.5})
+    assert response.status_code == 201, response.text
+    assert response.json()["identity"]["short_hash"] == library.get_info("dreamt").short_hash
+    for scale in (-1.0, 1e400):  # 1e400 is inf in JSON
+        body = {"name": "dreamt2", "seed": 7, "scale": scale}
+        response = client.post(f"{PREFIX}/identities/sample", json=body)
+        assert response.status_code == 400 and "scale" in response.json()["detail"]

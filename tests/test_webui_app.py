@@ -27,6 +27,7 @@ def app_webui(webui, tmp_path):  # noqa: F811 - the fixture above
     webui.script_callbacks.ui_settings_callback()
     webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
     webui.shared.cmd_opts.magicnaming_device = None
+    webui.shared.cmd_opts.api = True
     return webui
 
 
@@ -50,6 +51,7 @@ def test_settings_section_and_defaults(app_webui):
     keys = [options.OPT_MODELS_DIR, options.OPT_ENCODER_CHECKPOINT, options.OPT_ENCODER_DEVICE,
             options.OPT_KEEP_ENCODER_LOADED, options.OPT_DETECTOR_PACK, options.OPT_DOWNLOAD_TOWERS]
     assert all(labels[key].section == ("magicnaming", "MagicNaming") for key in keys)
+    assert all(labels[key].category_id == "sd" for key in keys)  # not "Uncategorized" on the settings page
     app_webui.shared.cmd_opts.magicnaming_dir = None
     settings = options.current_settings()
     from modules import paths
@@ -142,6 +144,19 @@ def test_api_auth_as_the_builtin_api(app_webui):
         assert client.get(path, auth=("bob", "hunter2")).status_code == 200
 
 
+@pytest.mark.parametrize(("api", "nowebui", "everything"), [(False, False, False), (True, False, True),
+                                                           (False, True, True)])
+def test_without_the_webui_api_only_the_identity_list_is_served(app_webui, api, nowebui, everything):
+    """No --api: no built-in API and no --api-auth to guard one; creating, deleting and GPU work stay off."""
+    app_webui.shared.cmd_opts.api, app_webui.shared.cmd_opts.nowebui = api, nowebui
+    client = started_app(app_webui)
+    assert client.get("/magicnaming/v1/identities").status_code == 200
+    routes = {(method, route.path) for route in client.app.routes for method in getattr(route, "methods", ())}
+    others = {("GET", "/magicnaming/v1/encoder"), ("POST", "/magicnaming/v1/identities/from-names"),
+              ("DELETE", "/magicnaming/v1/identities/{name}"), ("GET", "/magicnaming/v1/identities/{name}")}
+    assert (others <= routes) is everything and (not others & routes) is not everything
+
+
 def test_names_use_the_loaded_sdxl_text_encoders(app_webui):
     client = started_app(app_webui)
     body = {"name": "ada", "names": [{"name": "Ada Lovelace"}]}
@@ -181,6 +196,7 @@ def test_loads_and_explains_without_optional_packages(webui, monkeypatch, tmp_pa
     for module in ("open_clip", "insightface", "onnxruntime"):
         monkeypatch.setitem(sys.modules, module, None)  # "import x" now raises ImportError
     webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
+    webui.shared.cmd_opts.api = True
     webui.load_script(ROOT / "scripts" / "magicnaming_app.py")
     webui.script_callbacks.ui_settings_callback()
     (tab,) = webui.script_callbacks.ui_tabs_callback()

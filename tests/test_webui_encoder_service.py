@@ -42,6 +42,7 @@ def env(webui, tmp_path):  # noqa: F811 - the fixture above
     paths.models_path = str(tmp_path / "models")
     webui.shared.cmd_opts.magicnaming_dir = None
     webui.shared.cmd_opts.magicnaming_device = None
+    webui.shared.cmd_opts.api = True
     webui.load_script(ROOT / "scripts" / "magicnaming_app.py")
     webui.script_callbacks.ui_settings_callback()
     encoder_dir = tmp_path / "models" / "magicnaming" / "encoder"
@@ -142,3 +143,21 @@ def test_tab_preview_then_save(env, astronaut_png):
     saved = services.identity_library().load("astro")
     assert saved.thumbnail is not None and saved.origin["photo_hashes"] == preview.photo_hashes
     assert "Saved dice" in actions.create_sampled("dice", 3, 1.0, False)
+
+
+def test_checkpoint_hash_is_computed_once_per_version_of_the_file(tmp_path, monkeypatch):
+    import os
+
+    from lib_magicnaming import checkpoint as checkpoint_module
+    from lib_magicnaming.webui import services
+
+    hashed = []
+    real = checkpoint_module.file_sha256
+    monkeypatch.setattr(checkpoint_module, "file_sha256", lambda path: hashed.append(path) or real(path))
+    path = tmp_path / "enc.safetensors"
+    path.write_bytes(b"one")
+    first = services.checkpoint_sha256(path)
+    assert services.checkpoint_sha256(path) == first and len(hashed) == 1
+    path.write_bytes(b"two")
+    os.utime(path, ns=(1, 1))  # a rewrite within one clock tick could keep the mtime; make it differ
+    assert services.checkpoint_sha256(path) == real(path) != first and len(hashed) == 2

@@ -233,12 +233,18 @@ def test_refiner_width_takes_the_bigg_half(magicnaming):
     assert torch.equal(crossattn[1:9], magicnaming.alice[:, 768:])
 
 
-@pytest.mark.parametrize("args", [(False,), (), ("not a bool", "sideways")])
+@pytest.mark.parametrize("args", [(False,), (), (0, "sideways"), (None, "sideways")])
 def test_switched_off_leaves_prompts_alone_and_says_so(magicnaming, args):
     p, processed = magicnaming.run("<name:alice> walking", args=args)
     assert torch.equal(first_cond(p)[0]["crossattn"], magicnaming.encode(" walking")["crossattn"])
     assert any("MagicNaming is off" in comment for comment in p.comments)
     assert "MagicNaming:" not in processed.infotexts[0]
+
+
+def test_an_enabled_that_is_not_a_boolean_stops_the_generation(magicnaming):
+    """Not clearly off: the tags must not be dropped silently."""
+    with pytest.raises(MagicNamingError, match="'enabled' must be true or false"):
+        magicnaming.run("<name:alice> walking", args=("not a bool", "sideways"))
 
 
 def test_xyz_axes_replace_identity_and_strength_per_cell(magicnaming):

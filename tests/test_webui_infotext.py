@@ -33,6 +33,22 @@ def test_per_image_value_answers_by_image_index():
         batch_size = 2
 
     assert value(p=P(), index=1) == "b" and value(p=P(), index=0) is None
+    batch = ["x", "y"]
+    assert value(p=P(), index=1, all_prompts=batch) == "b"  # per batch: index within p.prompts
+
+
+def test_per_image_value_with_the_generation_wide_index():
+    """Processed.infotext and hires intermediates pass p.all_prompts and an index over all images."""
+    value = PerImageInfotext({0: "a", 3: "b"})
+
+    class P:
+        iteration = 1
+        batch_size = 2
+        all_prompts = ["p0", "p1", "p2", "p3"]
+
+    p = P()
+    assert value(p=p, index=3, all_prompts=p.all_prompts) == "b"
+    assert value(p=p, index=0, all_prompts=p.all_prompts) == "a"
 
 
 def paste(magicnaming, infotext):

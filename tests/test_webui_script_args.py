@@ -53,6 +53,16 @@ def test_face_forms():
     assert decode_face(image) is image
     with pytest.raises(MagicNamingError, match="must be an image"):
         decode_face(3.5)
+    with pytest.raises(MagicNamingError, match="must be an image"):
+        decode_face({"name": __file__})  # an API client must not make the server read its files
+
+
+def test_any_true_spelling_of_enabled_makes_a_bad_argument_stop_the_generation():
+    from lib_magicnaming.webui.script_args import wants_enabled
+
+    assert [wants_enabled(args) for args in ([1, "x"], ["true", "x"], [{"mode": "x"}], ["yes"])] == [True] * 4
+    off = ([], [None, "x"], [False, "x"], [0, "x"], ["false"])
+    assert [wants_enabled(args) for args in off] == [False] * 5
 
 
 @pytest.fixture
@@ -89,9 +99,9 @@ def test_api_single_dict_with_a_base64_face(magicnaming, api_client):
 
 def test_api_unknown_identity_is_an_error_naming_it_and_the_api_keeps_working(magicnaming, api_client):
     response = api_client.post("/sdapi/v1/txt2img", json=request("<name:carol> jogging", [True]))
-    assert response.status_code == 500
+    assert response.status_code == 404  # the caller's mistake, as the REST routes answer it; not a 500
     assert response.json()["error"] == "MagicNamingError"
-    assert "'carol'" in response.json()["errors"]
+    assert "'carol'" in response.json()["errors"] and "'carol'" in response.json()["detail"]
     response = api_client.post("/sdapi/v1/txt2img", json=request("<name:bob> jogging", [True]))
     assert response.status_code == 200
 
@@ -105,7 +115,12 @@ def test_api_default_args_leave_magicnaming_off(magicnaming, api_client):
 
 def test_api_bad_dict_key_stops_the_generation(magicnaming, api_client):
     response = api_client.post("/sdapi/v1/txt2img", json=request("<name:alice>", [{"strenght": 1}]))
-    assert response.status_code == 500 and "'strenght'" in response.json()["errors"]
+    assert response.status_code == 400 and "'strenght'" in response.json()["errors"]
+
+
+def test_api_malformed_tag_is_a_400(magicnaming, api_client):
+    response = api_client.post("/sdapi/v1/txt2img", json=request("<name:alice:9> jogging", [True]))
+    assert response.status_code == 400 and "strength" in response.json()["detail"]
 
 
 def test_script_ui_returns_the_args_in_order_with_defaults(magicnaming):
@@ -126,3 +141,29 @@ def test_status_line_reports_the_encoder_and_identity_names_come_from_the_librar
     assert setup.saved_identity_names() == []
     magicnaming.webui.shared.cmd_opts.magicnaming_dir = str(magicnaming.library.folder.parent)
     assert setup.saved_identity_names() == ["alice", "bob"]
+
+
+def test_opening_the_accordion_or_refresh_rereads_the_saved_identities(webui):
+    import asyncio
+
+    import gradio as gr
+
+    from lib_magicnaming.webui.accordion import build_accordion
+
+    names = ["alice"]
+    with gr.Blocks() as blocks:
+        controls = build_accordion(lambda part: f"script_txt2img_magicnaming_{part}", lambda: list(names),
+                                   lambda: "status")
+    blocks.queue()
+    config = blocks.get_config_file()
+
+    def event(trigger) -> int:
+        return next(i for i, dep in enumerate(config["dependencies"])
+                    if dep["targets"] == [trigger._id] and controls.identity._id in dep["outputs"])
+
+    names.append("bob")
+    opened = asyncio.run(blocks.process_api(event(controls.enabled), [], state={}))["data"]
+    assert opened[0]["choices"] == ["alice", "bob"]
+    names.append("carol")
+    refreshed = asyncio.run(blocks.process_api(event(controls.refresh), [], state={}))["data"]
+    assert refreshed[0]["choices"] == ["alice", "bob", "carol"] and refreshed[1] == "status"

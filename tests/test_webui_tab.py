@@ -165,3 +165,22 @@ def test_events_run_through_gradio(actions, library):
     ]
     assert [row[0] for row in table["data"]] == ["ada", "bob"] and dropdown["choices"] == ["ada", "bob"]
     assert exported[0]["orig_name"] == "bob.safetensors" and "Exported bob" in exported[1]
+
+
+def test_rename_keeps_the_identity_selected_and_empties_new_name(actions, library):
+    import asyncio
+
+    library.save(random_identity("bob", 2, None))
+    blocks = build_tab(actions)
+    rename = dependency_index(blocks, "Rename", ["Identity", "New name"])
+
+    async def run(old, new):
+        return (await blocks.process_api(rename, [old, new], state={}))["data"]
+
+    message, _gallery, _table, dropdown, details, new_name = asyncio.run(run("bob", "robert"))
+    assert "Renamed bob to robert" in message
+    assert dropdown["value"] == "robert" and dropdown["choices"] == ["robert"]
+    assert "**robert**" in details and new_name == ""
+    message, _gallery, _table, dropdown, _details, new_name = asyncio.run(run("robert", "bad name!"))
+    assert "error" in message and dropdown["value"] == "robert"
+    assert new_name == {"__type__": "update"}  # the mistyped name stays to be corrected

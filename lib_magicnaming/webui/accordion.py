@@ -3,7 +3,8 @@
 Controls returned as script args, in :mod:`.script_args` order: the accordion itself (enable), insertion
 mode, default strength, one-off face, whether that face is a crop already. Not args: a dropdown of saved
 identities whose choice the extension's JavaScript inserts into the prompt as a tag, its refresh button,
-and a status line. ``ui()`` runs at API start-up too, so building reads (the identity list, the encoder
+and a status line; the dropdown's list is read again when the accordion is opened or its refresh button
+pressed. ``ui()`` runs at API start-up too, so building reads (the identity list, the encoder
 status) and never loads models.
 
 Element ids (for javascript/ and style.css), with ``<tab>`` = txt2img or img2img:
@@ -63,8 +64,7 @@ def build_accordion(
         with gr.Row():
             face = gr.Image(
                 label=f"One-off face: use it as <name:{FACE_IDENTITY}> (not saved)",
-                type="pil",
-                source="upload",
+                type="pil",  # no source=: upload is 3.41's default, and gradio 4 has no such argument
                 elem_id=elem_id("face"),
             )
             with gr.Column():
@@ -85,4 +85,7 @@ def build_accordion(
             inputs=[],
             outputs=[identity, status],
         )
+    # Opening the accordion ticks it (v1.10.1's inputAccordion JS): the list then shows identities saved
+    # since the page was built, without the refresh button.
+    enabled.change(fn=lambda: gr.update(choices=identity_names()), inputs=[], outputs=[identity])
     return AccordionControls(enabled, mode, strength, face, face_is_crop, identity, refresh, status)

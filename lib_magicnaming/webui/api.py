@@ -1,5 +1,8 @@
 """REST routes under ``/magicnaming/v1/`` (registered from ``script_callbacks.on_app_started``).
 
+All of them when the WebUI's own API is on (``--api``, or ``--nowebui``); otherwise only the identity list
+the prompt autocomplete reads (:func:`build_router`'s ``list_only``).
+
 Routes added straight on the app do not get the WebUI's ``--api-auth``; :func:`build_router` applies the
 same HTTP Basic check the built-in API uses (``modules/api/api.py``: ``cmd_opts.api_auth`` is
 ``"user:pass,user2:pass2"``; passwords compared with ``secrets.compare_digest``; 401 with
@@ -24,13 +27,8 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, Field
 
-from lib_magicnaming.errors import (
-    EncoderError,
-    FaceError,
-    IdentityExists,
-    IdentityNotFound,
-    MagicNamingError,
-)
+from lib_magicnaming.errors import FaceError, MagicNamingError
+from lib_magicnaming.webui.http_status import http_status
 from lib_magicnaming.webui.services import (
     ServiceContext,
     mix_identity,
@@ -109,17 +107,9 @@ def size_text(size: int) -> str:
     return f"{size >> 20} MiB" if size >= 1 << 20 and size % (1 << 20) == 0 else f"{size} bytes"
 
 
-def http_error(error: Exception) -> HTTPException:
-    """Map a library error to its HTTP status (message as ``detail``)."""
-    if isinstance(error, IdentityNotFound):
-        return HTTPException(status_code=404, detail=str(error))
-    if isinstance(error, IdentityExists):
-        return HTTPException(status_code=409, detail=str(error))
-    if isinstance(error, EncoderError):
-        return HTTPException(status_code=503, detail=str(error))
-    if isinstance(error, FaceError):
-        return HTTPException(status_code=422, detail=str(error))
-    return HTTPException(status_code=400, detail=str(error))
+def http_error(error: MagicNamingError) -> HTTPException:
+    """Map a library error to its HTTP status (:func:`.http_status.http_status`; message as ``detail``)."""
+    return HTTPException(status_code=http_status(error), detail=str(error))
 
 
 @contextmanager
@@ -237,9 +227,15 @@ def basic_auth_dependency(api_auth: str) -> Callable[..., bool]:
 
 
 def build_router(
-    context: ServiceContext, *, api_auth: str | None = None, limits: ApiLimits = ApiLimits()
+    context: ServiceContext, *, api_auth: str | None = None, limits: ApiLimits = ApiLimits(),
+    list_only: bool = False,
 ) -> APIRouter:
-    """The ``/magicnaming/v1`` router; with ``api_auth`` every route requires those Basic credentials."""
+    """The ``/magicnaming/v1`` router; with ``api_auth`` every route requires those Basic credentials.
+
+    ``list_only``: just ``GET /identities`` (the prompt autocomplete's source), for a WebUI started without
+    ``--api``, which has no built-in API either: there, routes that create, delete or run the GPU would be
+    open to anyone who reaches the UI's port, with no ``--api-auth`` to protect them.
+    """
     dependencies = [Depends(basic_auth_dependency(api_auth))] if api_auth else []
     router = APIRouter(
         prefix=PREFIX, dependencies=dependencies, tags=["MagicNaming"],
@@ -251,6 +247,9 @@ def build_router(
         """Every saved identity (from file headers)."""
         with library_errors():
             return {"identities": [info_json(info) for info in context.library().list()]}
+
+    if list_only:
+        return router
 
     @router.get("/identities/{name}")
     def get_identity(name: str) -> dict[str, Any]:
@@ -340,4 +339,6 @@ def on_app_started(_demo: Optional[Any], app: FastAPI) -> None:
     from lib_magicnaming.webui import services
 
     api_auth = getattr(shared.cmd_opts, "api_auth", None)
-    app.include_router(build_router(services.webui_context(), api_auth=api_auth))
+    # As modules/api/api.py's routes: the API exists with --api, and always under --nowebui (webui.py).
+    api_enabled = bool(getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False))
+    app.include_router(build_router(services.webui_context(), api_auth=api_auth, list_only=not api_enabled))

@@ -29,6 +29,7 @@ from lib_magicnaming.constants import CHUNK_TEXT_TOKENS
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.splice import Placement, place_identities, prepend_identity
 from lib_magicnaming.webui import embeddings
+from lib_magicnaming.webui.http_status import INTERNAL_ERROR
 from lib_magicnaming.webui.markers import (
     IN_PLACE,
     PREPEND,
@@ -37,7 +38,7 @@ from lib_magicnaming.webui.markers import (
     has_markers,
     strip_markers,
 )
-from lib_magicnaming.webui.store import EMBEDDINGS, MESSAGES, EmbeddingStore
+from lib_magicnaming.webui.store import EMBEDDINGS, MESSAGES, EmbeddingStore, StopMessage
 
 NOT_SDXL_MESSAGE = (
     "MagicNaming works with SDXL checkpoints only, and the loaded checkpoint {name} is not SDXL. "
@@ -45,13 +46,25 @@ NOT_SDXL_MESSAGE = (
 )
 
 
+LOST_MESSAGE = StopMessage("MagicNaming stopped this generation (the message was lost).", INTERNAL_ERROR)
+
+
+def stop_error(stop: StopMessage) -> MagicNamingError:
+    """The error that stops a generation. The WebUI API's exception handler answers with its ``status_code``
+    and ``detail`` (``vars(e).get(...)`` in modules/api/api.py), so a bad tag or arg is a 4xx, not a 500."""
+    # The WebUI shows "MagicNamingError: <message>": the class name already says whose it is.
+    message = stop.text.removeprefix("MagicNaming: ")
+    error = MagicNamingError(message)
+    error.status_code = stop.status
+    error.detail = message
+    return error
+
+
 def raise_for_error_markers(texts: Sequence[str]) -> None:
-    """Raise MagicNamingError with the message of the first error marker in ``texts``, if any."""
+    """Raise :func:`stop_error` for the message of the first error marker in ``texts``, if any."""
     for text in texts:
         for key in find_error_hashes(text):
-            message = MESSAGES.get(key) or "MagicNaming stopped this generation (the message was lost)."
-            # The WebUI shows "MagicNamingError: <message>": the class name already says whose it is.
-            raise MagicNamingError(message.removeprefix("MagicNaming: "))
+            raise stop_error(MESSAGES.get(key) or LOST_MESSAGE)
 
 
 def require_sdxl(model) -> None:

@@ -25,9 +25,10 @@ from collections.abc import Callable, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib_magicnaming.errors import IdentityNotFound, MagicNamingError
+from lib_magicnaming.errors import EncoderError, FaceError, IdentityNotFound, MagicNamingError
 from lib_magicnaming.tags import TAG_WORD, identity_key, rewrite_name_tags
 from lib_magicnaming.webui.conditioning import NOT_SDXL_MESSAGE
+from lib_magicnaming.webui.http_status import BAD_REQUEST, INTERNAL_ERROR, http_status
 from lib_magicnaming.webui.infotext import INFOTEXT_KEY, PerImageInfotext, format_summary
 from lib_magicnaming.webui.markers import (
     check_strength,
@@ -42,7 +43,7 @@ from lib_magicnaming.webui.script_args import (
     parse_script_args,
     wants_enabled,
 )
-from lib_magicnaming.webui.store import EMBEDDINGS, MESSAGES, EmbeddingStore
+from lib_magicnaming.webui.store import EMBEDDINGS, MESSAGES, EmbeddingStore, StopMessage
 
 STATE_ATTRIBUTE = "magicnaming"
 """``p.magicnaming``: this generation's :class:`GenerationState`."""
@@ -155,8 +156,8 @@ class IdentityResolver:
                 if identity_key(name) == FACE_IDENTITY
                 else " Create it in the MagicNaming tab, or correct the tag."
             )
-            raise MagicNamingError(
-                f"MagicNaming: there is no saved identity called {name!r}.{hint}"
+            raise IdentityNotFound(
+                f"MagicNaming: there is no saved identity called {name!r}.{hint}", name
             ) from None
 
     def _encode_face(self):
@@ -165,7 +166,8 @@ class IdentityResolver:
                 [self.settings.face], assume_cropped=self.settings.face_is_crop
             )
         except MagicNamingError as error:
-            raise MagicNamingError(f"MagicNaming could not use the uploaded face: {error}") from None
+            kind = type(error) if type(error) in (FaceError, EncoderError) else MagicNamingError
+            raise kind(f"MagicNaming could not use the uploaded face: {error}") from None
         finally:
             if self.services.release_encoder is not None:
                 self.services.release_encoder()
@@ -193,9 +195,10 @@ def has_tags(text: str) -> bool:
     return isinstance(text, str) and _TAG_START_RE.search(text) is not None
 
 
-def stop_generation(prompts: MutableSequence[str], message: str) -> None:
-    """Make the conditioning wrapper raise ``message`` for this batch (see the module docstring)."""
-    MESSAGES.put(message_hash(message), message)
+def stop_generation(prompts: MutableSequence[str], message: str, status: int = BAD_REQUEST) -> None:
+    """Make the conditioning wrapper raise ``message`` for this batch (see the module docstring); ``status``
+    is the HTTP status the WebUI's API answers with."""
+    MESSAGES.put(message_hash(message), StopMessage(message, status))
     prompts[0] = f"{format_error_marker(message)} {prompts[0]}"
 
 
@@ -277,9 +280,9 @@ def rewrite_batch(
         _rewrite_items(p, resolver, state, prompts, batch_number)
         _update_infotext(p, state, batch_number * p.batch_size + len(prompts))
     except MagicNamingError as error:
-        stop_generation(prompts, str(error))
+        stop_generation(prompts, str(error), http_status(error))
     except Exception as error:  # any failure must stop the generation, never drop the identity silently
-        stop_generation(prompts, f"MagicNaming failed: {type(error).__name__}: {error}")
+        stop_generation(prompts, f"MagicNaming failed: {type(error).__name__}: {error}", INTERNAL_ERROR)
 
 
 def finish_batch(p, batch_number: int) -> None:

@@ -75,12 +75,17 @@ def paste_fields(enabled, mode, strength) -> list[tuple[object, object]]:
 class PerImageInfotext:
     """An ``extra_generation_params`` value for batches whose images used different identities.
 
-    The WebUI calls it with ``p`` and the image's position in its batch; it answers that image's entry.
+    ``create_infotext`` (modules/processing.py) calls it with its locals, where ``index`` means two things:
+    the image's position in the current batch when called per batch with ``all_prompts=p.prompts``, but its
+    position in the whole generation when called with ``p.all_prompts`` (``Processed.infotext``, hires
+    intermediate images). It answers that image's entry.
     """
 
     def __init__(self, summaries: dict[int, str]):
         self.summaries = summaries
 
-    def __call__(self, p=None, index: int = 0, **kwargs) -> str | None:
+    def __call__(self, p=None, index: int = 0, all_prompts=None, **kwargs) -> str | None:
+        if all_prompts is not None and all_prompts is getattr(p, "all_prompts", None):
+            return self.summaries.get(index)
         batch_size = getattr(p, "batch_size", 1) or 1
         return self.summaries.get(getattr(p, "iteration", 0) * batch_size + index)

@@ -16,6 +16,9 @@ from lib_magicnaming.errors import EncoderError
 
 SECTION = ("magicnaming", "MagicNaming")
 """Settings section id and title (``shared.OptionInfo(..., section=SECTION)``)."""
+CATEGORY_ID = "sd"
+"""The settings page's category for the section: v1.10.1's "Stable Diffusion" (modules/shared_options.py
+registers it); without one the section is listed under "Uncategorized"."""
 
 OPT_MODELS_DIR = "magicnaming_models_dir"
 OPT_ENCODER_CHECKPOINT = "magicnaming_encoder_checkpoint"
@@ -132,6 +135,7 @@ def on_ui_settings() -> None:
     from modules import shared
 
     def add(key: str, info: Any) -> None:
+        info.category_id = CATEGORY_ID
         shared.opts.add_option(key, info)
 
     add(OPT_MODELS_DIR, shared.OptionInfo(

@@ -81,9 +81,7 @@ def decode_face(value: Any) -> Any:
         from PIL import Image
 
         return Image.fromarray(value)
-    if isinstance(value, dict) and "name" in value:
-        with open(value["name"], "rb") as handle:
-            return handle.read()
+    # No {"name": <path>} (gradio's temp-file dict): from the API it would read any file on the server.
     raise MagicNamingError(f"MagicNaming: the 'face' argument must be an image, not {type(value).__name__}.")
 
 
@@ -113,10 +111,15 @@ def parse_script_args(args: Sequence[Any]) -> ScriptSettings:
 
 def wants_enabled(args: Sequence[Any]) -> bool:
     """Whether the args ask for MagicNaming at all (to decide if a bad argument must stop the generation)."""
-    if not args:
+    if not args or args[0] is None:
         return False
     first = args[0]
-    return isinstance(first, dict) or first is True
+    if isinstance(first, dict):
+        return True
+    try:
+        return _as_bool(first, "enabled")
+    except MagicNamingError:
+        return True  # an 'enabled' that is not a boolean is itself the error to report
 
 
 def image_bytes(image: Any) -> bytes:

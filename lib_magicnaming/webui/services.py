@@ -2,12 +2,15 @@
 
 The WebUI glue (tab, REST API, AlwaysOn script) asks here instead of building its own. The only state shared
 between requests is :data:`_ENCODERS`, a cache keyed by the encoder checkpoint's content hash (plus the device
-and detector it was built for): a changed file is a new key, so a stale encoder is never served.
+and detector it was built for): a changed file is a new key, so a stale encoder is never served; and the
+memo of that hash per version of the file (:func:`checkpoint_sha256`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
-from lib_magicnaming.errors import EncoderError, IdentityExists
+from lib_magicnaming.errors import EncoderError, IdentityExists, MagicNamingError
 from lib_magicnaming.tags import validate_identity_name
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
 
@@ -122,6 +125,23 @@ def webui_lowvram() -> bool:
     return bool(getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False))
 
 
+def checkpoint_sha256(path: Path) -> str:
+    """The checkpoint file's sha256, hashed once per version of the file (path, size, mtime, inode).
+
+    Every use of the encoder and every status line asks for it; a checkpoint with its towers inside is
+    gigabytes, which took seconds to hash each time. Any write to the file changes its mtime or size.
+    """
+    stat = path.stat()
+    return _file_version_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_version_sha256(path: str, _size: int, _mtime_ns: int, _inode: int) -> str:
+    from lib_magicnaming.checkpoint import file_sha256
+
+    return file_sha256(path)
+
+
 def _require_packages() -> None:
     missing = missing_packages()
     if missing:
@@ -142,12 +162,10 @@ def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
     Raises EncoderError naming the folder to put a checkpoint in when none is installed, or the packages
     to install when open_clip/insightface/onnxruntime are missing.
     """
-    from lib_magicnaming.checkpoint import file_sha256
-
     settings = settings or current_settings()
     checkpoint = find_encoder_checkpoint(settings)
     _require_packages()
-    key = _encoder_key(file_sha256(checkpoint), settings)
+    key = _encoder_key(checkpoint_sha256(checkpoint), settings)
     with _ENCODERS_LOCK:
         encoder = _ENCODERS.get(key)
         if encoder is None:
@@ -189,7 +207,6 @@ def _cached_encoder(key: tuple) -> Any | None:
 
 def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus:
     """Loaded or not, checkpoint name and hash, device, detector provider, and what is missing."""
-    from lib_magicnaming.checkpoint import file_sha256
     from lib_magicnaming.face import missing_pack_message
 
     settings = settings or current_settings()
@@ -208,7 +225,7 @@ def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus
     except EncoderError as error:
         status.missing.insert(0, str(error))
         return status
-    sha = file_sha256(checkpoint)
+    sha = checkpoint_sha256(checkpoint)
     status.checkpoint = checkpoint.name
     status.checkpoint_hash = sha[:SHORT_HASH_CHARS]
     encoder = _cached_encoder(_encoder_key(sha, settings))
@@ -293,8 +310,14 @@ def photos_identity(name: str, result: Any) -> Any:
 
 
 def sampled_identity(context: ServiceContext, name: str, seed: int, scale: float) -> Any:
-    """A new fictional Identity drawn from the encoder checkpoint's name-space statistics."""
+    """A new fictional Identity drawn from the encoder checkpoint's name-space statistics.
+
+    A bad scale is the caller's mistake (MagicNamingError, HTTP 400), checked before the encoder, whose
+    own EncoderError for it would read as "encoder unavailable" (503).
+    """
     validate_identity_name(name)
+    if not math.isfinite(float(scale)) or float(scale) < 0:
+        raise MagicNamingError(f"the scale must be a finite number >= 0, not {scale!r}")
     return context.encoder().make_sampled_identity(name, int(seed), float(scale))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import torch
 
@@ -73,5 +73,12 @@ class EmbeddingStore(ContentStore[torch.Tensor]):
 EMBEDDINGS = EmbeddingStore()
 """Content-hash keyed: shared by every generation (see the module docstring)."""
 
-MESSAGES: ContentStore[str] = ContentStore()
-"""Error messages by :func:`lib_magicnaming.webui.markers.message_hash`."""
+class StopMessage(NamedTuple):
+    """Why a generation stops: the message and its HTTP status (:mod:`.http_status`) for the API."""
+
+    text: str
+    status: int
+
+
+MESSAGES: ContentStore[StopMessage] = ContentStore()
+"""Messages that stop a generation, by :func:`lib_magicnaming.webui.markers.message_hash` of their text."""

@@ -252,13 +252,17 @@ class TabActions:
 
     def rename(self, old: str | None, new: str) -> str:
         """Rename a saved identity."""
+        return self.rename_identity(old, new)[0]
+
+    def rename_identity(self, old: str | None, new: str) -> tuple[str, str | None]:
+        """Rename a saved identity: (message, the new name, or None when nothing was renamed)."""
         if not old:
-            return message_html("Choose an identity to rename", error=True)
+            return message_html("Choose an identity to rename", error=True), None
         try:
             info = self.context.library().rename(old, (new or "").strip())
         except MagicNamingError as error:
-            return message_html(str(error), error=True)
-        return message_html(f"Renamed {old} to {info.name}")
+            return message_html(str(error), error=True), None
+        return message_html(f"Renamed {old} to {info.name}"), info.name
 
     def delete(self, name: str | None) -> str:
         """Delete a saved identity (the UI asks for confirmation first)."""
@@ -397,9 +401,11 @@ def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNam
     library = ui.library
     library_outputs = [library.gallery, library.table, library.selected, library.details]
 
-    def refresh_library():
+    def refresh_library(selected: str | None = None):
         gallery, rows, names = actions.library_view()
-        return gallery, rows or [[""] * len(LIBRARY_HEADERS)], gr.update(choices=names, value=None), ""
+        details = actions.identity_details(selected) if selected else ""
+        table = rows or [[""] * len(LIBRARY_HEADERS)]
+        return gallery, table, gr.update(choices=names, value=selected), details
 
     def saving(handler: Callable[..., str]) -> Callable[..., tuple]:
         """A handler whose message goes to the status line, followed by a library refresh."""
@@ -430,7 +436,14 @@ def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNam
     refreshed = library.refresh.click(refresh_library, [], library_outputs)
     refreshed.then(actions.encoder_status_text, [], [status])
     library.selected.change(actions.identity_details, [library.selected], [library.details])
-    library.rename.click(saving(actions.rename), [library.selected, library.new_name], saved)
+    def rename(old, new):
+        """The renamed identity stays selected and "New name" empties; on failure both are kept."""
+        message, renamed = actions.rename_identity(old, new)
+        if renamed is None:
+            return (message, *refresh_library(old), gr.update())
+        return (message, *refresh_library(renamed), "")
+
+    library.rename.click(rename, [library.selected, library.new_name], [*saved, library.new_name])
     library.delete.click(ask_delete, [library.selected], [library.confirm_row, library.confirm_text])
     library.cancel.click(lambda: gr.update(visible=False), [], [library.confirm_row])
     library.confirm.click(saving(actions.delete), [library.selected], saved).then(
