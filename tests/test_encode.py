@@ -208,7 +208,8 @@ def test_lowvram_never_keeps_towers_loaded(checkpoint):
 def test_cuda_fp16_matches_cpu_and_frees_the_gpu(checkpoint, faces_png):
     cpu = make_encoder(checkpoint).encode_photos(faces_png, assume_cropped=True).embedding
     torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
+    torch.cuda.empty_cache()
+    before, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
     for lowvram in (False, True):
         encoder = IdentityEncoder(checkpoint[0], device="cuda", lowvram=lowvram)
         assert encoder.dtype == torch.float16
@@ -217,6 +218,7 @@ def test_cuda_fp16_matches_cpu_and_frees_the_gpu(checkpoint, faces_png):
         torch.testing.assert_close(result.embedding, cpu, rtol=2e-2, atol=2e-2)
         assert all(p.device.type == "cpu" for p in encoder.load().parameters())
         assert torch.cuda.memory_allocated() == before
+        assert torch.cuda.memory_reserved() == reserved, "the offload gave every cached block back"
     kept = IdentityEncoder(checkpoint[0], device="cuda", keep_loaded=True)
     kept.encode_photos(faces_png[:1], assume_cropped=True)
     assert all(p.device.type == "cuda" for p in kept.load().parameters())
