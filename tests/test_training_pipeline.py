@@ -143,9 +143,12 @@ def test_schedule_split_and_sampler():
     assert sorted(epoch.tolist()) == list(range(40))  # one epoch covers every example exactly once
 
 
-def test_train_eval_export(data, tmp_path):
+def test_train_eval_export(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert _train(data, run, "--steps", "16", "--checkpoint-every", "8") == 0
+    progress = capsys.readouterr().err
+    assert "\r" not in progress, "no progress-bar redraws in a log (stderr is not a terminal here)"
+    assert "train: step 16/16" in progress
     log = (run / "log.csv").read_text().splitlines()
     assert log[0] == "step,lr,train_loss,val_loss" and len(log) == 1 + 8
     losses = [float(line.split(",")[2]) for line in log[1:]]
@@ -291,3 +294,34 @@ def test_two_process_torchrun_ranks_end_with_identical_weights(data, tmp_path):
     state = load_state(run / "checkpoints" / "last.safetensors")
     initial = load_state(run / "checkpoints" / "step-00000003.safetensors")
     assert not torch.equal(state.head_state["fc3.weight"], initial.head_state["fc3.weight"])
+
+
+def _agreement_worker(rank: int, port: int, out: str) -> None:
+    from training.distributed import Place, same_on_every_rank
+
+    address = f"tcp://127.0.0.1:{port}"
+    torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=2)
+    try:
+        place = Place(rank=rank, world=2, local_rank=rank, device=torch.device("cpu"))
+        results = [same_on_every_rank(6, place), same_on_every_rank(6 if rank == 0 else 0, place)]
+        Path(out, f"rank{rank}").write_text(json.dumps(results))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_check_they_resume_from_the_same_step(tmp_path):
+    """What train uses to refuse a resume where one rank found a checkpoint and another did not."""
+    torch.multiprocessing.spawn(_agreement_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    assert [json.loads((tmp_path / f"rank{r}").read_text()) for r in range(2)] == [[True, False]] * 2
+
+
+def test_damaged_training_checkpoint_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from training.train import STATE_FORMAT, STATE_VERSION
+
+    path = tmp_path / "last.safetensors"
+    metadata = {"format": STATE_FORMAT, "format_version": STATE_VERSION}  # no "settings"
+    save_file({"step": torch.tensor([3])}, str(path), metadata=metadata)
+    with pytest.raises(TrainingError, match="last.safetensors is a damaged training checkpoint.*settings"):
+        load_state(path)
