@@ -45,6 +45,7 @@ def test_match_mode_counts_known_names_whatever_the_spelling():
     table = match_names(CAPTIONS, ["Tom Hanks", "Beyonce Knowles", "Nobody Here"])
     counts = dict(zip(table["name"], table["count"], strict=False))
     assert counts == {"Tom Hanks": 3, "Beyonce Knowles": 1}
+    assert match_names(["Tom Hanksworth and Atom Hanks"], ["Tom Hanks"]).empty, "whole words only"
 
 
 def test_names_stage_from_parquet(tmp_path):
