@@ -179,9 +179,10 @@ def compute_shard(
     dtype = compute_dtype(args.dtype, place.device)
     out_feats, out_rows = [], []
     identity_of = dict(zip(dataset.rows, identities, strict=True))
+    path_of = dict(zip(dataset.rows, dataset.paths, strict=True))
     for pixels, ok, rows in loader:
         for row in rows[~ok].tolist():
-            report.add(dataset.paths[dataset.rows.index(row)], "unreadable image")
+            report.add(path_of[row], "unreadable image")
         if not bool(ok.any()):
             continue
         pixels = pixels[ok].to(place.device, dtype=dtype, non_blocking=True)
