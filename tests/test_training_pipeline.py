@@ -325,3 +325,15 @@ def test_damaged_training_checkpoint_is_named(tmp_path):
     save_file({"step": torch.tensor([3])}, str(path), metadata=metadata)
     with pytest.raises(TrainingError, match="last.safetensors is a damaged training checkpoint.*settings"):
         load_state(path)
+
+
+def test_auto_precision_follows_what_the_gpu_supports(monkeypatch):
+    from training.features import compute_dtype
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert compute_dtype("auto", cuda) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a Turing card
+    assert compute_dtype("auto", cuda) == torch.float16
+    assert compute_dtype("auto", torch.device("cpu")) == torch.float32
+    assert compute_dtype("fp32", cuda) == torch.float32

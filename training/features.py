@@ -132,9 +132,11 @@ def build_feature_encoder(args: argparse.Namespace, folder: Path, place: Place) 
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' is bf16 on CUDA and float32 on CPU."""
+    """'auto' is bf16 on CUDA (fp16 on GPUs without bf16, before Ampere) and float32 on CPU."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 

@@ -198,10 +198,10 @@ def loss_terms(pred: torch.Tensor, target: torch.Tensor, cosine_weight: float) -
 
 
 def autocast(place: Place):
-    """bf16 autocast on CUDA; a no-op context on CPU."""
-    return torch.autocast(
-        device_type=place.device.type, dtype=torch.bfloat16, enabled=place.device.type == "cuda"
-    )
+    """bf16 autocast on CUDA GPUs that have bf16 (Ampere and later); float32 elsewhere (CPU, older GPUs,
+    where bf16 autocast refuses to run)."""
+    enabled = place.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=place.device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @torch.no_grad()
