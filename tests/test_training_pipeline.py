@@ -337,3 +337,9 @@ def test_auto_precision_follows_what_the_gpu_supports(monkeypatch):
     assert compute_dtype("auto", cuda) == torch.float16
     assert compute_dtype("auto", torch.device("cpu")) == torch.float32
     assert compute_dtype("fp32", cuda) == torch.float32
+
+
+def test_bad_training_settings_are_named(data, tmp_path, capsys):
+    assert _train(data, tmp_path / "run", "--steps", "4", "--batch-size", "0", "--log-every", "0") == 2
+    err = capsys.readouterr().err
+    assert "--batch-size must be at least 1 (got 0)" in err and "--log-every must be at least 1" in err

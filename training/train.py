@@ -334,8 +334,23 @@ class CsvLog:
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
-    """TrainSettings from the command line (same field names, dashes for underscores)."""
-    return TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
+    """TrainSettings from the command line (same field names, dashes for underscores), checked."""
+    s = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
+    counts = {
+        "--steps": s.steps, "--batch-size": s.batch_size, "--hidden-dim": s.hidden_dim,
+        "--checkpoint-every": args.checkpoint_every, "--eval-every": args.eval_every,
+        "--log-every": args.log_every,
+    }
+    problems = [f"{flag} must be at least 1 (got {value})" for flag, value in counts.items() if value < 1]
+    if s.warmup_steps < 0:
+        problems.append(f"--warmup-steps must be >= 0 (got {s.warmup_steps})")
+    if not s.lr > 0:
+        problems.append(f"--lr must be > 0 (got {s.lr})")
+    if not 0 <= s.val_fraction < 1:
+        problems.append(f"--val-fraction must be in [0, 1) (got {s.val_fraction})")
+    if problems:
+        raise TrainingError("; ".join(problems))
+    return s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
