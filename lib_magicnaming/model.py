@@ -269,12 +269,11 @@ def build_tower_module(spec: TowerSpec) -> nn.Module:
     cfg = tower_model_config(spec)
     vision_cfg = {k: v for k, v in cfg["vision_cfg"].items() if k != "output_tokens"}
     quick_gelu = bool(cfg.get("quick_gelu", False))
-    try:
-        builder = oc_model._build_vision_tower
-        tower = builder(embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, quick_gelu=quick_gelu)
-    except AttributeError:  # an open_clip without the helper: build a whole CLIP and keep its visual
-        tower = oc_model.CLIP(**{**cfg, "vision_cfg": vision_cfg}).visual
-    except (TypeError, ValueError, ZeroDivisionError, AssertionError) as err:
+    try:  # open_clip 2.x and 3.x both have this helper
+        tower = oc_model._build_vision_tower(
+            embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, quick_gelu=quick_gelu
+        )
+    except (TypeError, ValueError, AttributeError, ZeroDivisionError, AssertionError) as err:
         raise EncoderError(
             f"tower {spec.name}: open_clip cannot build vision config {vision_cfg}: {err}"
         ) from err
