@@ -234,11 +234,7 @@ class IdentityEncoder:
         parts = []
         for spec in model.config.towers:
             tower = model.towers[spec.name].to(self.device)
-            out = tower(pixels.to(self.device, self.dtype))
-            out = (out[0] if isinstance(out, tuple) else out).float()
-            if model.config.feature_norm == "l2":
-                out = torch.nn.functional.normalize(out, dim=-1)
-            parts.append(out)
+            parts.append(model.tower_features(spec.name, pixels))
             tower.to("cpu")
             _free_cuda(self.device)
         return torch.cat(parts, dim=-1)

@@ -365,19 +365,22 @@ class NameEncoder(nn.Module):
         """(B, 3, S, S) CLIP-normalised pixels -> (B, feature_dim) concatenated tower embeddings (float32)."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise EncoderError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
-        parts = []
-        for spec in self.config.towers:
-            tower = self.towers[spec.name]
-            param = next(tower.parameters())
-            out = tower(pixels.to(device=param.device, dtype=param.dtype))
-            if isinstance(out, tuple):  # towers configured with output_tokens return (pooled, tokens)
-                out = out[0]
-            out = out.float()
-            if self.config.feature_norm == "l2":
-                out = torch.nn.functional.normalize(out, dim=-1)
-            parts.append(out)
+        parts = [self.tower_features(spec.name, pixels) for spec in self.config.towers]
         device = parts[0].device
         return torch.cat([p.to(device) for p in parts], dim=-1)
+
+    def tower_features(self, name: str, pixels: torch.Tensor) -> torch.Tensor:
+        """One tower's part of :meth:`features`: (B, embed_dim) float32, normalised per ``feature_norm``,
+        on the tower's device (pixels are moved and cast to the tower's parameters)."""
+        tower = self.towers[name]
+        param = next(tower.parameters())
+        out = tower(pixels.to(device=param.device, dtype=param.dtype))
+        if isinstance(out, tuple):  # towers configured with output_tokens return (pooled, tokens)
+            out = out[0]
+        out = out.float()
+        if self.config.feature_norm == "l2":
+            out = torch.nn.functional.normalize(out, dim=-1)
+        return out
 
     def head_only(self, features: torch.Tensor) -> torch.Tensor:
         """(B, feature_dim) -> (B, ID_TOKENS, SDXL_CONTEXT_WIDTH) float32."""

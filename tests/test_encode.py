@@ -203,6 +203,17 @@ def test_lowvram_never_keeps_towers_loaded(checkpoint):
     assert make_encoder(checkpoint, keep_loaded=True).keep_loaded
 
 
+def test_lowvram_tower_by_tower_features_equal_the_whole_model(checkpoint):
+    """The --lowvram path (one tower on the GPU at a time) computes what NameEncoder.features does; its
+    device moves only happen on CUDA, the arithmetic is checked here."""
+    encoder = make_encoder(checkpoint, lowvram=True)
+    model = encoder.load()
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tower_by_tower = encoder._features_one_tower_at_a_time(model, pixels)
+        torch.testing.assert_close(tower_by_tower, model.features(pixels))
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_fp16_matches_cpu_and_frees_the_gpu(checkpoint, faces_png):
