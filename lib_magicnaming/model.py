@@ -438,8 +438,14 @@ def build_encoder(
     return NameEncoder(config, towers, head)
 
 
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Load ``state`` into ``module`` exactly (names and shapes), raising EncoderError naming the mismatch."""
+def load_state_strict(
+    module: nn.Module, state: dict[str, torch.Tensor], what: str, *, assign: bool = False
+) -> None:
+    """Load ``state`` into ``module`` exactly (names and shapes), raising EncoderError naming the mismatch.
+
+    ``assign`` makes the state's tensors the module's own (no copy): how a module built on the meta device
+    gets its weights without holding them twice.
+    """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -455,7 +461,7 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: s
                 f"{what}: tensor {key!r} has shape {tuple(tensor.shape)}, the architecture needs "
                 f"{tuple(expected[key].shape)}"
             )
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True, assign=assign)
 
 
 def _open_clip_version() -> str:
