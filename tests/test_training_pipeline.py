@@ -103,7 +103,7 @@ def test_features_are_sharded_and_report_unreadable_crops(data):
     assert skipped["count"] == 1 and skipped["skipped"][0]["item"].endswith("002-003.png")
 
 
-def test_features_resume_skips_finished_shards_and_ranks_take_strided_shards(data, monkeypatch):
+def test_features_resume_skips_finished_shards_and_ranks_take_strided_shards(data, monkeypatch, capsys):
     first, second = shard_path(data["features"], 0), shard_path(data["features"], 1)
     before = first.stat().st_mtime_ns
     second.unlink()
@@ -111,6 +111,9 @@ def test_features_resume_skips_finished_shards_and_ranks_take_strided_shards(dat
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(data["features_args"]) == 0  # rank 1 of 2 owns shard 1 only
     assert first.stat().st_mtime_ns == before and second.is_file()
+    progress = capsys.readouterr().out
+    assert "features: rank 1 shard 1 (1/1): 15 crops" in progress  # 16 rows, one unreadable
+    assert "shard 0" not in progress
     assert load_features(data["features"]).features.shape[0] == 47
 
 

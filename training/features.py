@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,15 +244,21 @@ def run(args: argparse.Namespace) -> dict:
     paths = faces["crop_path"].astype(str).tolist()
     identities = [identity_index[n] for n in faces["name"].astype(str)]
     done = 0
-    for shard in plan.shards_of_rank(place.rank, place.world):
+    mine = plan.shards_of_rank(place.rank, place.world)
+    for number, shard in enumerate(mine, start=1):
         target = shard_path(folder, shard)
         if target.is_file():
             continue
+        started = time.perf_counter()
         rows = list(plan.rows_of(shard))
         dataset = CropDataset([paths[r] for r in rows], rows, encoder.config.crop)
         feats, ids, kept = compute_shard(encoder, dataset, [identities[r] for r in rows], args, place, report)
         write_shard(target, feats, ids, kept)
         done += 1
+        rate = len(rows) / max(1e-9, time.perf_counter() - started)
+        # one plain line per shard: readable in a log file, unlike a progress bar
+        print(f"features: rank {place.rank} shard {shard} ({number}/{len(mine)}): {len(kept)} crops, "
+              f"{rate:.1f} images/s", flush=True)
     report.write(folder / f"skipped-rank{place.rank}.json")
     print(f"features: rank {place.rank}/{place.world} wrote {done} shard(s) to {folder}; {report.summary()}")
     return manifest
