@@ -258,10 +258,12 @@ def _config_from_metadata(metadata: dict[str, str], path: Path) -> tuple[Encoder
             raise EncoderError(
                 f"{name}: metadata {key} is {metadata[key]!r}, this MagicNaming needs {value!r}"
             )
+    tower_dicts = _json(metadata, "towers", name, list)
+    head_dict, crop_dict = _json(metadata, "head", name, dict), _json(metadata, "crop", name, dict)
     try:
-        towers = [TowerSpec.from_dict(d) for d in _json(metadata, "towers", name, list)]
-        head = HeadConfig.from_dict(_json(metadata, "head", name, dict))
-        crop = CropConfig.from_dict(_json(metadata, "crop", name, dict))
+        towers = [TowerSpec.from_dict(d) for d in tower_dicts]
+        head = HeadConfig.from_dict(head_dict)
+        crop = CropConfig.from_dict(crop_dict)
         config = EncoderConfig(towers=towers, head=head, crop=crop, feature_norm=metadata["feature_norm"])
         config.validate()
     except (MagicNamingError, TypeError) as err:
@@ -274,12 +276,17 @@ def _config_from_metadata(metadata: dict[str, str], path: Path) -> tuple[Encoder
 
 def _json(metadata: dict[str, str], key: str, name: str, kind: type) -> Any:
     try:
-        value = json.loads(metadata[key])
-    except json.JSONDecodeError as err:
+        value = json.loads(metadata[key], parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError) as err:
         raise EncoderError(f"{name}: metadata {key} is not valid JSON ({err})") from err
     if not isinstance(value, kind):
         raise EncoderError(f"{name}: metadata {key} must be a JSON {kind.__name__}")
     return value
+
+
+def _reject_constant(token: str) -> Any:
+    """NaN and Infinity are not JSON; the writer never emits them (``allow_nan=False``)."""
+    raise ValueError(f"{token} is not a JSON number")
 
 
 def _check_head_state(

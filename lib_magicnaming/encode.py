@@ -214,26 +214,27 @@ class IdentityEncoder:
             self.stats.tower_batches += 1
             self.stats.photos_encoded += int(pixels.shape[0])
             try:
-                if self.lowvram and self.device.type == "cuda":
-                    features = self._features_one_tower_at_a_time(model, pixels)
-                else:
-                    model.to(self.device)
-                    features = model.features(pixels.to(self.device))
-                model.head.to(self.device)
-                return model.head_only(features).float().cpu()
+                return self._run_model(model, pixels)
             finally:
+                # after _run_model returned, no tensor on the GPU is referenced any more, so emptying the
+                # cache gives every byte back
                 if not self.keep_loaded:
                     self.offload()
+
+    def _run_model(self, model: NameEncoder, pixels: torch.Tensor) -> torch.Tensor:
+        if self.lowvram and self.device.type == "cuda":
+            features = self._features_one_tower_at_a_time(model, pixels)
+        else:
+            model.to(self.device)
+            features = model.features(pixels.to(self.device))
+        model.head.to(self.device)
+        return model.head_only(features).float().cpu()
 
     def _features_one_tower_at_a_time(self, model: NameEncoder, pixels: torch.Tensor) -> torch.Tensor:
         parts = []
         for spec in model.config.towers:
             tower = model.towers[spec.name].to(self.device)
-            out = tower(pixels.to(self.device, self.dtype))
-            out = (out[0] if isinstance(out, tuple) else out).float()
-            if model.config.feature_norm == "l2":
-                out = torch.nn.functional.normalize(out, dim=-1)
-            parts.append(out)
+            parts.append(model.tower_features(spec.name, pixels))
             tower.to("cpu")
             _free_cuda(self.device)
         return torch.cat(parts, dim=-1)

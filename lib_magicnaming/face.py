@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import threading
 from dataclasses import asdict, dataclass, field
@@ -37,15 +38,11 @@ class CropConfig:
         """Raise FaceError naming the bad field; return self (mean/std normalised to tuples)."""
         if not isinstance(self.size, int) or isinstance(self.size, bool) or not 16 <= self.size <= 4096:
             raise FaceError(f"crop size must be an integer in 16..4096, got {self.size!r}")
-        if not isinstance(self.margin, int | float) or not 0.0 <= float(self.margin) <= 2.0:
+        if not _is_number(self.margin) or not 0.0 <= float(self.margin) <= 2.0:
             raise FaceError(f"crop margin must be a number in 0..2, got {self.margin!r}")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if (
-                not isinstance(value, list | tuple)
-                or len(value) != 3
-                or not all(isinstance(v, int | float) for v in value)
-            ):
+            if not isinstance(value, list | tuple) or len(value) != 3 or not all(map(_is_number, value)):
                 raise FaceError(f"crop {name} must be three numbers, got {value!r}")
             setattr(self, name, tuple(float(v) for v in value))
         if min(self.std) <= 0:
@@ -61,13 +58,22 @@ class CropConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CropConfig:
-        """Inverse of :meth:`to_dict`; unknown fields raise FaceError."""
+        """Inverse of :meth:`to_dict`; unknown or missing fields raise FaceError (a recorded crop is complete,
+        so a missing field means a damaged file, not "use the default")."""
         if not isinstance(data, dict):
             raise FaceError(f"crop config must be a JSON object, got {type(data).__name__}")
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise FaceError(f"crop config has unknown field(s) {unknown}")
+        missing = sorted(set(cls.__dataclass_fields__) - set(data))
+        if missing:
+            raise FaceError(f"crop config is missing field(s) {missing}")
         return cls(**data).validate()
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 DEFAULT_PACK = "buffalo_l"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +29,20 @@ TOWER_NAMES = ("clip_l", "clip_g")
 HEAD_NORMS = ("layernorm", "none")
 HEAD_ACTS = ("gelu", "relu", "silu")
 FEATURE_NORMS = ("l2", "none")
+
+OPEN_CLIP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A plain open_clip architecture or pretrained tag ("ViT-L-14", "laion2b_s39b_b160k"). It becomes part of a
+local file name, and open_clip 3.x reads "hf-hub:..."/"local-dir:..." names from the network or the disk, so a
+checkpoint may name nothing else."""
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+VISION_CFG_INTS = ("image_size", "layers", "width", "head_width", "patch_size")
+VISION_CFG_LIMITS = {
+    "image_size": 4096, "layers": 256, "width": 16384, "head_width": 16384, "patch_size": 4096,
+}
+"""Positive integers a custom vision config must hold (when given), with generous upper bounds so a
+malformed checkpoint cannot ask for a tower that exhausts memory."""
 
 
 @dataclass
@@ -85,10 +100,16 @@ class TowerSpec:
         """Raise EncoderError naming the problem (bad slot, unknown arch, embed_dim mismatch); return self."""
         if self.name not in TOWER_NAMES:
             raise EncoderError(f"tower name must be one of {TOWER_NAMES}, got {self.name!r}")
-        if not isinstance(self.arch, str) or not self.arch:
-            raise EncoderError(f"tower {self.name}: arch must be a non-empty string")
-        if not isinstance(self.pretrained, str):
-            raise EncoderError(f"tower {self.name}: pretrained tag must be a string")
+        for label, value in (("arch", self.arch), ("pretrained tag", self.pretrained)):
+            if not isinstance(value, str) or not OPEN_CLIP_NAME_RE.fullmatch(value):
+                raise EncoderError(
+                    f"tower {self.name}: {label} must be a plain open_clip name (letters, digits, '.', '_', "
+                    f"'-'; no paths or hub schemes), got {value!r}"
+                )
+        if not _is_positive_int(self.embed_dim):
+            raise EncoderError(
+                f"tower {self.name}: embed_dim must be a positive integer, got {self.embed_dim!r}"
+            )
         cfg = tower_model_config(self)
         if cfg.get("embed_dim") != self.embed_dim:
             raise EncoderError(
@@ -96,9 +117,13 @@ class TowerSpec:
                 f"config's embed_dim {cfg.get('embed_dim')}"
             )
         if self.file_sha256 is not None and (
-            not isinstance(self.file_sha256, str) or len(self.file_sha256) != 64
+            not isinstance(self.file_sha256, str) or not SHA256_RE.fullmatch(self.file_sha256)
         ):
-            raise EncoderError(f"tower {self.name}: file_sha256 must be 64 hex characters")
+            raise EncoderError(f"tower {self.name}: file_sha256 must be 64 lower-case hex characters")
+        if self.file_size is not None and not _is_positive_int(self.file_size):
+            raise EncoderError(
+                f"tower {self.name}: file_size must be a positive integer, got {self.file_size!r}"
+            )
         return self
 
     @property
@@ -169,6 +194,10 @@ class EncoderConfig:
         return sum(t.embed_dim for t in self.towers)
 
 
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _exact_fields(cls: type, data: Any, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise EncoderError(f"{what} must be a JSON object, got {type(data).__name__}")
@@ -193,8 +222,7 @@ def tower_model_config(spec: TowerSpec) -> dict[str, Any]:
     weights were trained with QuickGELU, which open_clip applies for the 'openai' tag; so do we.
     """
     if spec.model_cfg is not None:
-        if not isinstance(spec.model_cfg, dict) or not isinstance(spec.model_cfg.get("vision_cfg"), dict):
-            raise EncoderError(f"tower {spec.name}: model_cfg must be a dict with a 'vision_cfg' dict")
+        _check_custom_model_cfg(spec)
         return copy.deepcopy(spec.model_cfg)
     import open_clip
 
@@ -209,6 +237,31 @@ def tower_model_config(spec: TowerSpec) -> dict[str, Any]:
     return cfg
 
 
+def _check_custom_model_cfg(spec: TowerSpec) -> None:
+    """Refuse custom configs open_clip would turn into downloads (timm/HF towers) or absurd sizes."""
+    cfg = spec.model_cfg
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("vision_cfg"), dict):
+        raise EncoderError(f"tower {spec.name}: model_cfg must be a dict with a 'vision_cfg' dict")
+    vision = cfg["vision_cfg"]
+    external = sorted(k for k in vision if k.startswith(("timm_", "hf_")))
+    if external:
+        raise EncoderError(
+            f"tower {spec.name}: model_cfg vision_cfg names {external}; only open_clip's own ViT is "
+            "supported (timm/Hugging Face towers could download weights)"
+        )
+    for key in VISION_CFG_INTS:
+        value = vision.get(key)
+        if key == "image_size" and isinstance(value, list | tuple) and len(value) == 2:
+            values = list(value)
+        else:
+            values = [value] if key in vision else []
+        if not all(_is_positive_int(v) and v <= VISION_CFG_LIMITS[key] for v in values):
+            raise EncoderError(
+                f"tower {spec.name}: model_cfg vision_cfg {key} must be a positive integer up to "
+                f"{VISION_CFG_LIMITS[key]}, got {value!r}"
+            )
+
+
 def build_tower_module(spec: TowerSpec) -> nn.Module:
     """Build ``spec``'s image tower with random weights (open_clip's VisionTransformer), frozen, in eval."""
     import open_clip.model as oc_model
@@ -216,12 +269,11 @@ def build_tower_module(spec: TowerSpec) -> nn.Module:
     cfg = tower_model_config(spec)
     vision_cfg = {k: v for k, v in cfg["vision_cfg"].items() if k != "output_tokens"}
     quick_gelu = bool(cfg.get("quick_gelu", False))
-    try:
-        builder = oc_model._build_vision_tower
-        tower = builder(embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, quick_gelu=quick_gelu)
-    except AttributeError:  # an open_clip without the helper: build a whole CLIP and keep its visual
-        tower = oc_model.CLIP(**{**cfg, "vision_cfg": vision_cfg}).visual
-    except TypeError as err:
+    try:  # open_clip 2.x and 3.x both have this helper
+        tower = oc_model._build_vision_tower(
+            embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, quick_gelu=quick_gelu
+        )
+    except (TypeError, ValueError, AttributeError, ZeroDivisionError, AssertionError) as err:
         raise EncoderError(
             f"tower {spec.name}: open_clip cannot build vision config {vision_cfg}: {err}"
         ) from err
@@ -313,19 +365,22 @@ class NameEncoder(nn.Module):
         """(B, 3, S, S) CLIP-normalised pixels -> (B, feature_dim) concatenated tower embeddings (float32)."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise EncoderError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
-        parts = []
-        for spec in self.config.towers:
-            tower = self.towers[spec.name]
-            param = next(tower.parameters())
-            out = tower(pixels.to(device=param.device, dtype=param.dtype))
-            if isinstance(out, tuple):  # towers configured with output_tokens return (pooled, tokens)
-                out = out[0]
-            out = out.float()
-            if self.config.feature_norm == "l2":
-                out = torch.nn.functional.normalize(out, dim=-1)
-            parts.append(out)
+        parts = [self.tower_features(spec.name, pixels) for spec in self.config.towers]
         device = parts[0].device
         return torch.cat([p.to(device) for p in parts], dim=-1)
+
+    def tower_features(self, name: str, pixels: torch.Tensor) -> torch.Tensor:
+        """One tower's part of :meth:`features`: (B, embed_dim) float32, normalised per ``feature_norm``,
+        on the tower's device (pixels are moved and cast to the tower's parameters)."""
+        tower = self.towers[name]
+        param = next(tower.parameters())
+        out = tower(pixels.to(device=param.device, dtype=param.dtype))
+        if isinstance(out, tuple):  # towers configured with output_tokens return (pooled, tokens)
+            out = out[0]
+        out = out.float()
+        if self.config.feature_norm == "l2":
+            out = torch.nn.functional.normalize(out, dim=-1)
+        return out
 
     def head_only(self, features: torch.Tensor) -> torch.Tensor:
         """(B, feature_dim) -> (B, ID_TOKENS, SDXL_CONTEXT_WIDTH) float32."""
@@ -383,8 +438,14 @@ def build_encoder(
     return NameEncoder(config, towers, head)
 
 
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Load ``state`` into ``module`` exactly (names and shapes), raising EncoderError naming the mismatch."""
+def load_state_strict(
+    module: nn.Module, state: dict[str, torch.Tensor], what: str, *, assign: bool = False
+) -> None:
+    """Load ``state`` into ``module`` exactly (names and shapes), raising EncoderError naming the mismatch.
+
+    ``assign`` makes the state's tensors the module's own (no copy): how a module built on the meta device
+    gets its weights without holding them twice.
+    """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -400,7 +461,7 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: s
                 f"{what}: tensor {key!r} has shape {tuple(tensor.shape)}, the architecture needs "
                 f"{tuple(expected[key].shape)}"
             )
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True, assign=assign)
 
 
 def _open_clip_version() -> str:

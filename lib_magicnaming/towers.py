@@ -149,25 +149,29 @@ def load_tower_file(spec: TowerSpec, path: str | os.PathLike, *, verify: bool = 
     if verify:
         check_tower_file(spec, path)
     state = read_tower_state(path)
-    tower = _build_empty(spec)
+    tower, on_meta = _build_empty(spec)
     try:
-        load_state_strict(tower, state, f"tower file {path.name}")
+        load_state_strict(tower, state, f"tower file {path.name}", assign=on_meta)
     except EncoderError as err:
         raise EncoderError(f"{err} (is it an open_clip {spec.arch} checkpoint?)") from err
     return freeze(tower)
 
 
-def _build_empty(spec: TowerSpec) -> nn.Module:
-    """The tower with weights not initialised when torch allows it (saves seconds on big towers)."""
+def _build_empty(spec: TowerSpec) -> tuple[nn.Module, bool]:
+    """The tower without allocated weights when torch allows it, and whether it is on the meta device.
+
+    A meta-device tower takes the file's tensors as its own (``assign``): no seconds spent on random
+    initialisation, and the weights are held once, not twice (ViT-bigG/14: 7 GB instead of 14 GB at load).
+    """
     try:
         with torch.device("meta"):
             tower = build_tower_module(spec)
     except (TypeError, AttributeError, RuntimeError, NotImplementedError):
-        return build_tower_module(spec)
+        return build_tower_module(spec), False
     saved = set(tower.state_dict())
     if any(name not in saved for name, _ in tower.named_buffers()):
-        return build_tower_module(spec)  # a buffer the file would not fill: initialise for real
-    return tower.to_empty(device="cpu")
+        return build_tower_module(spec), False  # a buffer the file would not fill: initialise for real
+    return tower, True
 
 
 def download_tower(spec: TowerSpec, cache_dir: str | os.PathLike | None = None) -> nn.Module:

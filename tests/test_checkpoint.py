@@ -120,6 +120,8 @@ def test_overwriting_changes_the_hash(saved, stats):
         ({"towers": "{}"}, "metadata towers must be a JSON list"),
         ({"training_summary": "[]"}, "training_summary must be a JSON dict"),
         ({"feature_norm": "l1"}, "feature_norm must be one of"),
+        ({"training_summary": '{"loss": NaN}'}, "training_summary is not valid JSON.*NaN"),
+        ({"crop": '{"size": 224}'}, r"crop config is missing field\(s\)"),
     ],
 )
 def test_bad_metadata_is_named(saved, changes, message):

@@ -203,12 +203,24 @@ def test_lowvram_never_keeps_towers_loaded(checkpoint):
     assert make_encoder(checkpoint, keep_loaded=True).keep_loaded
 
 
+def test_lowvram_tower_by_tower_features_equal_the_whole_model(checkpoint):
+    """The --lowvram path (one tower on the GPU at a time) computes what NameEncoder.features does; its
+    device moves only happen on CUDA, the arithmetic is checked here."""
+    encoder = make_encoder(checkpoint, lowvram=True)
+    model = encoder.load()
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tower_by_tower = encoder._features_one_tower_at_a_time(model, pixels)
+        torch.testing.assert_close(tower_by_tower, model.features(pixels))
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_fp16_matches_cpu_and_frees_the_gpu(checkpoint, faces_png):
     cpu = make_encoder(checkpoint).encode_photos(faces_png, assume_cropped=True).embedding
     torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
+    torch.cuda.empty_cache()
+    before, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
     for lowvram in (False, True):
         encoder = IdentityEncoder(checkpoint[0], device="cuda", lowvram=lowvram)
         assert encoder.dtype == torch.float16
@@ -217,6 +229,7 @@ def test_cuda_fp16_matches_cpu_and_frees_the_gpu(checkpoint, faces_png):
         torch.testing.assert_close(result.embedding, cpu, rtol=2e-2, atol=2e-2)
         assert all(p.device.type == "cpu" for p in encoder.load().parameters())
         assert torch.cuda.memory_allocated() == before
+        assert torch.cuda.memory_reserved() == reserved, "the offload gave every cached block back"
     kept = IdentityEncoder(checkpoint[0], device="cuda", keep_loaded=True)
     kept.encode_photos(faces_png[:1], assume_cropped=True)
     assert all(p.device.type == "cuda" for p in kept.load().parameters())

@@ -167,6 +167,10 @@ def test_crop_config_validation():
     with pytest.raises(FaceError, match="crop std must be positive"):
         CropConfig(std=(0.1, 0.0, 0.1)).validate()
     assert CropConfig.from_dict(CropConfig(size=112).to_dict()) == CropConfig(size=112).validate()
+    with pytest.raises(FaceError, match=r"crop config is missing field\(s\) \['margin'\]"):
+        CropConfig.from_dict({k: v for k, v in CropConfig().to_dict().items() if k != "margin"})
+    with pytest.raises(FaceError, match="crop mean must be three numbers"):
+        CropConfig(mean=(True, 0.5, 0.5)).validate()
 
 
 # --- bad images ----------------------------------------------------------------------------------------

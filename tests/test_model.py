@@ -14,6 +14,7 @@ from lib_magicnaming.model import (
     NameHead,
     TowerSpec,
     build_encoder,
+    build_tower_module,
     default_towers,
     head_state_shapes,
     init_head_,
@@ -114,6 +115,42 @@ def test_tower_spec_errors():
         TowerSpec("clip_x", "ViT-L-14", "openai", 768).validate()
     spec = tiny_tower("clip_l", 768, "tiny")
     assert TowerSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        # open_clip 3.x would fetch "hf-hub:" configs from the network; names also become file names
+        ({"arch": "hf-hub:someone/model", "model_cfg": None}, "arch must be a plain open_clip name"),
+        ({"arch": "../../outside"}, "arch must be a plain open_clip name"),
+        ({"pretrained": "../x"}, "pretrained tag must be a plain open_clip name"),
+        ({"embed_dim": 768.0}, "embed_dim must be a positive integer"),
+        ({"file_size": "big"}, "file_size must be a positive integer"),
+        ({"file_sha256": "Z" * 64}, "file_sha256 must be 64 lower-case hex"),
+    ],
+)
+def test_tower_spec_fields_are_checked(changes, message):
+    data = {**tiny_tower("clip_l", 768, "tiny").to_dict(), **changes}
+    with pytest.raises(EncoderError, match=message):
+        TowerSpec.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "vision_changes, message",
+    [
+        # a timm tower with pretrained weights would download them even with downloads off
+        ({"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": True}, "timm_model_name"),
+        ({"patch_size": 0}, "patch_size must be a positive integer"),
+        ({"layers": -1}, "layers must be a positive integer"),
+        ({"width": 10**7}, "width must be a positive integer up to"),
+        ({"bogus": 1}, "open_clip cannot build vision config"),
+    ],
+)
+def test_custom_tower_configs_are_checked(vision_changes, message):
+    spec = tiny_tower("clip_l", 768, "tiny")
+    spec.model_cfg["vision_cfg"].update(vision_changes)
+    with pytest.raises(EncoderError, match=message):
+        build_tower_module(spec.validate())
 
 
 def test_encoder_config_checks_head_width_against_towers():

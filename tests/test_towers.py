@@ -53,6 +53,17 @@ def test_local_safetensors_whole_clip_file(tmp_path, spec, source):
     assert not loaded.training
 
 
+def test_file_weights_are_held_once(tmp_path, spec, source, monkeypatch):
+    """The tower is built on the meta device and takes the file's tensors as its own (no second copy)."""
+    path = write_full_clip(source, towers_dir(tmp_path) / f"{spec.file_stem}.safetensors")
+    state = read_tower_state(path)
+    monkeypatch.setattr(towers_module, "read_tower_state", lambda _path: state)
+    loaded = load_tower(spec, tmp_path)
+    assert loaded.conv1.weight.data_ptr() == state["conv1.weight"].data_ptr()
+    assert all(t.device.type == "cpu" for t in [*loaded.parameters(), *loaded.buffers()])
+    assert_same_tower(loaded, source)
+
+
 def test_local_bin_vision_only_state_dict(tmp_path, spec, source):
     path = towers_dir(tmp_path) / f"{spec.file_stem}.bin"
     path.parent.mkdir(parents=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -45,6 +46,7 @@ def test_match_mode_counts_known_names_whatever_the_spelling():
     table = match_names(CAPTIONS, ["Tom Hanks", "Beyonce Knowles", "Nobody Here"])
     counts = dict(zip(table["name"], table["count"], strict=False))
     assert counts == {"Tom Hanks": 3, "Beyonce Knowles": 1}
+    assert match_names(["Tom Hanksworth and Atom Hanks"], ["Tom Hanks"]).empty, "whole words only"
 
 
 def test_names_stage_from_parquet(tmp_path):
@@ -127,3 +129,27 @@ def test_optional_dependencies_missing_give_clear_errors(tmp_path, monkeypatch):
         generate_sdxl(
             ["Ada Lovelace"], tmp_path / "gen", model="m", per_name=1, prompt="{name}", seed=0, device="cpu"
         )
+
+
+def test_downloaded_images_keep_captions_naming_exactly_one_known_name(tmp_path):
+    from training.images import index_downloaded
+
+    captions = {
+        "000": "Beyoncé live on stage",  # a one-word name
+        "001": "tom hanks, in lower case",
+        "002": "Tom Hanks and Rita Wilson",  # two known names: ambiguous
+        "003": "a cat on a sofa",
+    }
+    for stem, caption in captions.items():
+        (tmp_path / f"{stem}.jpg").write_bytes(b"jpeg bytes")
+        (tmp_path / f"{stem}.txt").write_text(caption)
+    report = SkipReport("images")
+    table = index_downloaded(tmp_path, ["Beyonce", "Tom Hanks", "Rita Wilson"], report)
+    assert dict(zip(table["path"].map(lambda p: Path(p).stem), table["name"], strict=True)) == {
+        "000": "Beyonce",
+        "001": "Tom Hanks",
+    }
+    assert sorted(s["reason"] for s in report.skipped) == [
+        "caption mentions 0 known names, need exactly 1",
+        "caption mentions 2 known names, need exactly 1",
+    ]

@@ -103,7 +103,7 @@ def test_features_are_sharded_and_report_unreadable_crops(data):
     assert skipped["count"] == 1 and skipped["skipped"][0]["item"].endswith("002-003.png")
 
 
-def test_features_resume_skips_finished_shards_and_ranks_take_strided_shards(data, monkeypatch):
+def test_features_resume_skips_finished_shards_and_ranks_take_strided_shards(data, monkeypatch, capsys):
     first, second = shard_path(data["features"], 0), shard_path(data["features"], 1)
     before = first.stat().st_mtime_ns
     second.unlink()
@@ -111,6 +111,9 @@ def test_features_resume_skips_finished_shards_and_ranks_take_strided_shards(dat
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(data["features_args"]) == 0  # rank 1 of 2 owns shard 1 only
     assert first.stat().st_mtime_ns == before and second.is_file()
+    progress = capsys.readouterr().out
+    assert "features: rank 1 shard 1 (1/1): 15 crops" in progress  # 16 rows, one unreadable
+    assert "shard 0" not in progress
     assert load_features(data["features"]).features.shape[0] == 47
 
 
@@ -143,9 +146,12 @@ def test_schedule_split_and_sampler():
     assert sorted(epoch.tolist()) == list(range(40))  # one epoch covers every example exactly once
 
 
-def test_train_eval_export(data, tmp_path):
+def test_train_eval_export(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert _train(data, run, "--steps", "16", "--checkpoint-every", "8") == 0
+    progress = capsys.readouterr().err
+    assert "\r" not in progress, "no progress-bar redraws in a log (stderr is not a terminal here)"
+    assert "train: step 16/16" in progress
     log = (run / "log.csv").read_text().splitlines()
     assert log[0] == "step,lr,train_loss,val_loss" and len(log) == 1 + 8
     losses = [float(line.split(",")[2]) for line in log[1:]]
@@ -291,3 +297,62 @@ def test_two_process_torchrun_ranks_end_with_identical_weights(data, tmp_path):
     state = load_state(run / "checkpoints" / "last.safetensors")
     initial = load_state(run / "checkpoints" / "step-00000003.safetensors")
     assert not torch.equal(state.head_state["fc3.weight"], initial.head_state["fc3.weight"])
+
+
+def _agreement_worker(rank: int, port: int, out: str) -> None:
+    from training.distributed import Place, same_on_every_rank
+
+    address = f"tcp://127.0.0.1:{port}"
+    torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=2)
+    try:
+        place = Place(rank=rank, world=2, local_rank=rank, device=torch.device("cpu"))
+        results = [same_on_every_rank(6, place), same_on_every_rank(6 if rank == 0 else 0, place)]
+        Path(out, f"rank{rank}").write_text(json.dumps(results))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_check_they_resume_from_the_same_step(tmp_path):
+    """What train uses to refuse a resume where one rank found a checkpoint and another did not."""
+    torch.multiprocessing.spawn(_agreement_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    assert [json.loads((tmp_path / f"rank{r}").read_text()) for r in range(2)] == [[True, False]] * 2
+
+
+def test_damaged_training_checkpoint_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from training.train import STATE_FORMAT, STATE_VERSION
+
+    path = tmp_path / "last.safetensors"
+    metadata = {"format": STATE_FORMAT, "format_version": STATE_VERSION}  # no "settings"
+    save_file({"step": torch.tensor([3])}, str(path), metadata=metadata)
+    with pytest.raises(TrainingError, match="last.safetensors is a damaged training checkpoint.*settings"):
+        load_state(path)
+
+
+def test_auto_precision_follows_what_the_gpu_supports(monkeypatch):
+    from training.features import compute_dtype
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert compute_dtype("auto", cuda) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a Turing card
+    assert compute_dtype("auto", cuda) == torch.float16
+    assert compute_dtype("auto", torch.device("cpu")) == torch.float32
+    assert compute_dtype("fp32", cuda) == torch.float32
+
+
+def test_bad_training_settings_are_named(data, tmp_path, capsys):
+    assert _train(data, tmp_path / "run", "--steps", "4", "--batch-size", "0", "--log-every", "0") == 2
+    err = capsys.readouterr().err
+    assert "--batch-size must be at least 1 (got 0)" in err and "--log-every must be at least 1" in err
+
+
+def test_large_name_space_statistics_are_reproducible(monkeypatch):
+    from training import export
+
+    monkeypatch.setattr(export, "EXACT_SVD_MAX_NAMES", 4)  # take the randomised path on tiny data
+    f_id = torch.randn(12, 8, 2048, generator=torch.Generator().manual_seed(1))
+    first, second = export.namespace_stats(f_id, 3), export.namespace_stats(f_id, 3)
+    assert torch.equal(first.basis, second.basis) and torch.equal(first.scales, second.scales)
+    torch.testing.assert_close(first.basis @ first.basis.T, torch.eye(3), atol=1e-4, rtol=0)

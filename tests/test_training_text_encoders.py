@@ -77,28 +77,37 @@ def webui_tokenize_line(line: str, id_start: int, id_end: int, comma_token: int,
     return chunks
 
 
+def _layout(tower):
+    """sgm permutes to (L, N, D) for open_clip 2.x's blocks; open_clip 3.x's blocks are batch-first."""
+    if getattr(tower.transformer, "batch_first", False):
+        return lambda x: x
+    return lambda x: x.permute(1, 0, 2)
+
+
 def hf_style_hidden_states(tower, tokens):
     """CLIPTextModel(output_hidden_states=True).hidden_states: embeddings, then every block's output."""
+    swap = _layout(tower)
     x = tower.token_embedding(tokens) + tower.positional_embedding
-    x = x.permute(1, 0, 2)
-    states = [x.permute(1, 0, 2)]
+    x = swap(x)
+    states = [swap(x)]
     for block in tower.transformer.resblocks:
         x = block(x, attn_mask=tower.attn_mask)
-        states.append(x.permute(1, 0, 2))
+        states.append(swap(x))
     return states
 
 
 def sgm_text_transformer_forward(tower, tokens):
     """FrozenOpenCLIPEmbedder2.encode_with_transformer (legacy=False): {'penultimate', 'last'}."""
+    swap = _layout(tower)
     x = tower.token_embedding(tokens) + tower.positional_embedding
-    x = x.permute(1, 0, 2)
+    x = swap(x)  # NLD -> LND on open_clip 2.x
     outputs = {}
     blocks = tower.transformer.resblocks
     for i, r in enumerate(blocks):
         if i == len(blocks) - 1:
-            outputs["penultimate"] = x.permute(1, 0, 2)
+            outputs["penultimate"] = swap(x)
         x = r(x, attn_mask=tower.attn_mask)
-    outputs["last"] = x.permute(1, 0, 2)
+    outputs["last"] = swap(x)
     return outputs
 
 

@@ -37,7 +37,11 @@ def current_place(device: str | None = None) -> Place:
 
 
 def init_process_group(place: Place) -> bool:
-    """Join the torchrun process group (nccl on CUDA, gloo on CPU) when there are several ranks."""
+    """Join the torchrun process group (nccl on CUDA, gloo on CPU) when there are several ranks.
+
+    Returns True when this call created the group (the caller then destroys it). A group the caller's process
+    already holds is used as it is; either way ranks > 1 means the run is distributed.
+    """
     if place.world <= 1 or torch.distributed.is_initialized():
         return False
     if place.device.type == "cuda":
@@ -45,3 +49,11 @@ def init_process_group(place: Place) -> bool:
     backend = "nccl" if place.device.type == "cuda" else "gloo"
     torch.distributed.init_process_group(backend=backend, rank=place.rank, world_size=place.world)
     return True
+
+
+def same_on_every_rank(value: int, place: Place) -> bool:
+    """Whether every rank of the process group passed the same ``value`` (a collective: all ranks call it)."""
+    device = place.device if place.device.type == "cuda" else torch.device("cpu")
+    both = torch.tensor([value, -value], dtype=torch.long, device=device)
+    torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+    return int(both[0]) == -int(both[1])

@@ -42,7 +42,9 @@ def namespace_stats(f_id: torch.Tensor, rank: int) -> NamespaceStats:
     flat = f_id.float().reshape(f_id.shape[0], -1)
     mean = flat.mean(dim=0)
     rank = min(rank, flat.shape[0] - 1)
-    _, singular, v = torch.pca_lowrank(flat - mean, q=rank, center=False, niter=4)
+    with torch.random.fork_rng(devices=[]):  # pca_lowrank draws a random sketch: same targets, same file
+        torch.manual_seed(0)
+        _, singular, v = torch.pca_lowrank(flat - mean, q=rank, center=False, niter=4)
     return NamespaceStats(
         mean=mean.reshape(f_id.shape[1:]),
         basis=v.T.contiguous(),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,9 +133,11 @@ def build_feature_encoder(args: argparse.Namespace, folder: Path, place: Place) 
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' is bf16 on CUDA and float32 on CPU."""
+    """'auto' is bf16 on CUDA (fp16 on GPUs without bf16, before Ampere) and float32 on CPU."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
@@ -179,9 +182,10 @@ def compute_shard(
     dtype = compute_dtype(args.dtype, place.device)
     out_feats, out_rows = [], []
     identity_of = dict(zip(dataset.rows, identities, strict=True))
+    path_of = dict(zip(dataset.rows, dataset.paths, strict=True))
     for pixels, ok, rows in loader:
         for row in rows[~ok].tolist():
-            report.add(dataset.paths[dataset.rows.index(row)], "unreadable image")
+            report.add(path_of[row], "unreadable image")
         if not bool(ok.any()):
             continue
         pixels = pixels[ok].to(place.device, dtype=dtype, non_blocking=True)
@@ -240,15 +244,21 @@ def run(args: argparse.Namespace) -> dict:
     paths = faces["crop_path"].astype(str).tolist()
     identities = [identity_index[n] for n in faces["name"].astype(str)]
     done = 0
-    for shard in plan.shards_of_rank(place.rank, place.world):
+    mine = plan.shards_of_rank(place.rank, place.world)
+    for number, shard in enumerate(mine, start=1):
         target = shard_path(folder, shard)
         if target.is_file():
             continue
+        started = time.perf_counter()
         rows = list(plan.rows_of(shard))
         dataset = CropDataset([paths[r] for r in rows], rows, encoder.config.crop)
         feats, ids, kept = compute_shard(encoder, dataset, [identities[r] for r in rows], args, place, report)
         write_shard(target, feats, ids, kept)
         done += 1
+        rate = len(rows) / max(1e-9, time.perf_counter() - started)
+        # one plain line per shard: readable in a log file, unlike a progress bar
+        print(f"features: rank {place.rank} shard {shard} ({number}/{len(mine)}): {len(kept)} crops, "
+              f"{rate:.1f} images/s", flush=True)
     report.write(folder / f"skipped-rank{place.rank}.json")
     print(f"features: rank {place.rank}/{place.world} wrote {done} shard(s) to {folder}; {report.summary()}")
     return manifest

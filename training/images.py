@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from training.common import SkipReport, TrainingError, read_table, write_table
-from training.names import clean_name, name_key, names_in_caption
+from training.names import NameMatcher, clean_name, name_key
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 IMAGES_COLUMNS = ["image_id", "name", "path"]
@@ -72,11 +72,12 @@ def index_downloaded(folder: str | Path, names: list[str], report: SkipReport) -
     """Index img2dataset output (jpg + txt caption): each image to the one name it mentions."""
     base = Path(folder)
     wanted = {name_key(n): n for n in names}
+    matcher = NameMatcher(names)
     rows = []
     for image in sorted(base.rglob("*.jpg")):
         caption_file = image.with_suffix(".txt")
         caption = caption_file.read_text(encoding="utf-8", errors="replace") if caption_file.is_file() else ""
-        mentioned = {name_key(n) for n in names_in_caption(caption)} & wanted.keys()
+        mentioned = matcher.keys_in(caption) & wanted.keys()
         if len(mentioned) != 1:
             report.add(str(image), f"caption mentions {len(mentioned)} known names, need exactly 1")
             continue

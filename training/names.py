@@ -141,15 +141,30 @@ def extract_names(captions: Iterable[str]) -> pd.DataFrame:
     return _count(names_in_caption(c) for c in captions)
 
 
+class NameMatcher:
+    """Finds known names in captions: a name matches a run of whole words (diacritics/case-insensitive).
+
+    Each caption is looked up word run by word run in a dict of the names, so the cost grows with the
+    captions' length, not with captions x names (LAION scale: ~800k captions against ~42k names).
+    """
+
+    def __init__(self, known: Iterable[str]):
+        self.spelling = {name_key(n): clean_name(n) for n in known if name_key(n)}
+        self.longest = max((len(k.split()) for k in self.spelling), default=0)
+
+    def keys_in(self, caption: str) -> set[str]:
+        """The ``name_key`` of every known name the caption mentions."""
+        words = name_key(caption).split()
+        runs = {
+            " ".join(words[i : i + n]) for n in range(1, self.longest + 1) for i in range(len(words) - n + 1)
+        }
+        return runs & self.spelling.keys()
+
+
 def match_names(captions: Iterable[str], known: Iterable[str]) -> pd.DataFrame:
-    """Names table counting the captions that mention each known name (diacritics/case-insensitive)."""
-    keyed = {name_key(n): clean_name(n) for n in known if name_key(n)}
-    patterns = {k: re.compile(rf"(?<!\w){re.escape(k)}(?!\w)") for k in keyed}
-    per_caption = []
-    for caption in captions:
-        folded = name_key(caption)
-        per_caption.append([keyed[k] for k, pat in patterns.items() if pat.search(folded)])
-    table = _count(per_caption)
+    """Names table counting the captions that mention each known name (see :class:`NameMatcher`)."""
+    matcher = NameMatcher(known)
+    table = _count([matcher.spelling[k] for k in sorted(matcher.keys_in(c))] for c in captions)
     return table[table["count"] > 0].reset_index(drop=True)
 
 

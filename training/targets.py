@@ -166,7 +166,13 @@ def run(args: argparse.Namespace) -> Targets:
     names = sorted(set(read_table(args.names, "names table", columns=("name",))["name"].astype(str)))
     specs = [SDXL_CLIP_L, SDXL_CLIP_G]
     if args.text_towers:
-        specs = [TextTowerSpec(**d) for d in read_json(args.text_towers, "text-tower specs")["towers"]]
+        try:
+            specs = [TextTowerSpec(**d) for d in read_json(args.text_towers, "text-tower specs")["towers"]]
+        except (KeyError, TypeError) as exc:
+            raise TrainingError(
+                f"{args.text_towers} must be JSON {{\"towers\": [text-tower specs]}} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
     encoder = load_sdxl_text_encoder(
         specs,
         [args.clip_l_weights, args.clip_g_weights],

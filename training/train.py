@@ -24,6 +24,7 @@ import csv
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -32,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from lib_magicnaming.atomic import write_atomic
+from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.model import HeadConfig, NameHead, init_head_
 from training.common import SkipReport, TrainingError, read_json, write_json
-from training.distributed import Place, current_place, init_process_group
+from training.distributed import Place, current_place, init_process_group, same_on_every_rank
 from training.features import FeatureSet, load_features
 from training.targets import Targets, load_targets
 
@@ -170,7 +172,8 @@ def prepare_data(features: FeatureSet, targets: Targets, s: TrainSettings, repor
         raise TrainingError("no identity of the features has a target F_ID: are the targets for these names?")
     train_names, val_names = split_identities(usable, s.val_fraction, s.seed)
     target_row = torch.tensor([row_of.get(n, -1) for n in names], dtype=torch.long)[features.identity]
-    in_val = torch.tensor([n in set(val_names) for n in names], dtype=torch.bool)[features.identity]
+    val_set = set(val_names)
+    in_val = torch.tensor([n in val_set for n in names], dtype=torch.bool)[features.identity]
     known = target_row >= 0
     train_mask, val_mask = known & ~in_val, known & in_val
     return TrainData(
@@ -195,10 +198,10 @@ def loss_terms(pred: torch.Tensor, target: torch.Tensor, cosine_weight: float) -
 
 
 def autocast(place: Place):
-    """bf16 autocast on CUDA; a no-op context on CPU."""
-    return torch.autocast(
-        device_type=place.device.type, dtype=torch.bfloat16, enabled=place.device.type == "cuda"
-    )
+    """bf16 autocast on CUDA GPUs that have bf16 (Ampere and later); float32 elsewhere (CPU, older GPUs,
+    where bf16 autocast refuses to run)."""
+    enabled = place.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=place.device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @torch.no_grad()
@@ -280,17 +283,20 @@ def load_state(path: str | Path) -> TrainingState:
         raise TrainingError(f"{p} is not a readable training checkpoint ({exc})") from exc
     if metadata.get("format") != STATE_FORMAT or metadata.get("format_version") != STATE_VERSION:
         raise TrainingError(f"{p} is not a {STATE_FORMAT} v{STATE_VERSION} file")
-    settings = json.loads(metadata["settings"])
     known = {f.name for f in fields(TrainSettings)}
-    return TrainingState(
-        step=int(tensors["step"][0]),
-        settings=TrainSettings(**{k: v for k, v in settings.items() if k in known}),
-        head_config=HeadConfig.from_dict(json.loads(metadata["head"])),
-        head_state={k[5:]: v for k, v in tensors.items() if k.startswith("head.")},
-        optimizer_tensors={k[6:]: v for k, v in tensors.items() if k.startswith("optim.")},
-        rng={k[4:]: v for k, v in tensors.items() if k.startswith("rng.")},
-        extra=json.loads(metadata.get("extra", "{}")),
-    )
+    try:
+        settings = json.loads(metadata["settings"])
+        return TrainingState(
+            step=int(tensors["step"][0]),
+            settings=TrainSettings(**{k: v for k, v in settings.items() if k in known}),
+            head_config=HeadConfig.from_dict(json.loads(metadata["head"])),
+            head_state={k[5:]: v for k, v in tensors.items() if k.startswith("head.")},
+            optimizer_tensors={k[6:]: v for k, v in tensors.items() if k.startswith("optim.")},
+            rng={k[4:]: v for k, v in tensors.items() if k.startswith("rng.")},
+            extra=json.loads(metadata.get("extra", "{}")),
+        )
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, MagicNamingError) as exc:
+        raise TrainingError(f"{p} is a damaged training checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def restore_optimizer(
@@ -328,8 +334,23 @@ class CsvLog:
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
-    """TrainSettings from the command line (same field names, dashes for underscores)."""
-    return TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
+    """TrainSettings from the command line (same field names, dashes for underscores), checked."""
+    s = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
+    counts = {
+        "--steps": s.steps, "--batch-size": s.batch_size, "--hidden-dim": s.hidden_dim,
+        "--checkpoint-every": args.checkpoint_every, "--eval-every": args.eval_every,
+        "--log-every": args.log_every,
+    }
+    problems = [f"{flag} must be at least 1 (got {value})" for flag, value in counts.items() if value < 1]
+    if s.warmup_steps < 0:
+        problems.append(f"--warmup-steps must be >= 0 (got {s.warmup_steps})")
+    if not s.lr > 0:
+        problems.append(f"--lr must be > 0 (got {s.lr})")
+    if not 0 <= s.val_fraction < 1:
+        problems.append(f"--val-fraction must be in [0, 1) (got {s.val_fraction})")
+    if problems:
+        raise TrainingError("; ".join(problems))
+    return s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -379,7 +400,8 @@ def _check_resumable(state: TrainingState, s: TrainSettings, path: Path) -> None
 def run(args: argparse.Namespace) -> dict:
     """Run (or resume) training; returns the summary written to ``summary.json``."""
     place = current_place(args.device)
-    distributed = init_process_group(place)
+    created_group = init_process_group(place)
+    distributed = place.world > 1
     threads = torch.get_num_threads()
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
@@ -387,7 +409,7 @@ def run(args: argparse.Namespace) -> dict:
         return _train(args, place, distributed)
     finally:
         torch.set_num_threads(threads)
-        if distributed:
+        if created_group:
             torch.distributed.destroy_process_group()
 
 
@@ -418,6 +440,12 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
         if "cuda" in state.rng and place.device.type == "cuda":
             torch.cuda.set_rng_state(state.rng["cuda"], place.device)
         start = state.step
+    if distributed and not same_on_every_rank(start, place):
+        # e.g. several nodes without a shared run folder: rank 0 found a checkpoint, another did not
+        raise TrainingError(
+            f"ranks disagree on the step to resume from (this rank: {start}); every rank must see the same "
+            f"{out / 'checkpoints'} (a shared folder) or use --resume no"
+        )
     model = head
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -518,20 +546,31 @@ def _mean_over_ranks(value: torch.Tensor, distributed: bool) -> float:
     return float(value)
 
 
+PLAIN_PROGRESS_EVERY_S = 30.0
+"""Without a terminal (a log file, a cluster job) progress is a plain line at most this often."""
+
+
 class _Loggers:
-    """CSV + TensorBoard + tqdm, all on rank 0 only."""
+    """CSV + TensorBoard + progress, all on rank 0 only.
+
+    Progress is a tqdm bar on a terminal; when stderr is not a terminal, a bar's carriage-return redraws would
+    fill the log, so plain lines are printed instead (at most every PLAIN_PROGRESS_EVERY_S, and at the end).
+    """
 
     def __init__(self, out: Path, start: int, total: int, place: Place, tensorboard: bool):
         from tqdm import tqdm
 
-        self.main = place.is_main
+        self.main, self.total = place.is_main, total
         self.csv = CsvLog(out / "log.csv", start) if self.main else None
         self.board = None
         if self.main and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.board = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1 if start else None)
-        self.bar = tqdm(initial=start, total=total, disable=not self.main, desc="train", leave=False)
+        interactive = self.main and sys.stderr.isatty()
+        self.bar = tqdm(initial=start, total=total, disable=not interactive, desc="train", leave=False)
+        self.plain = self.main and not interactive
+        self.last_plain = None
 
     def log(self, step: int, lr: float, train_loss: float, val_loss: float | None) -> None:
         if not self.main:
@@ -550,6 +589,14 @@ class _Loggers:
             if val_loss is not None:
                 self.board.add_scalar("loss/val", val_loss, step)
         self.bar.set_postfix(loss=f"{train_loss:.4g}")
+        now = time.monotonic()
+        if self.plain and (
+            self.last_plain is None or now - self.last_plain >= PLAIN_PROGRESS_EVERY_S or step == self.total
+        ):
+            self.last_plain = now
+            val = "" if val_loss is None else f", val loss {val_loss:.6g}"
+            line = f"train: step {step}/{self.total}, lr {lr:.3g}, loss {train_loss:.6g}{val}"
+            print(line, file=sys.stderr)
 
     def advance(self) -> None:
         self.bar.update(1)
