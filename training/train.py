@@ -406,7 +406,12 @@ def run(args: argparse.Namespace) -> dict:
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     try:
-        return _train(args, place, distributed)
+        summary = _train(args, place, distributed)
+        if created_group:
+            # Tear down together: a rank that closes its gloo pairs while another still reads from them can
+            # make that rank abort (seen once on a loaded 2-core machine).
+            torch.distributed.barrier()
+        return summary
     finally:
         torch.set_num_threads(threads)
         if created_group:
