@@ -38,6 +38,7 @@ import safetensors
 import safetensors.torch
 import torch
 from PIL import Image, ImageOps
+from safetensors.torch import load as safetensors_from_bytes  # safetensors' bytes reader, not torch.load
 
 from lib_magicnaming.atomic import replace_file, write_temp_file
 from lib_magicnaming.constants import BASE_MODEL_FAMILY, ID_TOKENS, SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
@@ -440,7 +441,7 @@ def decode_identity_file(data: bytes, source: str = "the identity file") -> Iden
     """
     header = _info_from_bytes(data, Path(source), source)[1]
     try:
-        tensors = safetensors.torch.load(data)
+        tensors = safetensors_from_bytes(data)
     except Exception as error:  # safetensors raises its own error types for every malformed file
         raise IdentityError(f"{source} is not a readable safetensors file: {error}") from error
     metadata = header["__metadata__"]
