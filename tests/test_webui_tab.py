@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import gradio as gr
 import pytest
 import torch
@@ -88,7 +90,9 @@ def test_errors_come_back_as_messages(actions, library):
     assert "Encode some photos first" in actions.save_photos(None, "x", False)
 
 
-def test_rename_delete_export_import(actions, library, tmp_path):
+def test_rename_delete_export_import(actions, library, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     library.save(random_identity("alice", 1))
     original_hash = library.get_info("alice").short_hash
     assert "Renamed alice to carol" in actions.rename("alice", " carol ")
@@ -96,6 +100,8 @@ def test_rename_delete_export_import(actions, library, tmp_path):
 
     path, message = actions.export("carol")
     assert "Exported carol" in message and read_identity_file(path).short_hash == original_hash
+    assert actions.export("carol")[0] == path  # exporting again reuses the file: nothing piles up
+    assert [p.name for p in (tmp_path / "tmp").rglob("*") if p.is_file()] == ["carol.safetensors"]
     data = open(path, "rb").read()
 
     assert "Deleted carol" in actions.delete("carol")

@@ -10,7 +10,6 @@ Per-session state (a photo preview waiting to be saved) travels in ``gr.State``,
 from __future__ import annotations
 
 import html
-import os
 import re
 import tempfile
 from collections.abc import Callable, Sequence
@@ -33,6 +32,10 @@ from lib_magicnaming.webui.services import (
 
 METHODS = ["linear", "slerp"]
 LIBRARY_HEADERS = ["name", "hash", "made from", "created", "stored as"]
+
+
+EXPORT_FOLDER_NAME = "magicnaming-export"
+"""Under the system temp folder; holds the latest export of each identity."""
 
 
 def no_progress(*_args: Any, **_kwargs: Any) -> None:
@@ -296,15 +299,21 @@ class TabActions:
         return message_html("Imported " + ", ".join(imported))
 
     def export(self, name: str | None) -> tuple[str | None, str]:
-        """Write the identity's file to a fresh temporary folder: (path for gr.File, message)."""
+        """Write the identity's file for download: (path for gr.File, message).
+
+        One export folder, one file per identity, overwritten by the next export of the same identity: gradio
+        copies the file when it serves it, and a folder per export would pile up in the temp directory.
+        """
         if not name:
             return None, message_html("Choose an identity to export", error=True)
-        folder = tempfile.mkdtemp(prefix="magicnaming-export-")
+        folder = Path(tempfile.gettempdir()) / EXPORT_FOLDER_NAME
         try:
-            path = self.context.library().export_file(name, folder)
+            folder.mkdir(exist_ok=True)
+            path = self.context.library().export_file(name, folder, overwrite=True)
         except MagicNamingError as error:
-            os.rmdir(folder)
             return None, message_html(str(error), error=True)
+        except OSError as error:
+            return None, message_html(f"Cannot write the export to {folder}: {error}", error=True)
         return str(path), message_html(f"Exported {name}: download it below")
 
 
