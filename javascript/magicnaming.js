@@ -215,8 +215,28 @@
         else insertInto(promptOf(tab), name);
     }
 
+    // Opening the accordion re-reads the saved identities (its refresh button), also when the checkbox
+    // stays as it was: v1.10.1 ticks it on opening only until the user has clicked the checkbox once, and
+    // re-opening a ticked accordion changes nothing that the server would see.
+    function refreshOnOpen(tabname) {
+        var accordion = root.gradioApp().querySelector("#script_" + tabname + "_magicnaming_enabled");
+        var labelWrap = accordion ? accordion.querySelector(".label-wrap") : null;
+        if (!labelWrap) return;
+        var wasOpen = labelWrap.classList.contains("open");
+        new MutationObserver(function () {
+            var open = labelWrap.classList.contains("open");
+            if (open && !wasOpen) {
+                var button = root.gradioApp().querySelector("#script_" + tabname + "_magicnaming_refresh");
+                if (button) button.click();
+            }
+            wasOpen = open;
+        }).observe(labelWrap, {attributes: true, attributeFilter: ["class"]});
+    }
+
     root.onUiLoaded(function () {
         var popup = makePopup();
+        refreshOnOpen("txt2img");
+        refreshOnOpen("img2img");
         root.gradioApp().addEventListener("mousedown", onDropdownChoice, true);
         root.gradioApp().addEventListener("keydown", onDropdownChoice, true);
         PROMPT_IDS.forEach(function (id) {

@@ -325,7 +325,7 @@ def missing_pack_message(insightface_root: str | os.PathLike, pack: str) -> str:
     return (
         f"No face detector: the insightface pack '{pack}' is not installed at {where}. Put the pack's .onnx "
         f"files there (the '{pack}' pack from insightface's model releases, the same folder other WebUI face "
-        "extensions use), or tick 'photo is already a face crop' to use the photo as given."
+        "extensions use), or tick the 'face crop already (skip detection)' box to use the photo as given."
     )
 
 
@@ -355,7 +355,7 @@ def capture_face(
     if not faces:
         raise FaceError(
             f"no face found in the photo ({photo.width} x {photo.height}); use a photo where the face is "
-            "clearly visible, or mark it as already a face crop"
+            "clearly visible, or tick the 'face crop already (skip detection)' box"
         )
     face = faces[0]
     notes = []

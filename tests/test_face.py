@@ -119,7 +119,7 @@ def test_missing_pack_explains_where_to_put_it(tmp_path, astronaut):
         capture_face(astronaut, detector)
     message = str(info.value)
     assert str(tmp_path / "insightface" / "models" / "buffalo_l") in message
-    assert "already a face crop" in message
+    assert "face crop already (skip detection)" in message
     with pytest.raises(FaceError, match="No face detector is configured"):
         capture_face(astronaut, None)
 

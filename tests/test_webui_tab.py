@@ -70,10 +70,10 @@ def test_names_then_mix_then_library_view(actions, library):
 def test_delete_asks_about_the_selected_identity_by_name():
     from lib_magicnaming.webui.tab import ask_delete
 
-    row, text = ask_delete("alice")
-    assert row["visible"] is True and "`alice`" in text
-    row, text = ask_delete(None)
-    assert row["visible"] is False and text == ""
+    row, text, message = ask_delete("alice")
+    assert row["visible"] is True and "`alice`" in text and message == ""
+    row, text, message = ask_delete(None)
+    assert row["visible"] is False and text == "" and "Choose an identity to delete" in message
 
 
 def test_errors_come_back_as_messages(actions, library):
@@ -190,3 +190,26 @@ def test_rename_keeps_the_identity_selected_and_empties_new_name(actions, librar
     message, _gallery, _table, dropdown, _details, new_name = asyncio.run(run("robert", "bad name!"))
     assert "error" in message and dropdown["value"] == "robert"
     assert new_name == {"__type__": "update"}  # the mistyped name stays to be corrected
+
+
+def test_delete_confirmation_deletes_the_identity_it_named(actions, library):
+    """Delete with bob selected, then select another: confirming deletes bob, the one the question named."""
+    import asyncio
+
+    library.save(random_identity("ada", 1))
+    library.save(random_identity("bob", 2))
+    blocks = build_tab(actions)
+    blocks.queue()
+    ask = dependency_index(blocks, "Delete", ["Identity"])
+    confirm = dependency_index(blocks, "Yes, delete", [None])
+    session: dict = {}
+
+    async def run():
+        asked = await blocks.process_api(ask, ["bob"], state=session)
+        confirmed = await blocks.process_api(confirm, [None], state=session)
+        return asked["data"], confirmed["data"]
+
+    asked, confirmed = asyncio.run(run())
+    assert "`bob`" in asked[1]
+    assert "Deleted bob" in confirmed[0]
+    assert library.exists("ada") and not library.exists("bob")

@@ -65,13 +65,14 @@ def placeholder_card(name: str, short_hash: str, size: int = 128) -> Image.Image
     return card
 
 
-def ask_delete(name: str | None) -> tuple[Any, str]:
-    """Show the delete confirmation naming the selected identity (nothing to confirm without one)."""
+def ask_delete(name: str | None) -> tuple[Any, str, str]:
+    """(confirmation row, its question naming the selected identity, tab message); without a selection there
+    is nothing to confirm and the message says so."""
     import gradio as gr
 
     if not name:
-        return gr.update(visible=False), ""
-    return gr.update(visible=True), f"Delete the identity `{name}` for good?"
+        return gr.update(visible=False), "", message_html("Choose an identity to delete", error=True)
+    return gr.update(visible=True), f"Delete the identity `{name}` for good?", ""
 
 
 def describe_origin(origin: dict) -> str:
@@ -376,8 +377,9 @@ def _sample_section(gr: Any) -> SimpleNamespace:
 
 def _library_section(gr: Any, initial: tuple[list, list, list[str]]) -> SimpleNamespace:
     gallery, rows, names = initial
-    with gr.Tab("Library", elem_id="magicnaming_tab_library"):
+    with gr.Tab("Library", elem_id="magicnaming_tab_library") as library_tab:
         ui = SimpleNamespace(
+            tab=library_tab,
             refresh=gr.Button("Refresh"),
             gallery=gr.Gallery(gallery, label="Saved identities", columns=8, height="auto",
                                elem_id="magicnaming_library_gallery"),
@@ -393,6 +395,7 @@ def _library_section(gr: Any, initial: tuple[list, list, list[str]]) -> SimpleNa
             ui.export = gr.Button("Export")
         with gr.Row(visible=False) as ui.confirm_row:
             ui.confirm_text = gr.Markdown()
+            ui.pending_delete = gr.State(None)
             ui.confirm = gr.Button("Yes, delete", variant="stop")
             ui.cancel = gr.Button("Cancel")
         ui.export_file = gr.File(label="Exported file", interactive=False)
@@ -412,6 +415,7 @@ def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNam
 
     def refresh_library(selected: str | None = None):
         gallery, rows, names = actions.library_view()
+        selected = selected if selected in names else None
         details = actions.identity_details(selected) if selected else ""
         table = rows or [[""] * len(LIBRARY_HEADERS)]
         return gallery, table, gr.update(choices=names, value=selected), details
@@ -442,9 +446,13 @@ def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNam
     mix.save.click(saving(actions.create_mix), [mix.name, mix.text, mix.method, mix.overwrite], saved)
     sample.save.click(sampled, [sample.name, sample.seed, sample.scale, sample.overwrite], saved)
 
-    refreshed = library.refresh.click(refresh_library, [], library_outputs)
+    refreshed = library.refresh.click(refresh_library, [library.selected], library_outputs)
     refreshed.then(actions.encoder_status_text, [], [status])
-    library.selected.change(actions.identity_details, [library.selected], [library.details])
+    library.tab.select(refresh_library, [library.selected], library_outputs)
+    # a new selection withdraws a pending delete confirmation (it names the previous identity)
+    library.selected.change(actions.identity_details, [library.selected], [library.details]).then(
+        lambda: (gr.update(visible=False), None), [], [library.confirm_row, library.pending_delete])
+
     def rename(old, new):
         """The renamed identity stays selected and "New name" empties; on failure both are kept."""
         message, renamed = actions.rename_identity(old, new)
@@ -453,10 +461,13 @@ def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNam
         return (message, *refresh_library(renamed), "")
 
     library.rename.click(rename, [library.selected, library.new_name], [*saved, library.new_name])
-    library.delete.click(ask_delete, [library.selected], [library.confirm_row, library.confirm_text])
-    library.cancel.click(lambda: gr.update(visible=False), [], [library.confirm_row])
-    library.confirm.click(saving(actions.delete), [library.selected], saved).then(
-        lambda: gr.update(visible=False), [], [library.confirm_row])
+    confirm_outputs = [library.confirm_row, library.pending_delete]
+    library.delete.click(lambda name: (*ask_delete(name), name), [library.selected],
+                         [library.confirm_row, library.confirm_text, message, library.pending_delete])
+    library.cancel.click(lambda: (gr.update(visible=False), None), [], confirm_outputs)
+    # delete the identity the confirmation named, whatever is selected now
+    library.confirm.click(saving(actions.delete), [library.pending_delete], saved).then(
+        lambda: (gr.update(visible=False), None), [], confirm_outputs)
     library.export.click(actions.export, [library.selected], [library.export_file, message])
     import_inputs = [library.import_files, library.import_name, library.import_overwrite]
     library.import_button.click(saving(actions.import_files), import_inputs, saved)
