@@ -204,16 +204,19 @@ class TabActions:
         message = f"Encoded {len(photos)} photo(s): check the crops, then name and save the identity"
         return crops, report_markdown(result.per_photo), result, message_html(message)
 
+    def _create(self, name: str, overwrite: bool, make: Callable[[], Any]) -> str:
+        """Refuse a taken name (unless overwriting), make the identity, save it; errors become messages."""
+        try:
+            refuse_existing(self.context.library(), name, bool(overwrite))
+            return self._save(make(), overwrite)
+        except MagicNamingError as error:
+            return message_html(str(error), error=True)
+
     def save_photos(self, preview: Any, name: str, overwrite: bool) -> str:
         """Save the previewed photo encoding (an EncodeResult) under ``name``."""
         if preview is None:
             return message_html("Encode some photos first", error=True)
-        try:
-            refuse_existing(self.context.library(), name, bool(overwrite))
-            identity = photos_identity(name, preview)
-            return self._save(identity, overwrite)
-        except MagicNamingError as error:
-            return message_html(str(error), error=True)
+        return self._create(name, overwrite, lambda: photos_identity(name, preview))
 
     def create_from_names(
         self, name: str, names_text: str, method: str, overwrite: bool,
@@ -221,22 +224,19 @@ class TabActions:
     ) -> str:
         """Save an identity made from ``"0.6 Ada Lovelace + 0.4 Alan Turing"`` (SDXL text encoders)."""
         progress = no_progress if progress is None else progress
-        try:
-            refuse_existing(self.context.library(), name, bool(overwrite))
+
+        def make() -> Any:
             progress(0.3, desc="Encoding names with the SDXL text encoders")
-            identity = names_identity(self.context, name, parse_weighted(names_text), method)
-            return self._save(identity, overwrite)
-        except MagicNamingError as error:
-            return message_html(str(error), error=True)
+            return names_identity(self.context, name, parse_weighted(names_text), method)
+
+        return self._create(name, overwrite, make)
 
     def create_mix(self, name: str, mix_text: str, method: str, overwrite: bool) -> str:
         """Save a mix of saved identities, ``"0.5 alice + 0.5 bob"``."""
-        try:
-            refuse_existing(self.context.library(), name, bool(overwrite))
-            identity = mix_identity(self.context.library(), name, parse_weighted(mix_text), method)
-            return self._save(identity, overwrite)
-        except MagicNamingError as error:
-            return message_html(str(error), error=True)
+        return self._create(
+            name, overwrite,
+            lambda: mix_identity(self.context.library(), name, parse_weighted(mix_text), method),
+        )
 
     def create_sampled(
         self, name: str, seed: float, scale: float, overwrite: bool,
@@ -244,13 +244,12 @@ class TabActions:
     ) -> str:
         """Save a fictional identity sampled from the encoder's name-space statistics."""
         progress = no_progress if progress is None else progress
-        try:
-            refuse_existing(self.context.library(), name, bool(overwrite))
+
+        def make() -> Any:
             progress(0.3, desc="Loading the MagicNaming encoder")
-            identity = sampled_identity(self.context, name, int(seed), float(scale))
-            return self._save(identity, overwrite)
-        except MagicNamingError as error:
-            return message_html(str(error), error=True)
+            return sampled_identity(self.context, name, int(seed), float(scale))
+
+        return self._create(name, overwrite, make)
 
     # -- managing
 
