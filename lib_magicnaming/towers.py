@@ -139,7 +139,7 @@ FINGERPRINT_RULE = b"magicnaming-tower-weights-v1\n"
 FINGERPRINT_DTYPE = torch.float16
 """Floating-point tensors are hashed as float16 (see tower_fingerprint)."""
 FINGERPRINT_THREADS = 4
-"""Tensors hashed at once (hashlib and torch's casts release the GIL)."""
+"""Tensors hashed at once by default (hashlib and torch's casts release the GIL)."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,9 @@ class TowerFingerprint:
         return f"weights_sha256 {self.weights_sha256} ({self.param_count:,} values)"
 
 
-def tower_fingerprint(state: Mapping[str, torch.Tensor]) -> TowerFingerprint:
+def tower_fingerprint(
+    state: Mapping[str, torch.Tensor], *, threads: int = FINGERPRINT_THREADS
+) -> TowerFingerprint:
     """The fingerprint of a vision tower's state dict (keys as the built open_clip module names them).
 
     Canonical form (rule ``magicnaming-tower-weights-v1``): for each key in sorted (code point) order, an
@@ -165,10 +167,10 @@ def tower_fingerprint(state: Mapping[str, torch.Tensor]) -> TowerFingerprint:
     float16 because it makes a float32 file and its float16 conversion (OpenAI's CLIP weights were released
     in float16; GPUs run the towers in float16/bfloat16) the same weights, while any change larger than
     float16 rounding (about 1 part in 2000) changes the fingerprint. Per-entry digests let the tensors hash
-    in parallel. Tensors may be on any device and dtype; nothing is modified.
+    in parallel (``threads`` at once). Tensors may be on any device and dtype; nothing is modified.
     """
     keys = sorted(state)
-    with ThreadPoolExecutor(max_workers=FINGERPRINT_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         entries = list(pool.map(lambda key: _entry_digest(key, state[key]), keys))
     digest = hashlib.sha256(FINGERPRINT_RULE)
     for entry in entries:
