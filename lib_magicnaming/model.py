@@ -84,8 +84,11 @@ class TowerSpec:
 
     ``model_cfg`` is a custom open_clip model config (a dict like open_clip's model_configs/*.json) for towers
     open_clip does not know by name, e.g. the tiny towers of the tests; ``None`` means open_clip's config for
-    ``arch``. ``file_sha256``/``file_size`` describe the local weight file the tower was trained with, when
-    known, so loading can check a user's file is the same one.
+    ``arch``. ``weights_sha256``/``param_count`` are the fingerprint of the weights the encoder was trained
+    with (recorded together, or not at all: random test towers have none): the sha256 of the tower's state
+    dict in a canonical form independent of the file that held it, and the number of values in that state
+    dict. The rule lives in :func:`lib_magicnaming.towers.tower_fingerprint`; loading checks a user's tower
+    against it.
     """
 
     name: str
@@ -93,8 +96,8 @@ class TowerSpec:
     pretrained: str
     embed_dim: int
     model_cfg: dict | None = None
-    file_sha256: str | None = None
-    file_size: int | None = None
+    weights_sha256: str | None = None
+    param_count: int | None = None
 
     def validate(self) -> TowerSpec:
         """Raise EncoderError naming the problem (bad slot, unknown arch, embed_dim mismatch); return self."""
@@ -116,15 +119,27 @@ class TowerSpec:
                 f"tower {self.name} ({self.arch}): embed_dim {self.embed_dim} does not match the model "
                 f"config's embed_dim {cfg.get('embed_dim')}"
             )
-        if self.file_sha256 is not None and (
-            not isinstance(self.file_sha256, str) or not SHA256_RE.fullmatch(self.file_sha256)
-        ):
-            raise EncoderError(f"tower {self.name}: file_sha256 must be 64 lower-case hex characters")
-        if self.file_size is not None and not _is_positive_int(self.file_size):
-            raise EncoderError(
-                f"tower {self.name}: file_size must be a positive integer, got {self.file_size!r}"
-            )
+        self._validate_fingerprint()
         return self
+
+    def _validate_fingerprint(self) -> None:
+        if (self.weights_sha256 is None) != (self.param_count is None):
+            raise EncoderError(
+                f"tower {self.name}: weights_sha256 and param_count form the weights fingerprint and are "
+                f"recorded together, got weights_sha256={self.weights_sha256!r}, "
+                f"param_count={self.param_count!r}"
+            )
+        if self.weights_sha256 is not None and (
+            not isinstance(self.weights_sha256, str) or not SHA256_RE.fullmatch(self.weights_sha256)
+        ):
+            raise EncoderError(
+                f"tower {self.name}: weights_sha256 must be 64 lower-case hex characters, "
+                f"got {self.weights_sha256!r}"
+            )
+        if self.param_count is not None and not _is_positive_int(self.param_count):
+            raise EncoderError(
+                f"tower {self.name}: param_count must be a positive integer, got {self.param_count!r}"
+            )
 
     @property
     def file_stem(self) -> str:
@@ -416,6 +431,7 @@ def build_encoder(
 
     Tower weights come from ``tower_states`` (e.g. stored in a checkpoint) when given for a tower, random
     when ``random_towers`` (tests, benchmarks), else from local files / open_clip (see towers.load_tower).
+    Weights from ``tower_states``, files or open_clip must match the fingerprint a tower spec records.
     ``head_state`` loads the head (strict); without it the head is freshly initialised.
     """
     config.validate()
@@ -423,8 +439,11 @@ def build_encoder(
     towers: dict[str, nn.Module] = {}
     for spec in config.towers:
         if spec.name in tower_states:
+            from lib_magicnaming.towers import check_tower_weights
+
             tower = build_tower_module(spec)
             load_state_strict(tower, tower_states[spec.name], f"tower {spec.name}")
+            check_tower_weights(spec, tower, f"the {spec.name} weights stored in the checkpoint")
             towers[spec.name] = tower
         else:
             towers[spec.name] = build_towers(

@@ -5,12 +5,22 @@ models folder, ``<webui>/models/magicnaming``). They are open_clip checkpoints: 
 (``visual.*`` keys are used, the rest is skipped) or the vision tower's state dict alone. safetensors is
 preferred; ``.bin``/``.pt``/``.pth`` are read with ``torch.load(weights_only=True)``, which refuses pickled
 code. Nothing is ever downloaded unless the caller allows it, and never at import time.
+
+Weights fingerprint: an encoder records, per tower, the :class:`TowerFingerprint` of the weights it was
+trained with (``TowerSpec.weights_sha256`` / ``param_count``), and loading checks the user's tower against it.
+The fingerprint is of the tower's state dict, not of a file, so equivalent files match: ``.safetensors`` or
+``.bin``, whole CLIP or vision tower alone, float32 or float16 storage. See :func:`tower_fingerprint`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -124,36 +134,109 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     return data
 
 
-def check_tower_file(spec: TowerSpec, path: Path) -> None:
-    """Raise EncoderError if ``path`` is not the file ``spec`` records (size, then sha256), when recorded."""
-    if spec.file_size is not None and path.stat().st_size != spec.file_size:
-        raise EncoderError(
-            f"{path} is {path.stat().st_size} bytes but the encoder was trained with a "
-            f"{spec.file_size}-byte file for {spec.arch} / {spec.pretrained}; it is a different file"
-        )
-    if spec.file_sha256 is not None:
-        from lib_magicnaming.checkpoint import file_sha256
+FINGERPRINT_RULE = b"magicnaming-tower-weights-v1\n"
+"""Starts every fingerprint's hashed bytes; a changed rule gets a new tag, so old records never match it."""
+FINGERPRINT_DTYPE = torch.float16
+"""Floating-point tensors are hashed as float16 (see tower_fingerprint)."""
+FINGERPRINT_THREADS = 4
+"""Tensors hashed at once by default (hashlib and torch's casts release the GIL)."""
 
-        actual = file_sha256(path)
-        if actual != spec.file_sha256:
-            raise EncoderError(
-                f"{path} has sha256 {actual[:16]}..., the encoder was trained with "
-                f"{spec.file_sha256[:16]}... for {spec.arch} / {spec.pretrained}; it is a different file"
-            )
+
+@dataclass(frozen=True)
+class TowerFingerprint:
+    """A tower's weights, independent of the file that held them: ``weights_sha256`` (64 hex) and
+    ``param_count`` (number of values in the state dict)."""
+
+    weights_sha256: str
+    param_count: int
+
+    def describe(self) -> str:
+        """Human-readable form for messages."""
+        return f"weights_sha256 {self.weights_sha256} ({self.param_count:,} values)"
+
+
+def tower_fingerprint(
+    state: Mapping[str, torch.Tensor], *, threads: int = FINGERPRINT_THREADS
+) -> TowerFingerprint:
+    """The fingerprint of a vision tower's state dict (keys as the built open_clip module names them).
+
+    Canonical form (rule ``magicnaming-tower-weights-v1``): for each key in sorted (code point) order, an
+    entry digest ``sha256(header + data)`` where ``header`` is the compact JSON ``[key, shape, dtype]`` plus a
+    newline and ``data`` is the tensor's little-endian C-order bytes, floating-point tensors first cast to
+    float16 (round to nearest even); ``weights_sha256`` is ``sha256(FINGERPRINT_RULE + entry digests)``.
+    float16 because it makes a float32 file and its float16 conversion (OpenAI's CLIP weights were released
+    in float16; GPUs run the towers in float16/bfloat16) the same weights, while any change larger than
+    float16 rounding (about 1 part in 2000) changes the fingerprint. Per-entry digests let the tensors hash
+    in parallel (``threads`` at once). Tensors may be on any device and dtype; nothing is modified.
+    """
+    keys = sorted(state)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        entries = list(pool.map(lambda key: _entry_digest(key, state[key]), keys))
+    digest = hashlib.sha256(FINGERPRINT_RULE)
+    for entry in entries:
+        digest.update(entry)
+    return TowerFingerprint(digest.hexdigest(), sum(int(state[k].numel()) for k in keys))
+
+
+def _entry_digest(key: str, tensor: torch.Tensor) -> bytes:
+    tensor = tensor.detach().to("cpu")
+    if tensor.is_floating_point():
+        tensor = tensor.to(FINGERPRINT_DTYPE)
+    array = tensor.contiguous().numpy()
+    array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    header = json.dumps([key, list(tensor.shape), str(array.dtype)], separators=(",", ":"))
+    digest = hashlib.sha256(header.encode("utf-8") + b"\n")
+    digest.update(memoryview(array).cast("B") if array.size else b"")
+    return digest.digest()
+
+
+def recorded_fingerprint(spec: TowerSpec) -> TowerFingerprint | None:
+    """The fingerprint ``spec`` records, or None (random or unrecorded towers)."""
+    if spec.weights_sha256 is None or spec.param_count is None:
+        return None
+    return TowerFingerprint(spec.weights_sha256, spec.param_count)
+
+
+def with_fingerprint(spec: TowerSpec, fingerprint: TowerFingerprint) -> TowerSpec:
+    """A copy of ``spec`` recording ``fingerprint``."""
+    return replace(
+        spec, weights_sha256=fingerprint.weights_sha256, param_count=fingerprint.param_count
+    ).validate()
+
+
+def check_tower_weights(spec: TowerSpec, tower: nn.Module, source: str) -> None:
+    """Raise EncoderError if ``spec`` records a fingerprint and ``tower``'s weights (from ``source``, e.g.
+    the file's path) do not have it; nothing to check when none is recorded."""
+    expected = recorded_fingerprint(spec)
+    if expected is None:
+        return
+    found = tower_fingerprint(tower.state_dict())
+    if found != expected:
+        raise EncoderError(
+            f"{source}: different weights than the encoder was trained with. Tower {spec.name} "
+            f"({spec.arch} / {spec.pretrained}) expects {expected.describe()}, found {found.describe()}. "
+            "Use the weights the encoder was trained with (the file format and float32/float16 storage "
+            "may differ; the values may not)."
+        )
 
 
 def load_tower_file(spec: TowerSpec, path: str | os.PathLike, *, verify: bool = True) -> nn.Module:
-    """Build ``spec``'s tower and load its weights from ``path`` (float32, frozen, eval)."""
+    """Build ``spec``'s tower and load its weights from ``path`` (float32, frozen, eval).
+
+    With ``verify`` (the default) the weights must have the fingerprint ``spec`` records, if any; it is
+    computed from the tensors just loaded (the file is read once).
+    """
     path = Path(path)
     spec.validate()
-    if verify:
-        check_tower_file(spec, path)
     state = read_tower_state(path)
     tower, on_meta = _build_empty(spec)
     try:
         load_state_strict(tower, state, f"tower file {path.name}", assign=on_meta)
     except EncoderError as err:
         raise EncoderError(f"{err} (is it an open_clip {spec.arch} checkpoint?)") from err
+    del state
+    if verify:
+        check_tower_weights(spec, tower, str(path))
     return freeze(tower)
 
 
@@ -207,14 +290,18 @@ def load_tower(
 ) -> nn.Module:
     """``spec``'s tower with real weights: the local file if present, else open_clip when allowed.
 
-    Raises EncoderError naming the exact file to create (and where to get it) when offline with no file.
+    ``verify=False`` skips the weights-fingerprint check (see :func:`check_tower_weights`). Raises
+    EncoderError naming the exact file to create (and where to get it) when offline with no file.
     """
     path = find_tower_file(spec, models_dir)
     if path is not None:
         return load_tower_file(spec, path, verify=verify)
-    if allow_download:
-        return download_tower(spec, cache_dir)
-    raise EncoderError(missing_tower_message(spec, models_dir))
+    if not allow_download:
+        raise EncoderError(missing_tower_message(spec, models_dir))
+    tower = download_tower(spec, cache_dir)
+    if verify:
+        check_tower_weights(spec, tower, f"open_clip's {spec.arch} / {spec.pretrained} weights")
+    return tower
 
 
 def _accepts(function, name: str) -> bool:

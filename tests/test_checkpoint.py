@@ -138,6 +138,37 @@ def test_unknown_tower_arch_is_named(saved):
         load_encoder_checkpoint(rewrite(path, towers=json.dumps(towers)))
 
 
+def test_tower_fingerprints_round_trip(tmp_path, stats):
+    config = tiny_config()
+    config.towers[0].weights_sha256, config.towers[0].param_count = "0123456789abcdef" * 4, 1234
+    path = tmp_path / "fingerprinted.safetensors"
+    save_encoder_checkpoint(path, config=config, head_state=tiny_head_state(config), namespace_stats=stats)
+    towers = load_encoder_checkpoint(path).config.towers
+    assert (towers[0].weights_sha256, towers[0].param_count) == ("0123456789abcdef" * 4, 1234)
+    assert (towers[1].weights_sha256, towers[1].param_count) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"weights_sha256": "F" * 64, "param_count": 10}, "weights_sha256 must be 64 lower-case hex"),
+        ({"weights_sha256": "f" * 40, "param_count": 10}, "weights_sha256 must be 64 lower-case hex"),
+        ({"weights_sha256": ["f" * 64], "param_count": 10}, "weights_sha256 must be 64 lower-case hex"),
+        ({"weights_sha256": "f" * 64, "param_count": -3}, "param_count must be a positive integer"),
+        ({"weights_sha256": "f" * 64, "param_count": 2.5}, "param_count must be a positive integer"),
+        ({"weights_sha256": "f" * 64, "param_count": None}, "recorded together"),
+        ({"weights_sha256": None, "param_count": 10}, "recorded together"),
+        ({"file_size": 10}, r"unknown field\(s\) \['file_size'\]"),
+    ],
+)
+def test_malformed_tower_fingerprints_are_named(saved, fields, message):
+    path = saved[0]
+    towers = json.loads(read_raw(path)[1]["towers"])
+    towers[1].update(fields)
+    with pytest.raises(EncoderError, match=rf"enc\.safetensors: .*{message}"):
+        load_encoder_checkpoint(rewrite(path, towers=json.dumps(towers)))
+
+
 def test_head_config_disagreeing_with_tensors_is_named(saved):
     path = saved[0]
     head = json.loads(read_raw(path)[1]["head"])

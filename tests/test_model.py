@@ -125,8 +125,15 @@ def test_tower_spec_errors():
         ({"arch": "../../outside"}, "arch must be a plain open_clip name"),
         ({"pretrained": "../x"}, "pretrained tag must be a plain open_clip name"),
         ({"embed_dim": 768.0}, "embed_dim must be a positive integer"),
-        ({"file_size": "big"}, "file_size must be a positive integer"),
-        ({"file_sha256": "Z" * 64}, "file_sha256 must be 64 lower-case hex"),
+        ({"weights_sha256": "A" * 64, "param_count": 5}, "weights_sha256 must be 64 lower-case hex"),
+        ({"weights_sha256": "a" * 63, "param_count": 5}, "weights_sha256 must be 64 lower-case hex"),
+        ({"weights_sha256": 7, "param_count": 5}, "weights_sha256 must be 64 lower-case hex"),
+        ({"weights_sha256": "a" * 64, "param_count": 0}, "param_count must be a positive integer"),
+        ({"weights_sha256": "a" * 64, "param_count": True}, "param_count must be a positive integer"),
+        ({"weights_sha256": "a" * 64, "param_count": "5"}, "param_count must be a positive integer"),
+        ({"weights_sha256": "a" * 64}, "weights_sha256 and param_count .* recorded together"),
+        ({"param_count": 5}, "weights_sha256 and param_count .* recorded together"),
+        ({"file_sha256": "a" * 64}, r"unknown field\(s\) \['file_sha256'\]"),
     ],
 )
 def test_tower_spec_fields_are_checked(changes, message):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
+import numpy as np
 import pytest
 import torch
 from encoder_fixtures import tiny_config, tiny_tower
@@ -12,7 +14,15 @@ from safetensors.torch import save_file
 from lib_magicnaming import towers as towers_module
 from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.model import CLIP_G_TOWER, build_encoder, build_tower_module
-from lib_magicnaming.towers import find_tower_file, load_tower, read_tower_state, towers_dir
+from lib_magicnaming.towers import (
+    TowerFingerprint,
+    find_tower_file,
+    load_tower,
+    read_tower_state,
+    tower_fingerprint,
+    towers_dir,
+    with_fingerprint,
+)
 
 
 @pytest.fixture()
@@ -99,18 +109,108 @@ def test_offline_without_file_names_the_path_and_source(tmp_path):
     assert "downloads are off" in message
 
 
-def test_recorded_size_and_hash_are_checked(tmp_path, spec, source):
+def write_vision_only_fp16(source, path):
+    """The vision tower's state dict alone, stored as float16 safetensors."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in source.state_dict().items()}, str(path))
+    return path
+
+
+def write_whole_clip_bin(source, path):
+    """A whole-CLIP state dict (float32, text keys too) saved with torch.save: a dict of tensors only."""
+    tensors = {f"visual.{k}": v.clone() for k, v in source.state_dict().items()}
+    tensors["text_projection"] = torch.ones(4, 4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(tensors, path)
+    return path
+
+
+def fingerprinted(spec, source):
+    """``spec`` recording the fingerprint of ``source``'s weights, as the training pipeline records it."""
+    return with_fingerprint(spec, tower_fingerprint(source.state_dict()))
+
+
+@pytest.fixture()
+def fp16_exact_source(source):
+    """Weights float16 represents exactly (as OpenAI's CLIP weights): both twin files hold the same values."""
+    with torch.no_grad():
+        for param in source.parameters():
+            param.copy_(param.half().float())
+    return source
+
+
+def test_the_same_weights_in_twin_files_have_one_fingerprint(tmp_path, spec, fp16_exact_source):
+    """A vision-only float16 .safetensors and a whole-CLIP float32 .bin of the same weights both load."""
+    source = fp16_exact_source
+    recorded = fingerprinted(spec, source)
+    safetensors_dir, bin_dir = tmp_path / "a", tmp_path / "b"
+    write_vision_only_fp16(source, towers_dir(safetensors_dir) / f"{spec.file_stem}.safetensors")
+    write_whole_clip_bin(source, towers_dir(bin_dir) / f"{spec.file_stem}.bin")
+    from_safetensors = load_tower(recorded, safetensors_dir)
+    from_bin = load_tower(recorded, bin_dir)
+    assert_same_tower(from_safetensors, source)
+    assert_same_tower(from_bin, source)
+    assert tower_fingerprint(from_safetensors.state_dict()) == tower_fingerprint(from_bin.state_dict())
+
+
+def test_float32_weights_match_their_float16_conversion(spec, source):
+    """The canonical form is float16: a float32 file and its float16 conversion are the same weights."""
+    state = source.state_dict()
+    assert any(not torch.equal(v, v.half().float()) for v in state.values())  # not float16-exact
+    half = {k: v.half() for k, v in state.items()}
+    assert tower_fingerprint(half) == tower_fingerprint(state)
+    assert tower_fingerprint(half).param_count == sum(p.numel() for p in source.parameters())
+
+
+def test_one_changed_weight_is_rejected(tmp_path, spec, source):
+    recorded = fingerprinted(spec, source)
+    with torch.no_grad():
+        source.conv1.weight[0, 0, 0, 0] += 0.01
     path = write_full_clip(source, towers_dir(tmp_path) / f"{spec.file_stem}.safetensors")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    spec.file_size, spec.file_sha256 = path.stat().st_size, digest
-    assert_same_tower(load_tower(spec, tmp_path), source)
-    spec.file_sha256 = "0" * 64
-    with pytest.raises(EncoderError, match="has sha256 .* it is a different file"):
-        load_tower(spec, tmp_path)
-    spec.file_size += 1
-    with pytest.raises(EncoderError, match="bytes but the encoder was trained with"):
-        load_tower(spec, tmp_path)
-    assert_same_tower(load_tower(spec, tmp_path, verify=False), source)
+    with pytest.raises(EncoderError) as info:
+        load_tower(recorded, tmp_path)
+    message = str(info.value)
+    found = tower_fingerprint(source.state_dict())
+    assert str(path) in message
+    assert "different weights than the encoder was trained with" in message
+    assert f"expects weights_sha256 {recorded.weights_sha256}" in message
+    assert f"found weights_sha256 {found.weights_sha256}" in message
+    assert_same_tower(load_tower(recorded, tmp_path, verify=False), source)
+
+
+def test_fingerprint_follows_the_documented_rule(source):
+    """Recomputed here from the rule in tower_fingerprint's docstring, independently of its code."""
+    state = {"b": torch.tensor([[1.0, -2.5]]), "a": torch.arange(3, dtype=torch.int64)}
+    entries = b""
+    for key, array in (("a", np.arange(3, dtype="<i8")), ("b", np.array([[1.0, -2.5]], dtype="<f2"))):
+        header = json.dumps([key, list(array.shape), str(array.dtype)], separators=(",", ":"))
+        entries += hashlib.sha256(header.encode() + b"\n" + array.tobytes()).digest()
+    expected = hashlib.sha256(b"magicnaming-tower-weights-v1\n" + entries).hexdigest()
+    assert tower_fingerprint(state) == TowerFingerprint(expected, 5)
+    assert tower_fingerprint(dict(reversed(state.items()))).weights_sha256 == expected
+    renamed = {"c": state["b"], "a": state["a"]}
+    reshaped = {"b": state["b"].reshape(2, 1), "a": state["a"]}
+    assert tower_fingerprint(renamed).weights_sha256 != expected
+    assert tower_fingerprint(reshaped).weights_sha256 != expected
+
+
+def test_stored_tower_weights_are_checked_against_the_recorded_fingerprint():
+    config = tiny_config()
+    towers = {t.name: build_tower_module(t) for t in config.towers}
+    config.towers = [fingerprinted(t, towers[t.name]) for t in config.towers]
+    states = {name: tower.state_dict() for name, tower in towers.items()}
+    build_encoder(config, tower_states=states)
+    states["clip_g"] = {k: v + 1 if k == "proj" else v for k, v in states["clip_g"].items()}
+    with pytest.raises(EncoderError, match="clip_g weights stored in the checkpoint: different weights"):
+        build_encoder(config, tower_states=states)
+
+
+def test_downloaded_weights_are_checked_too(monkeypatch, tmp_path, spec, source):
+    recorded = fingerprinted(spec, source)
+    monkeypatch.setattr(towers_module, "download_tower", lambda _spec, _cache: build_tower_module(spec))
+    with pytest.raises(EncoderError, match="open_clip's tiny-l / random weights: different weights"):
+        load_tower(recorded, tmp_path, allow_download=True)
+    assert load_tower(recorded, tmp_path, allow_download=True, verify=False) is not None
 
 
 def test_weights_of_another_architecture_are_named(tmp_path, spec):

@@ -9,15 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
+from PIL import Image
+from safetensors.torch import load_file, save_file
 from training_fixtures import write_encoder_config, write_faces_table, write_random_targets
 
 from lib_magicnaming.checkpoint import load_encoder_checkpoint
+from lib_magicnaming.encode import IdentityEncoder
+from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.face import pixels_from_crop
+from lib_magicnaming.model import build_tower_module
+from lib_magicnaming.towers import recorded_fingerprint, tower_fingerprint, towers_dir
 from training.cli import main
 from training.common import TrainingError
-from training.features import load_features, shard_path
+from training.features import encoder_config_from_dict, load_features, shard_path
 from training.train import EpochSampler, Place, TrainSettings, load_state, lr_at, split_identities
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,6 +219,62 @@ def test_train_eval_export(data, tmp_path, capsys):
     assert checkpoint.training_summary["step"] == 16 and "eval-train" in checkpoint.training_summary
     encoder = checkpoint.build_model()
     assert encoder(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 2048)
+
+
+def write_tower_files(config_path: Path, models: Path, seed: int) -> dict[str, torch.nn.Module]:
+    """Whole-CLIP safetensors files of random towers for ``config_path``'s towers under ``models/towers``."""
+    config = encoder_config_from_dict(json.loads(config_path.read_text()))
+    torch.manual_seed(seed)
+    towers = {}
+    for spec in config.towers:
+        towers[spec.name] = build_tower_module(spec)
+        path = towers_dir(models) / f"{spec.file_stem}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"visual.{k}": v for k, v in towers[spec.name].state_dict().items()}
+        save_file({**tensors, "logit_scale": torch.ones(())}, str(path))
+    return towers
+
+
+def test_export_from_tower_files_records_their_fingerprint_for_the_extension(data, tmp_path, capsys):
+    """features fingerprints the towers it loads from files; export writes it; the extension's
+    IdentityEncoder loads those files and refuses a changed one (and features refuses to resume with it)."""
+    models, features = tmp_path / "models", tmp_path / "features"
+    towers = write_tower_files(data["config"], models, seed=11)
+    features_args = [
+        "features", "--faces", str(data["faces"]), "--out", str(features), "--encoder-config",
+        str(data["config"]), "--models-dir", str(models), "--shard-size", "64", "--workers", "0",
+    ]
+    assert main(features_args) == 0
+    expected = {name: tower_fingerprint(tower.state_dict()) for name, tower in towers.items()}
+    manifest_towers = load_features(features).manifest["encoder"]["towers"]
+    assert {t["name"]: (t["weights_sha256"], t["param_count"]) for t in manifest_towers} == {
+        name: (f.weights_sha256, f.param_count) for name, f in expected.items()
+    }
+    run, out = tmp_path / "run", tmp_path / "encoder.safetensors"
+    train_args = ["--features", str(features), "--targets", str(data["targets"]), "--out", str(run)]
+    assert main(["train", *train_args, *TRAIN_ARGS, "--steps", "2"]) == 0
+    export_args = ["--run", str(run), "--features", str(features), "--targets", str(data["targets"])]
+    assert main(["export", *export_args, "--rank", "2", "--out", str(out)]) == 0
+
+    checkpoint = load_encoder_checkpoint(out)
+    assert checkpoint.tower_states == {}
+    assert {t.name: recorded_fingerprint(t) for t in checkpoint.config.towers} == expected
+    stored = load_features(features)
+    crop_path = pd.read_csv(data["faces"])["crop_path"][int(stored.row[0])]
+    encoder = IdentityEncoder(out, models_dir=models, device="cpu")
+    assert encoder.encode_photos([crop_path], assume_cropped=True).embedding.shape == (8, 2048)
+    with Image.open(crop_path) as image:
+        pixels = pixels_from_crop(image, checkpoint.config.crop)
+    torch.testing.assert_close(encoder.load().features(pixels[None])[0], stored.features[0])
+
+    with torch.no_grad():
+        towers["clip_g"].proj[0, 0] += 0.5
+    changed = towers_dir(models) / f"{checkpoint.config.towers[1].file_stem}.safetensors"
+    save_file(dict(towers["clip_g"].state_dict()), str(changed))
+    with pytest.raises(EncoderError, match=f"{changed}: different weights than the encoder was trained with"):
+        IdentityEncoder(out, models_dir=models, device="cpu").encode_photos([crop_path], assume_cropped=True)
+    assert main(features_args) == 2
+    assert "holds features of a different run (changed: encoder)" in capsys.readouterr().err
 
 
 def test_resume_after_interruption_is_bit_exact(data, tmp_path):

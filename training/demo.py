@@ -60,8 +60,6 @@ def tiny_encoder_config(crop_size: int = TINY_CROP) -> dict:
             "pretrained": "random",
             "embed_dim": embed_dim,
             "model_cfg": {"embed_dim": embed_dim, "vision_cfg": vision},
-            "file_sha256": None,
-            "file_size": None,
         }
 
     return {

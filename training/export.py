@@ -1,7 +1,8 @@
 """Stage ``export``: the extension's encoder checkpoint (format v1) for ``models/magicnaming/encoder/``.
 
 Writes with ``lib_magicnaming.checkpoint.save_encoder_checkpoint``: the trained head, the towers and crop the
-features were computed with (from the features manifest), and name-space statistics of all target
+features were computed with (from the features manifest; real towers carry the fingerprint of their weights,
+which the extension checks its tower files against), and name-space statistics of all target
 embeddings (mean, and a rank-``--rank`` PCA basis with the standard deviation along each axis) for sampling
 fictional identities. ``--include-towers`` stores the tower weights in the file too (needed for random test
 towers; real towers are found by the extension in its models folder). The training summary (steps, losses,

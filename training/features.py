@@ -11,7 +11,11 @@ pinned memory so the towers never wait for images.
 Towers: the real ones (open_clip ViT-L/14 openai + ViT-bigG/14 laion2b_s39b_b160k) from ``--models-dir``
 (lib_magicnaming.towers), or any EncoderConfig in ``--encoder-config`` (JSON: towers, crop, feature_norm),
 or random weights with ``--random-towers SEED`` (tests, benchmarks; the weights are saved beside the
-shards so ``export --include-towers`` can ship them).
+shards so ``export --include-towers`` can ship them). Real towers are fingerprinted once loaded
+(``lib_magicnaming.towers.tower_fingerprint``: weights_sha256 + param_count, from the tensors in memory) and
+the manifest's ``encoder.towers`` records it, so ``export`` writes it into the checkpoint and the extension
+refuses other weights; resuming into a folder made with other tower weights is refused too. Random towers
+record no fingerprint.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +32,7 @@ from PIL import Image
 from lib_magicnaming.atomic import write_atomic
 from lib_magicnaming.face import CropConfig, pixels_from_crop
 from lib_magicnaming.model import EncoderConfig, NameEncoder, TowerSpec, build_encoder
+from lib_magicnaming.towers import recorded_fingerprint, tower_fingerprint, with_fingerprint
 from training.common import SkipReport, TrainingError, read_json, read_table, write_json
 from training.distributed import Place, current_place
 
@@ -129,7 +134,20 @@ def build_feature_encoder(args: argparse.Namespace, folder: Path, place: Place) 
             save_tower_states(folder / RANDOM_TOWERS_FILE, encoder)
     else:
         encoder = build_encoder(config, models_dir=args.models_dir, allow_download=args.allow_download)
+        encoder.config = record_tower_fingerprints(encoder)
     return encoder.to(device=place.device, dtype=compute_dtype(args.dtype, place.device)).eval()
+
+
+def record_tower_fingerprints(encoder: NameEncoder) -> EncoderConfig:
+    """``encoder``'s config with each tower recording the fingerprint of the weights it holds (float32, as
+    loaded: before any move to the compute dtype). A tower whose spec already records one was checked
+    against it on load and keeps it."""
+    towers = []
+    for spec in encoder.config.towers:
+        if recorded_fingerprint(spec) is None:
+            spec = with_fingerprint(spec, tower_fingerprint(encoder.towers[spec.name].state_dict()))
+        towers.append(spec)
+    return replace(encoder.config, towers=towers).validate()
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
