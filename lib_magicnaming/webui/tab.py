@@ -336,15 +336,20 @@ def _photos_section(gr: Any) -> SimpleNamespace:
     return ui
 
 
+def _mix_save_row(gr: Any, ui: SimpleNamespace) -> None:
+    """The name / mix method / overwrite / save row that the names and mix sections share."""
+    with gr.Row():
+        ui.name = gr.Textbox(label="Identity name")
+        ui.method = gr.Radio(METHODS, value="linear", label="Mix")
+        ui.overwrite = gr.Checkbox(False, label="Overwrite")
+        ui.save = gr.Button("Save identity", variant="primary")
+
+
 def _names_section(gr: Any) -> SimpleNamespace:
     with gr.Tab("From names", elem_id="magicnaming_tab_names"):
         gr.Markdown("Names SDXL knows, with weights. Uses the loaded SDXL checkpoint, no encoder.")
         ui = SimpleNamespace(text=gr.Textbox(label="Names", placeholder="0.6 Ada Lovelace + 0.4 Alan Turing"))
-        with gr.Row():
-            ui.name = gr.Textbox(label="Identity name")
-            ui.method = gr.Radio(METHODS, value="linear", label="Mix")
-            ui.overwrite = gr.Checkbox(False, label="Overwrite")
-            ui.save = gr.Button("Save identity", variant="primary")
+        _mix_save_row(gr, ui)
     return ui
 
 
@@ -352,11 +357,7 @@ def _mix_section(gr: Any) -> SimpleNamespace:
     with gr.Tab("Mix", elem_id="magicnaming_tab_mix"):
         text = gr.Textbox(label="Saved identities, weighted", placeholder="0.5 alice + 0.5 bob")
         ui = SimpleNamespace(text=text)
-        with gr.Row():
-            ui.name = gr.Textbox(label="Identity name")
-            ui.method = gr.Radio(METHODS, value="linear", label="Mix")
-            ui.overwrite = gr.Checkbox(False, label="Overwrite")
-            ui.save = gr.Button("Save identity", variant="primary")
+        _mix_save_row(gr, ui)
     return ui
 
 
