@@ -24,8 +24,11 @@ from lib_magicnaming.model import build_tower_module
 from lib_magicnaming.towers import recorded_fingerprint, tower_fingerprint, towers_dir
 from training.cli import main
 from training.common import TrainingError
+from training.distributed import Place
 from training.features import encoder_config_from_dict, load_features, shard_path
-from training.train import EpochSampler, Place, TrainSettings, load_state, lr_at, split_identities
+from training.train import EpochSampler, lr_at, split_identities
+from training.train_settings import TrainSettings
+from training.train_state import load_state
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_ARGS = [
@@ -384,7 +387,7 @@ def test_ranks_check_they_resume_from_the_same_step(tmp_path):
 def test_damaged_training_checkpoint_is_named(tmp_path):
     from safetensors.torch import save_file
 
-    from training.train import STATE_FORMAT, STATE_VERSION
+    from training.train_state import STATE_FORMAT, STATE_VERSION
 
     path = tmp_path / "last.safetensors"
     metadata = {"format": STATE_FORMAT, "format_version": STATE_VERSION}  # no "settings"

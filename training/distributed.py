@@ -57,3 +57,12 @@ def same_on_every_rank(value: int, place: Place) -> bool:
     both = torch.tensor([value, -value], dtype=torch.long, device=device)
     torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
     return int(both[0]) == -int(both[1])
+
+
+def mean_over_ranks(value: torch.Tensor, place: Place) -> float:
+    """The mean of ``value`` over every rank (a collective when distributed: all ranks call it)."""
+    if place.world > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= torch.distributed.get_world_size()
+    return float(value)

@@ -19,7 +19,8 @@ from lib_magicnaming.model import NameHead
 from training.common import TrainingError, read_json, read_table, write_json
 from training.features import load_features
 from training.targets import load_targets
-from training.train import LAST_CHECKPOINT, load_state
+from training.train_log import LOG_FILE
+from training.train_state import last_checkpoint, load_state
 
 
 def predict(head: NameHead, features: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
@@ -129,14 +130,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     """Run the ``eval`` stage; writes RUN/eval-<split>.json and RUN/loss.png."""
     folder = Path(args.run)
-    head = load_head(args.checkpoint or folder / "checkpoints" / LAST_CHECKPOINT)
+    head = load_head(args.checkpoint or last_checkpoint(folder))
     split = read_json(folder / "split.json", "identity split")
     if not split[args.split]:
         raise TrainingError(f"the run has no {args.split} identities (train with --val-fraction > 0)")
     result = {"split": args.split, **evaluate(head, args.features, args.targets, split[args.split])}
     write_json(folder / f"eval-{args.split}.json", result)
-    if (folder / "log.csv").is_file():
-        plot_losses(folder / "log.csv", folder / "loss.png")
+    if (folder / LOG_FILE).is_file():
+        plot_losses(folder / LOG_FILE, folder / "loss.png")
     crop, ident = result["per_crop"], result["per_identity"]
     print(
         f"eval ({args.split}, {result['identities']} identities, {result['candidates']} names): "

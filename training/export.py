@@ -26,7 +26,7 @@ from lib_magicnaming.model import EncoderConfig
 from training.common import TrainingError, read_json
 from training.features import MANIFEST, RANDOM_TOWERS_FILE, encoder_config_from_dict
 from training.targets import load_targets
-from training.train import LAST_CHECKPOINT, load_state
+from training.train_state import last_checkpoint, load_state
 
 EXACT_SVD_MAX_NAMES = 4096
 """Up to this many names the basis comes from an exact SVD; beyond, from torch.pca_lowrank."""
@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> str:
     """Run the ``export`` stage; returns the checkpoint's short hash."""
     folder, features = Path(args.run), Path(args.features)
-    state = load_state(args.checkpoint or folder / "checkpoints" / LAST_CHECKPOINT)
+    state = load_state(args.checkpoint or last_checkpoint(folder))
     base = encoder_config_from_dict(read_json(features / MANIFEST, "features manifest")["encoder"])
     config = EncoderConfig(
         towers=base.towers, head=state.head_config, crop=base.crop, feature_norm=base.feature_norm

@@ -20,70 +20,21 @@ checked for ranks that drifted apart.
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
-import json
 import math
-import sys
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lib_magicnaming.atomic import write_atomic
-from lib_magicnaming.errors import MagicNamingError
-from lib_magicnaming.model import HeadConfig, NameHead, init_head_
-from training.common import SkipReport, TrainingError, read_json, write_json
-from training.distributed import Place, current_place, init_process_group, same_on_every_rank
+from lib_magicnaming.model import NameHead, init_head_
+from training.common import SkipReport, TrainingError, write_json
+from training.distributed import Place, current_place, init_process_group, mean_over_ranks, same_on_every_rank
 from training.features import FeatureSet, load_features
 from training.targets import Targets, load_targets
-
-STATE_FORMAT = "magicnaming-training-state"
-STATE_VERSION = "1"
-LAST_CHECKPOINT = "last.safetensors"
-LOG_COLUMNS = ["step", "lr", "train_loss", "val_loss"]
-
-
-@dataclass
-class TrainSettings:
-    """Everything that determines a training run (recorded in every checkpoint)."""
-
-    steps: int = 10000
-    batch_size: int = 256
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 500
-    weight_decay: float = 0.01
-    cosine_weight: float = 0.0
-    grad_clip: float = 1.0
-    hidden_dim: int = 2048
-    norm: str = "layernorm"
-    act: str = "gelu"
-    val_fraction: float = 0.05
-    seed: int = 0
-
-    def head_config(self, in_dim: int) -> HeadConfig:
-        """The head these settings train."""
-        return HeadConfig(in_dim=in_dim, hidden_dim=self.hidden_dim, norm=self.norm, act=self.act).validate()
-
-
-SETTING_HELP = {
-    "steps": "optimiser steps the schedule spans",
-    "batch_size": "examples per step on each rank",
-    "lr": "peak learning rate (AdamW)",
-    "min_lr_ratio": "final learning rate as a fraction of the peak",
-    "warmup_steps": "linear warm-up steps",
-    "weight_decay": "AdamW weight decay",
-    "cosine_weight": "weight of the (1 - cosine similarity) term added to the MSE",
-    "grad_clip": "gradient norm clip (0: off)",
-    "hidden_dim": "head hidden width (recorded in the checkpoint)",
-    "norm": "head normalisation: layernorm or none",
-    "act": "head activation: gelu, relu or silu",
-    "val_fraction": "share of identities held out for validation",
-    "seed": "seed of the identity split, batch order and head initialisation",
-}
+from training.train_log import LoopClock, TrainingLog
+from training.train_settings import TrainSettings
+from training.train_state import head_weights_hash, last_checkpoint, resume_from, save_state, step_checkpoint
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -221,118 +172,6 @@ def validation_loss(head: NameHead, data: TrainData, s: TrainSettings, place: Pl
     return total / len(data.val_features)
 
 
-def head_weights_hash(head: NameHead) -> str:
-    """sha256 over the head's tensors (sorted names, float32 bytes): equal on ranks that agree."""
-    digest = hashlib.sha256()
-    for key, value in sorted(head.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def save_state(
-    path: Path, head: NameHead, optimizer: torch.optim.Optimizer, step: int, s: TrainSettings, extra: dict
-) -> None:
-    """Write a training checkpoint atomically (safetensors tensors + JSON metadata)."""
-    from safetensors.torch import save_file
-
-    tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    params = list(head.parameters())
-    for i, param in enumerate(params):
-        for key, value in optimizer.state.get(param, {}).items():
-            tensors[f"optim.{i}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["step"] = torch.tensor([step], dtype=torch.int64)
-    tensors["rng.cpu"] = torch.random.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    metadata = {
-        "format": STATE_FORMAT,
-        "format_version": STATE_VERSION,
-        "settings": json.dumps(asdict(s), sort_keys=True),
-        "head": json.dumps(head.config.to_dict(), sort_keys=True),
-        "extra": json.dumps(extra, sort_keys=True),
-    }
-    write_atomic(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
-
-
-@dataclass
-class TrainingState:
-    """A loaded training checkpoint."""
-
-    step: int
-    settings: TrainSettings
-    head_config: HeadConfig
-    head_state: dict[str, torch.Tensor]
-    optimizer_tensors: dict[str, torch.Tensor]
-    rng: dict[str, torch.Tensor]
-    extra: dict
-
-
-def load_state(path: str | Path) -> TrainingState:
-    """Read a training checkpoint; errors name the file and the problem."""
-    from safetensors import safe_open
-
-    p = Path(path)
-    if not p.is_file():
-        raise TrainingError(f"training checkpoint not found: {p}")
-    try:
-        with safe_open(str(p), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error kinds for damaged files
-        raise TrainingError(f"{p} is not a readable training checkpoint ({exc})") from exc
-    if metadata.get("format") != STATE_FORMAT or metadata.get("format_version") != STATE_VERSION:
-        raise TrainingError(f"{p} is not a {STATE_FORMAT} v{STATE_VERSION} file")
-    known = {f.name for f in fields(TrainSettings)}
-    try:
-        settings = json.loads(metadata["settings"])
-        return TrainingState(
-            step=int(tensors["step"][0]),
-            settings=TrainSettings(**{k: v for k, v in settings.items() if k in known}),
-            head_config=HeadConfig.from_dict(json.loads(metadata["head"])),
-            head_state={k[5:]: v for k, v in tensors.items() if k.startswith("head.")},
-            optimizer_tensors={k[6:]: v for k, v in tensors.items() if k.startswith("optim.")},
-            rng={k[4:]: v for k, v in tensors.items() if k.startswith("rng.")},
-            extra=json.loads(metadata.get("extra", "{}")),
-        )
-    except (KeyError, IndexError, ValueError, TypeError, AttributeError, MagicNamingError) as exc:
-        raise TrainingError(f"{p} is a damaged training checkpoint ({type(exc).__name__}: {exc})") from exc
-
-
-def restore_optimizer(
-    optimizer: torch.optim.Optimizer, head: NameHead, flat: dict[str, torch.Tensor]
-) -> None:
-    """Rebuild AdamW's per-parameter state from the flattened ``<param index>.<key>`` tensors."""
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in flat.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    if state and set(state) != set(range(len(list(head.parameters())))):
-        raise TrainingError("the checkpoint's optimizer state does not match the head's parameters")
-    saved = optimizer.state_dict()
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-
-
-class CsvLog:
-    """``log.csv`` on rank 0; on resume, rows after the resumed step are dropped (they will be redone)."""
-
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
-        rows = []
-        if resume_step > 0 and path.is_file():
-            with path.open(newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, row: dict) -> None:
-        """Append one row."""
-        with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=LOG_COLUMNS).writerow(row)
-
-
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """TrainSettings from the command line (same field names, dashes for underscores), checked."""
     s = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
@@ -365,7 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             f"--{f.name.replace('_', '-')}",
             type=type(value),
             default=value,
-            help=f"{SETTING_HELP[f.name]} (default: {value})",
+            help=f"{f.metadata['help']} (default: {value})",
         )
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="write a checkpoint every N steps")
     parser.add_argument("--eval-every", type=int, default=500, help="validation loss every N steps")
@@ -385,16 +224,9 @@ def _resume_path(args: argparse.Namespace, out: Path) -> Path | None:
     if args.resume == "no":
         return None
     if args.resume == "auto":
-        candidate = out / "checkpoints" / LAST_CHECKPOINT
+        candidate = last_checkpoint(out)
         return candidate if candidate.is_file() else None
     return Path(args.resume)
-
-
-def _check_resumable(state: TrainingState, s: TrainSettings, path: Path) -> None:
-    fixed = ("batch_size", "hidden_dim", "norm", "act", "val_fraction", "seed", "steps", "lr", "warmup_steps")
-    changed = [k for k in fixed if getattr(state.settings, k) != getattr(s, k)]
-    if changed:
-        raise TrainingError(f"cannot resume from {path}: settings changed: {', '.join(changed)}")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -422,13 +254,17 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
     s = settings_from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+
+    # data: features joined to their names' targets, split by identity
     report = SkipReport("train")
     data = prepare_data(load_features(args.features), load_targets(args.targets), s, report)
     if place.device.type == "cuda":
         data = data.to(place.device)
     in_dim = data.train_features.shape[1]
-    # The process's RNG (saved in checkpoints) starts from the seed, so any random op a later head variant
-    # adds (dropout, noise) is reproducible and resumes exactly; the head's init has its own generator.
+
+    # model and optimiser, fresh or resumed. The process's RNG (saved in checkpoints) starts from the seed,
+    # so any random op a later head variant adds (dropout, noise) is reproducible and resumes exactly; the
+    # head's init has its own generator.
     torch.manual_seed(s.seed)
     head = NameHead(s.head_config(in_dim))
     init_head_(head, generator=torch.Generator().manual_seed(s.seed))
@@ -437,34 +273,29 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
     start = 0
     resume = _resume_path(args, out)
     if resume is not None:
-        state = load_state(resume)
-        _check_resumable(state, s, resume)
-        head.load_state_dict(state.head_state)
-        restore_optimizer(optimizer, head, state.optimizer_tensors)
-        torch.random.set_rng_state(state.rng["cpu"])
-        if "cuda" in state.rng and place.device.type == "cuda":
-            torch.cuda.set_rng_state(state.rng["cuda"], place.device)
-        start = state.step
+        start = resume_from(resume, s, head, optimizer, place.device)
     if distributed and not same_on_every_rank(start, place):
         # e.g. several nodes without a shared run folder: rank 0 found a checkpoint, another did not
         raise TrainingError(
             f"ranks disagree on the step to resume from (this rank: {start}); every rank must see the same "
-            f"{out / 'checkpoints'} (a shared folder) or use --resume no"
+            f"{last_checkpoint(out).parent} (a shared folder) or use --resume no"
         )
     model = head
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             head, device_ids=[place.device.index] if place.device.type == "cuda" else None
         )
+
+    # the loop
     if place.is_main:
         write_json(out / "split.json", {"train": data.train_names, "val": data.val_names, "seed": s.seed})
         report.write(out / "skipped.json")
     stop = min(s.steps, args.stop_at) if args.stop_at else s.steps
-    logger = _Loggers(out, start, stop, place, tensorboard=not args.no_tensorboard)
+    logger = TrainingLog(out, start, stop, place, tensorboard=not args.no_tensorboard)
     sampler = EpochSampler(len(data.train_features), s.batch_size, place, s.seed)
     extra = {"split": {"train": len(data.train_names), "val": len(data.val_names)}, "world": place.world}
     last_loss = float("nan")
-    clock = _LoopClock(place)
+    clock = LoopClock(place)
     for step in range(start, stop):
         clock.tick(step - start)
         lr = lr_at(step, s)
@@ -483,7 +314,7 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
         optimizer.step()
         done = step + 1
         if done % args.log_every == 0 or done == s.steps:
-            last_loss = _mean_over_ranks(loss.detach(), distributed)
+            last_loss = mean_over_ranks(loss.detach(), place)
             val = (
                 validation_loss(head, data, s, place)
                 if place.is_main and (done % args.eval_every == 0 or done == s.steps)
@@ -493,13 +324,13 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
         logger.advance()
         if done % args.checkpoint_every == 0 or done == stop:
             if place.is_main:
-                save_state(out / "checkpoints" / LAST_CHECKPOINT, head, optimizer, done, s, extra)
+                save_state(last_checkpoint(out), head, optimizer, done, s, extra)
                 if done % args.checkpoint_every == 0:
-                    save_state(
-                        out / "checkpoints" / f"step-{done:08d}.safetensors", head, optimizer, done, s, extra
-                    )
+                    save_state(step_checkpoint(out, done), head, optimizer, done, s, extra)
             if distributed:
                 torch.distributed.barrier()
+
+    # the end: each rank's weights hash, rank 0's summary
     steps_per_second = clock.steps_per_second(stop - start)
     logger.close()
     (out / f"weights-rank{place.rank}.sha256").write_text(head_weights_hash(head) + "\n")
@@ -520,98 +351,3 @@ def _train(args: argparse.Namespace, place: Place, distributed: bool) -> dict:
         print(f"train: {stop} steps, last train loss {last_loss:.6g} -> {out}; {report.summary()}")
     return summary
 
-
-class _LoopClock:
-    """Wall time of the training loop from the end of its first step (start-up and warm-up excluded)."""
-
-    def __init__(self, place: Place):
-        self.place, self.started = place, None
-
-    def _now(self) -> float:
-        if self.place.device.type == "cuda":
-            torch.cuda.synchronize(self.place.device)
-        return time.perf_counter()
-
-    def tick(self, done: int) -> None:
-        if done == 1:
-            self.started = self._now()
-
-    def steps_per_second(self, done: int) -> float | None:
-        """Steps per second over steps 2..done (None for runs of fewer than 3 steps)."""
-        if self.started is None or done < 3:
-            return None
-        return (done - 1) / max(1e-9, self._now() - self.started)
-
-
-def _mean_over_ranks(value: torch.Tensor, distributed: bool) -> float:
-    if distributed:
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-        value /= torch.distributed.get_world_size()
-    return float(value)
-
-
-PLAIN_PROGRESS_EVERY_S = 30.0
-"""Without a terminal (a log file, a cluster job) progress is a plain line at most this often."""
-
-
-class _Loggers:
-    """CSV + TensorBoard + progress, all on rank 0 only.
-
-    Progress is a tqdm bar on a terminal; when stderr is not a terminal, a bar's carriage-return redraws would
-    fill the log, so plain lines are printed instead (at most every PLAIN_PROGRESS_EVERY_S, and at the end).
-    """
-
-    def __init__(self, out: Path, start: int, total: int, place: Place, tensorboard: bool):
-        from tqdm import tqdm
-
-        self.main, self.total = place.is_main, total
-        self.csv = CsvLog(out / "log.csv", start) if self.main else None
-        self.board = None
-        if self.main and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.board = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1 if start else None)
-        interactive = self.main and sys.stderr.isatty()
-        self.bar = tqdm(initial=start, total=total, disable=not interactive, desc="train", leave=False)
-        self.plain = self.main and not interactive
-        self.last_plain = None
-
-    def log(self, step: int, lr: float, train_loss: float, val_loss: float | None) -> None:
-        if not self.main:
-            return
-        self.csv.write(
-            {
-                "step": step,
-                "lr": lr,
-                "train_loss": train_loss,
-                "val_loss": "" if val_loss is None else val_loss,
-            }
-        )
-        if self.board is not None:
-            self.board.add_scalar("loss/train", train_loss, step)
-            self.board.add_scalar("lr", lr, step)
-            if val_loss is not None:
-                self.board.add_scalar("loss/val", val_loss, step)
-        self.bar.set_postfix(loss=f"{train_loss:.4g}")
-        now = time.monotonic()
-        if self.plain and (
-            self.last_plain is None or now - self.last_plain >= PLAIN_PROGRESS_EVERY_S or step == self.total
-        ):
-            self.last_plain = now
-            val = "" if val_loss is None else f", val loss {val_loss:.6g}"
-            line = f"train: step {step}/{self.total}, lr {lr:.3g}, loss {train_loss:.6g}{val}"
-            print(line, file=sys.stderr)
-
-    def advance(self) -> None:
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.board is not None:
-            self.board.close()
-
-
-def read_summary(run_folder: str | Path) -> dict:
-    """The summary.json of a finished run."""
-    return read_json(Path(run_folder) / "summary.json", "training summary")
