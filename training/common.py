@@ -29,13 +29,6 @@ class SkipReport:
         """Record one skipped input (a row, a file, a name) with the reason it was skipped."""
         self.skipped.append({"item": item, "reason": reason})
 
-    def extend(self, other: SkipReport) -> None:
-        """Append every entry of another report."""
-        self.skipped.extend(other.skipped)
-
-    def __len__(self) -> int:
-        return len(self.skipped)
-
     def summary(self, limit: int = 5) -> str:
         """One line for the console: how many were skipped and the first few reasons."""
         if not self.skipped:
