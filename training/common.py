@@ -1,4 +1,5 @@
-"""Pieces every stage shares: the pipeline's error, the skipped-input report, atomic file writes, tables."""
+"""Pieces every stage shares: the pipeline's error, the skipped-input report, atomic file writes, tables,
+reading a safetensors file."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from lib_magicnaming.atomic import write_atomic, write_bytes_atomic
 from lib_magicnaming.errors import MagicNamingError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TrainingError(MagicNamingError):
@@ -81,3 +86,18 @@ def read_table(path: str | os.PathLike, what: str, columns: Iterable[str] = ()) 
             f"it has: {', '.join(map(str, table.columns))}"
         )
     return table
+
+
+def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a safetensors file; ``what`` names it in the error if it is missing or
+    unreadable (checking its contents is the caller's)."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingError(f"{what} not found: {p}")
+    try:
+        with safe_open(str(p), framework="pt") as handle:
+            return handle.metadata() or {}, {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error kinds for damaged files
+        raise TrainingError(f"{p} is not a readable {what} ({exc})") from exc

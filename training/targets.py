@@ -26,7 +26,7 @@ import torch
 from lib_magicnaming.atomic import write_atomic
 from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH
 from lib_magicnaming.namespace import encode_names_f_id
-from training.common import SkipReport, TrainingError, read_json, read_table
+from training.common import SkipReport, TrainingError, read_json, read_safetensors, read_table
 from training.text_encoders import (
     SDXL_CLIP_G,
     SDXL_CLIP_L,
@@ -78,18 +78,13 @@ def save_targets(path: str | Path, targets: Targets) -> Path:
 
 def load_targets(path: str | Path) -> Targets:
     """Read a targets file; errors name the file and what is wrong with it."""
-    from safetensors import safe_open
-
     p = Path(path)
-    if not p.is_file():
-        raise TrainingError(f"targets file not found: {p}")
+    metadata, tensors = read_safetensors(p, "targets file")
     try:
-        with safe_open(str(p), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            f_id = handle.get_tensor(TARGETS_KEY)
+        f_id = tensors[TARGETS_KEY]
         names = json.loads(metadata["names"])
         towers = json.loads(metadata.get("towers", "[]"))
-    except Exception as exc:  # safetensors/JSON/key errors: all mean "not a targets file"
+    except (KeyError, ValueError) as exc:  # a missing tensor or entry, or broken JSON
         raise TrainingError(f"{p} is not a targets file written by the targets stage ({exc})") from exc
     if f_id.ndim != 3 or f_id.shape[0] != len(names):
         raise TrainingError(f"{p}: f_id has shape {tuple(f_id.shape)} for {len(names)} names")

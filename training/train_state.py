@@ -20,7 +20,7 @@ import torch
 from lib_magicnaming.atomic import write_atomic
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.model import HeadConfig, NameHead
-from training.common import TrainingError
+from training.common import TrainingError, read_safetensors
 from training.train_settings import TrainSettings
 
 STATE_FORMAT = "magicnaming-training-state"
@@ -83,17 +83,8 @@ class TrainingState:
 
 def load_state(path: str | Path) -> TrainingState:
     """Read a training checkpoint; errors name the file and the problem."""
-    from safetensors import safe_open
-
     p = Path(path)
-    if not p.is_file():
-        raise TrainingError(f"training checkpoint not found: {p}")
-    try:
-        with safe_open(str(p), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error kinds for damaged files
-        raise TrainingError(f"{p} is not a readable training checkpoint ({exc})") from exc
+    metadata, tensors = read_safetensors(p, "training checkpoint")
     if metadata.get("format") != STATE_FORMAT or metadata.get("format_version") != STATE_VERSION:
         raise TrainingError(f"{p} is not a {STATE_FORMAT} v{STATE_VERSION} file")
     known = {f.name for f in fields(TrainSettings)}
