@@ -396,6 +396,24 @@ def test_damaged_training_checkpoint_is_named(tmp_path):
         load_state(path)
 
 
+def test_missing_or_unreadable_pipeline_files_are_named(tmp_path):
+    from training.targets import load_targets
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(TrainingError, match="training checkpoint not found: .*absent.safetensors"):
+        load_state(tmp_path / "absent.safetensors")
+    with pytest.raises(TrainingError, match="junk.safetensors is not a readable training checkpoint"):
+        load_state(junk)
+    with pytest.raises(TrainingError, match="targets file not found: .*absent.safetensors"):
+        load_targets(tmp_path / "absent.safetensors")
+    with pytest.raises(TrainingError, match="junk.safetensors is not a readable targets file"):
+        load_targets(junk)
+    save_file({"other": torch.zeros(1)}, str(junk))
+    with pytest.raises(TrainingError, match="junk.safetensors is not a targets file written by the targets"):
+        load_targets(junk)
+
+
 def test_auto_precision_follows_what_the_gpu_supports(monkeypatch):
     from training.features import compute_dtype
 
