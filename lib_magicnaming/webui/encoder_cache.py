@@ -1,29 +1,26 @@
-"""The extension's services: the identity library and the photo encoder, built from the current settings.
+"""The photo encoder as the WebUI serves it: found from the settings, built once, cached, and its status.
 
-The WebUI glue (tab, REST API, AlwaysOn script) asks here instead of building its own. The only state shared
-between requests is :data:`_ENCODERS`, a cache keyed by the encoder checkpoint's content hash (plus the device
-and detector it was built for): a changed file is a new key, so a stale encoder is never served; and the
-memo of that hash per version of the file (:func:`checkpoint_sha256`).
+:func:`get_encoder` is the one place that builds an ``IdentityEncoder`` from the settings (the tab, the REST
+API and the AlwaysOn script reach it through :class:`.services.Services`). The encoder alone decides when its
+model leaves the GPU (after each call unless "keep loaded"; never kept under --lowvram/--medvram): nothing
+here or in its callers unloads it. The only state shared between requests is :data:`_ENCODERS`, a cache keyed
+by the encoder checkpoint's content hash (plus the device and detector it was built for): a changed file is
+a new key, so a stale encoder is never served; and the memo of that hash per version of the file
+(:func:`checkpoint_sha256`). :func:`encoder_status` says what the encoder needs and has.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 import threading
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
-from lib_magicnaming.errors import EncoderError, IdentityExists, MagicNamingError
-from lib_magicnaming.tags import validate_identity_name
+from lib_magicnaming.constants import SHORT_HASH_CHARS
+from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
-
-if TYPE_CHECKING:
-    from lib_magicnaming.identity import IdentityLibrary
 
 OPTIONAL_PACKAGES = {
     "open_clip": "open_clip_torch",
@@ -32,8 +29,9 @@ OPTIONAL_PACKAGES = {
 }
 """Importable module -> what to install; the photo encoder needs all three (install.py installs them)."""
 
-_ENCODERS: dict[tuple[str, str, str], Any] = {}
-"""(checkpoint sha256, device, detector pack) -> IdentityEncoder. Holds at most one entry."""
+_ENCODERS: dict[tuple, Any] = {}
+"""(checkpoint sha256, device, detector pack, the other settings it was built with) -> IdentityEncoder.
+Holds at most one entry."""
 _ENCODERS_LOCK = threading.Lock()
 
 
@@ -74,14 +72,6 @@ class EncoderStatus:
 def missing_packages() -> list[str]:
     """Install hints for the optional packages that do not import here."""
     return [hint for module, hint in OPTIONAL_PACKAGES.items() if importlib.util.find_spec(module) is None]
-
-
-def identity_library(settings: MagicNamingSettings | None = None) -> IdentityLibrary:
-    """The identity library of the configured folder (``<folder>/identities``)."""
-    from lib_magicnaming.identity import IdentityLibrary
-
-    settings = settings or current_settings()
-    return IdentityLibrary(settings.identities_dir)
 
 
 def find_encoder_checkpoint(settings: MagicNamingSettings) -> Path:
@@ -186,20 +176,6 @@ def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
     return encoder
 
 
-def release_encoder(settings: MagicNamingSettings | None = None) -> None:
-    """Unload the encoder's model unless 'keep encoder loaded' is on (call after each use).
-
-    The encoder object stays cached with its photo cache; the next use loads the model again.
-    """
-    settings = settings or current_settings()
-    if settings.keep_encoder_loaded:
-        return
-    with _ENCODERS_LOCK:
-        encoders = list(_ENCODERS.values())
-    for encoder in encoders:
-        encoder.unload()
-
-
 def _cached_encoder(key: tuple) -> Any | None:
     with _ENCODERS_LOCK:
         return _ENCODERS.get(key)
@@ -235,128 +211,3 @@ def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus
         if detector is not None and detector.provider:
             status.detector_provider = str(detector.provider)
     return status
-
-
-# --------------------------------------------------------------------------- what the tab and the API share
-
-
-@dataclass(frozen=True)
-class ServiceContext:
-    """What the tab and the REST routes need from the WebUI; tests pass their own."""
-
-    library: Callable[[], Any]
-    """-> IdentityLibrary"""
-    encoder: Callable[[], Any]
-    """-> IdentityEncoder (EncoderError when none is installed)"""
-    encoder_status: Callable[[], EncoderStatus]
-    encode_texts: Callable[[list[str]], Any]
-    """prompts -> crossattn (N, 77k, 2048) of the loaded SDXL model (EncoderError when none is loaded)"""
-    gpu_lock: Callable[[], Any]
-    """-> a context manager held around GPU work (the WebUI's queue lock)"""
-    release_encoder: Callable[[], None] = lambda: None
-
-
-def names_identity(context: ServiceContext, name: str, weighted: list[tuple[str, float]], method: str) -> Any:
-    """A new Identity from weighted names, encoded by the loaded SDXL text encoders (under the GPU lock)."""
-    from lib_magicnaming.identity import Identity
-    from lib_magicnaming.namespace import identity_from_names
-
-    validate_identity_name(name)
-    with context.gpu_lock():
-        embedding = identity_from_names(context.encode_texts, weighted, method=method)
-    origin = {"kind": "names", "names": [[text, float(weight)] for text, weight in weighted]}
-    return Identity(name, embedding, origin)
-
-
-def mix_identity(library: Any, name: str, weighted: list[tuple[str, float]], method: str) -> Any:
-    """A new Identity mixing saved identities; its origin records each one's name, hash and weight."""
-    from lib_magicnaming.identity import Identity
-    from lib_magicnaming.namespace import mix_embeddings
-
-    validate_identity_name(name)
-    sources = [library.load(source) for source, _ in weighted]
-    weights = [float(weight) for _, weight in weighted]
-    embedding = mix_embeddings([source.embedding for source in sources], weights, method=method)
-    pairs = zip(sources, weights, strict=True)
-    mixed = [[source.name, source.short_hash, weight] for source, weight in pairs]
-    return Identity(name, embedding, {"kind": "mix", "identities": mixed, "method": method})
-
-
-def photo_report_json(report: Any) -> dict[str, Any]:
-    """One photo's report (``encode.PhotoReport``) as JSON: face found, detector score, notes, ..."""
-    crop = report.crop
-    return {
-        "index": report.index,
-        "photo_hash": report.photo_hash,
-        "face_found": report.face_found,
-        "faces_found": report.faces_found,
-        "score": None if crop is None or crop.score is None else round(float(crop.score), 4),
-        "box": None if crop is None or crop.box is None else [round(float(v), 1) for v in crop.box],
-        "provider": None if crop is None else crop.provider,
-        "distance_from_mean": report.distance_from_mean,
-        "cached": report.cached,
-        "notes": list(report.notes),
-        "error": report.error,
-    }
-
-
-def photos_identity(name: str, result: Any) -> Any:
-    """A new Identity from an ``EncodeResult`` (origin 'photos'; the first face crop is its thumbnail)."""
-    from lib_magicnaming.identity import Identity
-
-    validate_identity_name(name)
-    origin = {"kind": "photos", "encoder_hash": result.encoder_hash, "photo_hashes": result.photo_hashes}
-    return Identity(name, result.embedding, origin, thumbnail=result.thumbnail)
-
-
-def sampled_identity(context: ServiceContext, name: str, seed: int, scale: float) -> Any:
-    """A new fictional Identity drawn from the encoder checkpoint's name-space statistics.
-
-    A bad scale is the caller's mistake (MagicNamingError, HTTP 400), checked before the encoder, whose
-    own EncoderError for it would read as "encoder unavailable" (503).
-    """
-    validate_identity_name(name)
-    if not math.isfinite(float(scale)) or float(scale) < 0:
-        raise MagicNamingError(f"the scale must be a finite number >= 0, not {scale!r}")
-    return context.encoder().make_sampled_identity(name, int(seed), float(scale))
-
-
-def refuse_existing(library: Any, name: str, overwrite: bool) -> None:
-    """Validate ``name`` and raise IdentityExists for a taken one (before any expensive work)."""
-    if not overwrite and library.exists(name):
-        raise IdentityExists(
-            f"an identity named {name!r} already exists; choose another name or overwrite", name
-        )
-
-
-def webui_encode_texts(texts: list[str]) -> Any:
-    """The loaded SDXL model's ``get_learned_conditioning(texts)['crossattn']``; EncoderError if not SDXL."""
-    import torch
-    from modules import devices, shared
-
-    model = shared.sd_model
-    if model is None or not getattr(model, "is_sdxl", False):
-        raise EncoderError("identities from names need an SDXL checkpoint loaded in the WebUI: load one")
-    with torch.no_grad(), devices.autocast():
-        cond = model.get_learned_conditioning(texts)
-    crossattn = cond["crossattn"] if isinstance(cond, dict) else cond
-    if crossattn.shape[-1] != SDXL_CONTEXT_WIDTH:
-        raise EncoderError(
-            f"the loaded checkpoint's text conditioning is {crossattn.shape[-1]} wide, not SDXL's "
-            f"{SDXL_CONTEXT_WIDTH} (the SDXL refiner?): load an SDXL base checkpoint to encode names"
-        )
-    return crossattn.float()
-
-
-def webui_context() -> ServiceContext:
-    """The ServiceContext of the running WebUI (settings are read at each call, so changes apply at once)."""
-    from modules import call_queue
-
-    return ServiceContext(
-        library=identity_library,
-        encoder=get_encoder,
-        encoder_status=encoder_status,
-        encode_texts=webui_encode_texts,
-        gpu_lock=lambda: call_queue.queue_lock,
-        release_encoder=release_encoder,
-    )

@@ -29,9 +29,9 @@ def saved_identity_names() -> list[str]:
 def status_line() -> str:
     """One line of HTML: the encoder's state and the face detector's provider."""
     try:
-        from lib_magicnaming.webui import services
+        from lib_magicnaming.webui.encoder_cache import encoder_status
 
-        text = services.encoder_status().summary()
+        text = encoder_status().summary()
     except Exception as error:  # the status line reports problems, it must never raise
         text = f"MagicNaming encoder status unavailable: {error}"
     return f"<span class='magicnaming-status'>{html.escape(text)}</span>"
