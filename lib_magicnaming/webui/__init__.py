@@ -15,5 +15,6 @@ Making and managing identities: :mod:`.use_cases` holds every identity use case;
 (:mod:`.tab` lays it out, :mod:`.tab_actions` maps its events) and the REST API (:mod:`.api` maps requests
 and errors to HTTP) both call it. Everything the adapter needs from the WebUI (identity library, photo
 encoder from :mod:`.encoder_cache`, the loaded checkpoint's text encoders, the queue lock) comes in one bag,
-:class:`.services.Services`. Settings and flags are read in :mod:`.options` only.
+:class:`.services.Services`. Settings and flags are read in :mod:`.options` only. Everything the adapter
+logs goes to its one logger, ``logging.getLogger("magicnaming")``, printed the WebUI's way (:mod:`.log`).
 """

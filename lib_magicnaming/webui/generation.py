@@ -30,6 +30,7 @@ from lib_magicnaming.tags import TAG_WORD, identity_key, rewrite_name_tags
 from lib_magicnaming.webui.conditioning import NOT_SDXL_MESSAGE
 from lib_magicnaming.webui.http_status import BAD_REQUEST, INTERNAL_ERROR, http_status
 from lib_magicnaming.webui.infotext import INFOTEXT_KEY, PerImageInfotext, format_summary
+from lib_magicnaming.webui.log import logger
 from lib_magicnaming.webui.markers import (
     check_strength,
     format_error_marker,
@@ -255,6 +256,7 @@ def rewrite_batch(
     except MagicNamingError as error:
         stop_generation(prompts, str(error), http_status(error))
     except Exception as error:  # any failure must stop the generation, never drop the identity silently
+        logger.error("stopped a generation on an unexpected error", exc_info=error)
         stop_generation(prompts, f"MagicNaming failed: {type(error).__name__}: {error}", INTERNAL_ERROR)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.namespace import MIX_METHODS
+from lib_magicnaming.webui.log import log_skipped
 from lib_magicnaming.webui.tab_actions import LIBRARY_HEADERS, TabActions, message_html
 
 
@@ -190,7 +191,8 @@ def initial_library(actions: TabActions) -> tuple[list, list, list[str]]:
     """The library view at build time (empty if the folder cannot be read: the UI must still build)."""
     try:
         return actions.library_view()
-    except MagicNamingError:
+    except MagicNamingError as error:
+        log_skipped("built the MagicNaming tab with an empty library view", error)
         return [], [], []
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from lib_magicnaming.errors import MagicNamingError
+from lib_magicnaming.webui.log import log_skipped
 from lib_magicnaming.webui.services import Services
 from lib_magicnaming.webui.use_cases import IdentityUseCases, no_progress, photo_report_json
 
@@ -130,7 +131,8 @@ class TabActions:
             if info.has_thumbnail:
                 try:
                     thumbnail = self.cases.load(info.name).thumbnail
-                except MagicNamingError:
+                except MagicNamingError as error:
+                    log_skipped(f"left {info.name!r} out of the tab's gallery", error)
                     continue
             gallery.append((thumbnail or placeholder_card(info.name, info.short_hash),
                             f"{info.name} [{info.short_hash}]"))
