@@ -162,6 +162,20 @@ def info_json(info: Any) -> dict[str, Any]:
     }
 
 
+def check_count(items: list, none_message: str, most: int | None = None, too_many_message: str = "") -> None:
+    """400 with ``none_message`` for an empty list, 413 with ``too_many_message`` for more than ``most``."""
+    if not items:
+        raise HTTPException(status_code=400, detail=none_message)
+    if most is not None and len(items) > most:
+        raise HTTPException(status_code=413, detail=too_many_message)
+
+
+def created(make: Callable[[], Any]) -> dict[str, Any]:
+    """The body answering a request that made an identity: ``make()``'s IdentityInfo (errors as HTTP)."""
+    with library_errors():
+        return {"identity": info_json(make())}
+
+
 def _weights(items: list[WeightedName]) -> list[tuple[str, float]]:
     return [(item.name, float(item.weight)) for item in items]
 
@@ -256,10 +270,8 @@ def build_router(
     @router.post("/identities/from-photos", status_code=201)
     def create_from_photos(request: FromPhotosRequest) -> dict[str, Any]:
         """Encode 1..N face photos into one identity and save it."""
-        if not request.photos:
-            raise HTTPException(status_code=400, detail="send at least one photo")
-        if len(request.photos) > limits.max_photos:
-            raise HTTPException(status_code=413, detail=f"at most {limits.max_photos} photos per request")
+        check_count(request.photos, "send at least one photo",
+                    limits.max_photos, f"at most {limits.max_photos} photos per request")
         photos = [decode_photo(text, i, limits) for i, text in enumerate(request.photos)]
         with library_errors():
             info, result = cases.create_from_photos(
@@ -271,35 +283,26 @@ def build_router(
     @router.post("/identities/from-names", status_code=201)
     def create_from_names(request: FromNamesRequest) -> dict[str, Any]:
         """Make an identity from weighted names with the loaded SDXL text encoders (no photo encoder)."""
-        if not request.names:
-            raise HTTPException(status_code=400, detail="send at least one name")
-        with library_errors():
-            info = cases.create_from_names(
-                request.name, _weights(request.names), request.method, overwrite=request.overwrite
-            )
-        return {"identity": info_json(info)}
+        check_count(request.names, "send at least one name")
+        return created(lambda: cases.create_from_names(
+            request.name, _weights(request.names), request.method, overwrite=request.overwrite
+        ))
 
     @router.post("/identities/mix", status_code=201)
     def create_mix(request: MixRequest) -> dict[str, Any]:
         """Mix saved identities (weights normalised to sum 1) into a new one."""
-        if not request.identities:
-            raise HTTPException(status_code=400, detail="send at least one identity to mix")
-        if len(request.identities) > limits.max_mix_items:
-            raise HTTPException(status_code=413, detail=f"at most {limits.max_mix_items} identities per mix")
-        with library_errors():
-            info = cases.create_mix(
-                request.name, _weights(request.identities), request.method, overwrite=request.overwrite
-            )
-        return {"identity": info_json(info)}
+        check_count(request.identities, "send at least one identity to mix",
+                    limits.max_mix_items, f"at most {limits.max_mix_items} identities per mix")
+        return created(lambda: cases.create_mix(
+            request.name, _weights(request.identities), request.method, overwrite=request.overwrite
+        ))
 
     @router.post("/identities/sample", status_code=201)
     def create_sampled(request: SampleRequest) -> dict[str, Any]:
         """Sample a fictional identity from the encoder checkpoint's name-space statistics."""
-        with library_errors():
-            info = cases.create_sampled(
-                request.name, request.seed, request.scale, overwrite=request.overwrite
-            )
-        return {"identity": info_json(info)}
+        return created(lambda: cases.create_sampled(
+            request.name, request.seed, request.scale, overwrite=request.overwrite
+        ))
 
     @router.get("/encoder")
     def get_encoder_status() -> dict[str, Any]:
