@@ -15,7 +15,7 @@ class MagicNamingScript(scripts.Script):
     """``<name:alice>`` in prompts: identities spliced into SDXL's conditioning."""
 
     services = None
-    """A :class:`lib_magicnaming.webui.generation.Services`; None means the settings-built ones."""
+    """A :class:`lib_magicnaming.webui.services.Services`; None means the running WebUI's."""
 
     def title(self):
         return "MagicNaming"

@@ -7,8 +7,9 @@ install step still leaves a working tab that explains what is missing.
 
 from modules import script_callbacks
 
-from lib_magicnaming.webui import api, options, tab
+from lib_magicnaming.webui import api, log, options, tab
 
+log.install_console_handler()
 script_callbacks.on_app_started(api.on_app_started)
 script_callbacks.on_ui_tabs(tab.on_ui_tabs)
 script_callbacks.on_ui_settings(options.on_ui_settings)

@@ -10,7 +10,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
-from webuiapp_doubles import make_context, no_encoder, random_identity, text_encoding
+from webuiapp_doubles import make_services, no_encoder, random_identity, text_encoding
 
 from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.identity import IdentityLibrary
@@ -23,9 +23,9 @@ def library(tmp_path):
 
 
 def make_client(library, *, encoder=no_encoder, api_auth=None, limits=ApiLimits(), encode_texts=None):
-    context, calls, lock = make_context(library, encoder=encoder, encode_texts=encode_texts)
+    services, calls, lock = make_services(library, encoder=encoder, encode_texts=encode_texts)
     app = FastAPI()
-    app.include_router(build_router(context, api_auth=api_auth, limits=limits))
+    app.include_router(build_router(services, api_auth=api_auth, limits=limits))
     client = TestClient(app)
     client.encode_calls = calls
     client.lock = lock

@@ -110,18 +110,18 @@ def test_preload_adds_the_flags():
 
 
 def test_encoder_missing_is_explained(app_webui, tmp_path):
-    from lib_magicnaming.webui import services
+    from lib_magicnaming.webui import encoder_cache
 
     encoder_dir = tmp_path / "mn" / "encoder"
     with pytest.raises(EncoderError, match=str(encoder_dir)):
-        services.get_encoder()
-    status = services.encoder_status()
+        encoder_cache.get_encoder()
+    status = encoder_cache.encoder_status()
     assert not status.ready and not status.loaded and str(encoder_dir) in status.missing[0]
     assert status.device == "cpu"  # auto -> the WebUI's device (the stand-in's is the CPU)
     assert "unavailable" in status.summary()
     app_webui.shared.opts.set("magicnaming_encoder_checkpoint", "mine.safetensors")
     with pytest.raises(EncoderError, match="'mine.safetensors' is not in"):
-        services.get_encoder()
+        encoder_cache.get_encoder()
 
 
 def test_routes_through_the_webui_middleware(app_webui):
@@ -200,9 +200,9 @@ def test_loads_and_explains_without_optional_packages(webui, monkeypatch, tmp_pa
     webui.load_script(ROOT / "scripts" / "magicnaming_app.py")
     webui.script_callbacks.ui_settings_callback()
     (tab,) = webui.script_callbacks.ui_tabs_callback()
-    from lib_magicnaming.webui import services
+    from lib_magicnaming.webui import encoder_cache
 
-    status = services.encoder_status()
+    status = encoder_cache.encoder_status()
     assert "package open_clip_torch" in status.missing and "package insightface" in status.missing
     assert "package onnxruntime (or onnxruntime-gpu)" in status.missing
     webui.shared.sd_model = webui.toy.ToySDXL()

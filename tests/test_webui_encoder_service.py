@@ -100,38 +100,54 @@ def test_sample_route(env):
 
 
 def test_encoder_is_cached_by_content_hash(env):
-    from lib_magicnaming.webui import services
+    from lib_magicnaming.webui import encoder_cache
 
-    first = services.get_encoder()
-    assert services.get_encoder() is first and first.encoder_hash == env.checkpoint_hash
+    first = encoder_cache.get_encoder()
+    assert encoder_cache.get_encoder() is first and first.encoder_hash == env.checkpoint_hash
     new_hash = write_tiny_checkpoint(env.checkpoint_path, seed=1)  # same file name, new content
-    second = services.get_encoder()
+    second = encoder_cache.get_encoder()
     assert second is not first and second.encoder_hash == new_hash != env.checkpoint_hash
 
 
-def test_keep_loaded_off_unloads_after_use(env, astronaut_png):
+def test_keep_loaded_off_the_encoder_leaves_the_gpu_after_each_use(env, astronaut_png, monkeypatch):
+    """The encoder alone decides: without "keep loaded" it moves its model off the GPU after each call
+    (with it, never); the routes and the tab never unload it."""
+    from lib_magicnaming.encode import IdentityEncoder
+    from lib_magicnaming.webui import encoder_cache
+
+    offloaded, unloaded = [], []
+    offload, unload = IdentityEncoder.offload, IdentityEncoder.unload
+    monkeypatch.setattr(IdentityEncoder, "offload", lambda self: offloaded.append(self) or offload(self))
+    monkeypatch.setattr(IdentityEncoder, "unload", lambda self: unloaded.append(self) or unload(self))
     env.shared.opts.set("magicnaming_keep_encoder_loaded", False)
     body = {"name": "crop", "photos": [base64.b64encode(astronaut_png).decode()], "assume_cropped": True}
     assert env.client.post("/magicnaming/v1/identities/from-photos", json=body).status_code == 201
-    assert env.client.get("/magicnaming/v1/encoder").json()["loaded"] is False
+    encoder = encoder_cache.get_encoder()
+    assert offloaded == [encoder] and unloaded == [] and not encoder.keep_loaded
+    assert {parameter.device.type for parameter in encoder.load().parameters()} == {"cpu"}
+
+    env.shared.opts.set("magicnaming_keep_encoder_loaded", True)
+    kept = {**body, "name": "kept"}
+    assert env.client.post("/magicnaming/v1/identities/from-photos", json=kept).status_code == 201
+    assert offloaded == [encoder] and encoder_cache.get_encoder().keep_loaded
 
 
 def test_missing_package_is_named(env, monkeypatch):
-    from lib_magicnaming.webui import services
+    from lib_magicnaming.webui import encoder_cache
 
-    monkeypatch.setitem(services.OPTIONAL_PACKAGES, "magicnaming_absent_module", "absent-package")
+    monkeypatch.setitem(encoder_cache.OPTIONAL_PACKAGES, "magicnaming_absent_module", "absent-package")
     with pytest.raises(EncoderError, match="absent-package"):
-        services.get_encoder()
-    status = services.encoder_status()
+        encoder_cache.get_encoder()
+    status = encoder_cache.encoder_status()
     assert "package absent-package" in status.missing and not status.ready
 
 
 def test_tab_preview_then_save(env, astronaut_png):
     from lib_magicnaming.webui import services
-    from lib_magicnaming.webui.tab import TabActions
+    from lib_magicnaming.webui.tab_actions import TabActions
 
     install_pack(env.insightface_root, [FACE_BOX], (512, 512))
-    actions = TabActions(services.webui_context())
+    actions = TabActions(services.webui_services())
     crops, report, preview, message = actions.preview_photos([astronaut_png, b"junk"], False)
     assert "Encoded 2 photo(s)" in message
     assert len(crops) == 1 and crops[0][0].size == (224, 224)
@@ -149,15 +165,15 @@ def test_checkpoint_hash_is_computed_once_per_version_of_the_file(tmp_path, monk
     import os
 
     from lib_magicnaming import checkpoint as checkpoint_module
-    from lib_magicnaming.webui import services
+    from lib_magicnaming.webui import encoder_cache
 
     hashed = []
     real = checkpoint_module.file_sha256
     monkeypatch.setattr(checkpoint_module, "file_sha256", lambda path: hashed.append(path) or real(path))
     path = tmp_path / "enc.safetensors"
     path.write_bytes(b"one")
-    first = services.checkpoint_sha256(path)
-    assert services.checkpoint_sha256(path) == first and len(hashed) == 1
+    first = encoder_cache.checkpoint_sha256(path)
+    assert encoder_cache.checkpoint_sha256(path) == first and len(hashed) == 1
     path.write_bytes(b"two")
     os.utime(path, ns=(1, 1))  # a rewrite within one clock tick could keep the mtime; make it differ
-    assert services.checkpoint_sha256(path) == real(path) != first and len(hashed) == 2
+    assert encoder_cache.checkpoint_sha256(path) == real(path) != first and len(hashed) == 2

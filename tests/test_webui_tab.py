@@ -8,12 +8,13 @@ import gradio as gr
 import pytest
 import torch
 from PIL import Image
-from webuiapp_doubles import make_context, random_identity, text_encoding
+from webuiapp_doubles import make_services, random_identity, text_encoding
 
 from lib_magicnaming.encode import PhotoReport
 from lib_magicnaming.face import FaceCrop
 from lib_magicnaming.identity import IdentityLibrary, read_identity_file
-from lib_magicnaming.webui.tab import LIBRARY_HEADERS, TabActions, build_tab, describe_origin, report_markdown
+from lib_magicnaming.webui.tab import build_tab
+from lib_magicnaming.webui.tab_actions import LIBRARY_HEADERS, TabActions, describe_origin, report_markdown
 
 
 @pytest.fixture()
@@ -23,8 +24,8 @@ def library(tmp_path):
 
 @pytest.fixture()
 def actions(library):
-    context, _calls, _lock = make_context(library)
-    return TabActions(context)
+    services, _calls, _lock = make_services(library)
+    return TabActions(services)
 
 
 def test_tab_builds_under_this_gradio(actions, library):
@@ -95,7 +96,7 @@ def test_rename_delete_export_import(actions, library, tmp_path, monkeypatch):
     (tmp_path / "tmp").mkdir()
     library.save(random_identity("alice", 1))
     original_hash = library.get_info("alice").short_hash
-    assert "Renamed alice to carol" in actions.rename("alice", " carol ")
+    assert "Renamed alice to carol" in actions.rename("alice", " carol ")[0]
     assert not library.exists("alice") and library.get_info("carol").short_hash == original_hash
 
     path, message = actions.export("carol")

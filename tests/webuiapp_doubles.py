@@ -1,4 +1,4 @@
-"""Test doubles shared by the tab and REST API tests: a ServiceContext over a real IdentityLibrary.
+"""Test doubles shared by the tab and REST API tests: a Services bag over a real IdentityLibrary.
 
 The SDXL text encoders are replaced by a deterministic function of the text (the real ones need an SDXL
 checkpoint); the library, identity files and name-space math are the real ones.
@@ -16,7 +16,8 @@ from PIL import Image
 from lib_magicnaming.constants import CHUNK_ROWS, ID_TOKENS, SDXL_CONTEXT_WIDTH
 from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.identity import Identity
-from lib_magicnaming.webui.services import EncoderStatus, ServiceContext
+from lib_magicnaming.webui.encoder_cache import EncoderStatus
+from lib_magicnaming.webui.services import Services
 
 NO_ENCODER_MESSAGE = "No MagicNaming encoder checkpoint installed: put a *.safetensors file in /x/encoder"
 
@@ -49,7 +50,7 @@ def random_identity(name: str, seed: int, thumbnail: Image.Image | None = None) 
 
 
 def no_encoder():
-    """What services.get_encoder raises when no checkpoint is installed."""
+    """What encoder_cache.get_encoder raises when no checkpoint is installed."""
     raise EncoderError(NO_ENCODER_MESSAGE)
 
 
@@ -57,8 +58,10 @@ def missing_encoder_status() -> EncoderStatus:
     return EncoderStatus(loaded=False, missing=["no checkpoint in /x/encoder"])
 
 
-def make_context(library, *, encoder=no_encoder, encode_texts=None, lock=None, status=missing_encoder_status):
-    """A ServiceContext over ``library``; ``.encode_calls`` lists the text batches encoded."""
+def make_services(
+    library, *, encoder=no_encoder, encode_texts=None, lock=None, status=missing_encoder_status
+):
+    """(Services over ``library``, the list of text batches encoded, the queue lock)."""
     lock = lock or RecordingLock()
     calls: list[list[str]] = []
 
@@ -66,11 +69,11 @@ def make_context(library, *, encoder=no_encoder, encode_texts=None, lock=None, s
         calls.append(list(texts))
         return torch.stack([text_encoding(text) for text in texts])
 
-    context = ServiceContext(
+    services = Services(
         library=lambda: library,
         encoder=encoder,
         encoder_status=status,
         encode_texts=encode_texts or encode,
-        gpu_lock=lock,
+        queue_lock=lock,
     )
-    return context, calls, lock
+    return services, calls, lock

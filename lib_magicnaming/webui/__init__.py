@@ -10,4 +10,11 @@ module here imports (and most are testable) without a WebUI. The generation path
   finds the markers and splices the identities into the conditioning the WebUI computed (in-place mode
   locates rows through a textual-inversion placeholder, :mod:`.embeddings`);
 * :mod:`.infotext` and :mod:`.xyz` write and read the infotext and add X/Y/Z plot axes.
+
+Making and managing identities: :mod:`.use_cases` holds every identity use case; the MagicNaming tab
+(:mod:`.tab` lays it out, :mod:`.tab_actions` maps its events) and the REST API (:mod:`.api` maps requests
+and errors to HTTP) both call it. Everything the adapter needs from the WebUI (identity library, photo
+encoder from :mod:`.encoder_cache`, the loaded checkpoint's text encoders, the queue lock) comes in one bag,
+:class:`.services.Services`. Settings and flags are read in :mod:`.options` only. Everything the adapter
+logs goes to its one logger, ``logging.getLogger("magicnaming")``, printed the WebUI's way (:mod:`.log`).
 """

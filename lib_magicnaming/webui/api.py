@@ -7,8 +7,9 @@ Routes added straight on the app do not get the WebUI's ``--api-auth``; :func:`b
 same HTTP Basic check the built-in API uses (``modules/api/api.py``: ``cmd_opts.api_auth`` is
 ``"user:pass,user2:pass2"``; passwords compared with ``secrets.compare_digest``; 401 with
 ``WWW-Authenticate: Basic``). Every bad input is answered with a 4xx JSON body whose ``detail`` is a message
-naming the problem. Work on the GPU (encoding photos or names) holds ``modules.call_queue.queue_lock`` so it
-never runs beside a generation.
+naming the problem. The routes only map requests to the identity use cases (:mod:`.use_cases`) and their
+errors to HTTP statuses (:mod:`.http_status`); the use cases hold the WebUI's queue lock around work on the
+GPU (encoding photos or names) so it never runs beside a generation.
 """
 
 from __future__ import annotations
@@ -27,16 +28,10 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, Field
 
-from lib_magicnaming.errors import FaceError, MagicNamingError
+from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.webui.http_status import http_status
-from lib_magicnaming.webui.services import (
-    ServiceContext,
-    mix_identity,
-    names_identity,
-    photo_report_json,
-    refuse_existing,
-    sampled_identity,
-)
+from lib_magicnaming.webui.services import Services
+from lib_magicnaming.webui.use_cases import IdentityUseCases, photo_report_json
 
 PREFIX = "/magicnaming/v1"
 
@@ -145,16 +140,6 @@ def decode_photo(text: str, index: int, limits: ApiLimits) -> bytes:
     return data
 
 
-def check_image(data: bytes, index: int) -> Any:
-    """Open ``data`` as an image (face.load_image); 400 naming the photo if it is not one."""
-    from lib_magicnaming.face import load_image
-
-    try:
-        return load_image(data)
-    except FaceError as error:
-        raise HTTPException(status_code=400, detail=f"photo {index + 1}: {error}") from error
-
-
 def thumbnail_base64(image: Any) -> str | None:
     """PNG base64 of a PIL image, or None."""
     if image is None:
@@ -175,6 +160,20 @@ def info_json(info: Any) -> dict[str, Any]:
         "dtype": info.dtype,
         "has_thumbnail": info.has_thumbnail,
     }
+
+
+def check_count(items: list, none_message: str, most: int | None = None, too_many_message: str = "") -> None:
+    """400 with ``none_message`` for an empty list, 413 with ``too_many_message`` for more than ``most``."""
+    if not items:
+        raise HTTPException(status_code=400, detail=none_message)
+    if most is not None and len(items) > most:
+        raise HTTPException(status_code=413, detail=too_many_message)
+
+
+def created(make: Callable[[], Any]) -> dict[str, Any]:
+    """The body answering a request that made an identity: ``make()``'s IdentityInfo (errors as HTTP)."""
+    with library_errors():
+        return {"identity": info_json(make())}
 
 
 def _weights(items: list[WeightedName]) -> list[tuple[str, float]]:
@@ -227,7 +226,7 @@ def basic_auth_dependency(api_auth: str) -> Callable[..., bool]:
 
 
 def build_router(
-    context: ServiceContext, *, api_auth: str | None = None, limits: ApiLimits = ApiLimits(),
+    services: Services, *, api_auth: str | None = None, limits: ApiLimits = ApiLimits(),
     list_only: bool = False,
 ) -> APIRouter:
     """The ``/magicnaming/v1`` router; with ``api_auth`` every route requires those Basic credentials.
@@ -242,11 +241,13 @@ def build_router(
         route_class=size_limited_route(limits.max_request_bytes),
     )
 
+    cases = IdentityUseCases(services)
+
     @router.get("/identities")
     def list_identities() -> dict[str, Any]:
         """Every saved identity (from file headers)."""
         with library_errors():
-            return {"identities": [info_json(info) for info in context.library().list()]}
+            return {"identities": [info_json(info) for info in cases.list()]}
 
     if list_only:
         return router
@@ -255,79 +256,58 @@ def build_router(
     def get_identity(name: str) -> dict[str, Any]:
         """One identity's metadata and its thumbnail (PNG base64, or null)."""
         with library_errors():
-            identity = context.library().load(name)
-            info = context.library().get_info(name)
+            identity = cases.load(name)
+            info = cases.info(name)
         return {**info_json(info), "thumbnail": thumbnail_base64(identity.thumbnail)}
 
     @router.delete("/identities/{name}")
     def delete_identity(name: str) -> dict[str, Any]:
         """Delete a saved identity."""
         with library_errors():
-            context.library().delete(name)
+            cases.delete(name)
         return {"deleted": name}
 
     @router.post("/identities/from-photos", status_code=201)
     def create_from_photos(request: FromPhotosRequest) -> dict[str, Any]:
         """Encode 1..N face photos into one identity and save it."""
-        if not request.photos:
-            raise HTTPException(status_code=400, detail="send at least one photo")
-        if len(request.photos) > limits.max_photos:
-            raise HTTPException(status_code=413, detail=f"at most {limits.max_photos} photos per request")
+        check_count(request.photos, "send at least one photo",
+                    limits.max_photos, f"at most {limits.max_photos} photos per request")
+        photos = [decode_photo(text, i, limits) for i, text in enumerate(request.photos)]
         with library_errors():
-            refuse_existing(context.library(), request.name, request.overwrite)
-            photos = [decode_photo(text, i, limits) for i, text in enumerate(request.photos)]
-            for index, data in enumerate(photos):
-                check_image(data, index)
-            encoder = context.encoder()
-            try:
-                with context.gpu_lock():
-                    identity, result = encoder.make_identity_from_photos(
-                        request.name, photos, assume_cropped=request.assume_cropped,
-                        skip_failed=request.skip_failed,
-                    )
-            finally:
-                context.release_encoder()
-            info = context.library().save(identity, overwrite=request.overwrite)
+            info, result = cases.create_from_photos(
+                request.name, photos, assume_cropped=request.assume_cropped, skip_failed=request.skip_failed,
+                overwrite=request.overwrite,
+            )
         return {"identity": info_json(info), "per_photo": [photo_report_json(r) for r in result.per_photo]}
 
     @router.post("/identities/from-names", status_code=201)
     def create_from_names(request: FromNamesRequest) -> dict[str, Any]:
         """Make an identity from weighted names with the loaded SDXL text encoders (no photo encoder)."""
-        if not request.names:
-            raise HTTPException(status_code=400, detail="send at least one name")
-        with library_errors():
-            refuse_existing(context.library(), request.name, request.overwrite)
-            identity = names_identity(context, request.name, _weights(request.names), request.method)
-            info = context.library().save(identity, overwrite=request.overwrite)
-        return {"identity": info_json(info)}
+        check_count(request.names, "send at least one name")
+        return created(lambda: cases.create_from_names(
+            request.name, _weights(request.names), request.method, overwrite=request.overwrite
+        ))
 
     @router.post("/identities/mix", status_code=201)
     def create_mix(request: MixRequest) -> dict[str, Any]:
         """Mix saved identities (weights normalised to sum 1) into a new one."""
-        if not request.identities:
-            raise HTTPException(status_code=400, detail="send at least one identity to mix")
-        if len(request.identities) > limits.max_mix_items:
-            raise HTTPException(status_code=413, detail=f"at most {limits.max_mix_items} identities per mix")
-        with library_errors():
-            refuse_existing(context.library(), request.name, request.overwrite)
-            weighted = _weights(request.identities)
-            identity = mix_identity(context.library(), request.name, weighted, request.method)
-            info = context.library().save(identity, overwrite=request.overwrite)
-        return {"identity": info_json(info)}
+        check_count(request.identities, "send at least one identity to mix",
+                    limits.max_mix_items, f"at most {limits.max_mix_items} identities per mix")
+        return created(lambda: cases.create_mix(
+            request.name, _weights(request.identities), request.method, overwrite=request.overwrite
+        ))
 
     @router.post("/identities/sample", status_code=201)
     def create_sampled(request: SampleRequest) -> dict[str, Any]:
         """Sample a fictional identity from the encoder checkpoint's name-space statistics."""
-        with library_errors():
-            refuse_existing(context.library(), request.name, request.overwrite)
-            identity = sampled_identity(context, request.name, request.seed, request.scale)
-            info = context.library().save(identity, overwrite=request.overwrite)
-        return {"identity": info_json(info)}
+        return created(lambda: cases.create_sampled(
+            request.name, request.seed, request.scale, overwrite=request.overwrite
+        ))
 
     @router.get("/encoder")
     def get_encoder_status() -> dict[str, Any]:
         """Whether the photo encoder is installed/loaded, its checkpoint and hash, and what is missing."""
-        return context.encoder_status().to_dict()
+        return cases.encoder_status().to_dict()
 
     return router
 
@@ -341,4 +321,5 @@ def on_app_started(_demo: Optional[Any], app: FastAPI) -> None:
     api_auth = getattr(shared.cmd_opts, "api_auth", None)
     # As modules/api/api.py's routes: the API exists with --api, and always under --nowebui (webui.py).
     api_enabled = bool(getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False))
-    app.include_router(build_router(services.webui_context(), api_auth=api_auth, list_only=not api_enabled))
+    router = build_router(services.webui_services(), api_auth=api_auth, list_only=not api_enabled)
+    app.include_router(router)

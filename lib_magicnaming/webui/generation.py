@@ -21,7 +21,7 @@ UI and as the API's error, and leaves the WebUI running.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, MutableSequence, Sequence
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from lib_magicnaming.tags import TAG_WORD, identity_key, rewrite_name_tags
 from lib_magicnaming.webui.conditioning import NOT_SDXL_MESSAGE
 from lib_magicnaming.webui.http_status import BAD_REQUEST, INTERNAL_ERROR, http_status
 from lib_magicnaming.webui.infotext import INFOTEXT_KEY, PerImageInfotext, format_summary
+from lib_magicnaming.webui.log import logger
 from lib_magicnaming.webui.markers import (
     check_strength,
     format_error_marker,
@@ -43,6 +44,7 @@ from lib_magicnaming.webui.script_args import (
     parse_script_args,
     wants_enabled,
 )
+from lib_magicnaming.webui.services import Services, webui_services
 from lib_magicnaming.webui.store import EMBEDDINGS, MESSAGES, EmbeddingStore, StopMessage
 
 STATE_ATTRIBUTE = "magicnaming"
@@ -53,31 +55,6 @@ STRENGTH_OVERRIDE_ATTRIBUTE = "magicnaming_strength"
 """Set on ``p`` (X/Y/Z plot): every tag takes this strength instead."""
 
 _TAG_START_RE = re.compile(rf"<{TAG_WORD}:", re.IGNORECASE)
-
-
-@dataclass
-class Services:
-    """Where identities and the photo encoder come from (the settings-built ones, or test doubles).
-
-    ``library()`` returns an object with ``load(name) -> Identity`` (IdentityNotFound when missing);
-    ``encoder()`` one with ``encode_photos([photo]) -> result`` whose ``.embedding`` is (8, 2048).
-    """
-
-    library: Callable[[], Any]
-    encoder: Callable[[], Any]
-    release_encoder: Callable[[], None] | None = None
-    """Called after a one-off face was encoded (frees the encoder unless settings keep it loaded)."""
-
-
-def default_services() -> Services:
-    """The extension's services (:mod:`lib_magicnaming.webui.services`), built from the WebUI settings."""
-    from lib_magicnaming.webui import services
-
-    return Services(
-        library=services.identity_library,
-        encoder=services.get_encoder,
-        release_encoder=services.release_encoder,
-    )
 
 
 @dataclass(frozen=True)
@@ -168,9 +145,6 @@ class IdentityResolver:
         except MagicNamingError as error:
             kind = type(error) if type(error) in (FaceError, EncoderError) else MagicNamingError
             raise kind(f"MagicNaming could not use the uploaded face: {error}") from None
-        finally:
-            if self.services.release_encoder is not None:
-                self.services.release_encoder()
         return result.embedding
 
     def marker_for(self, identity: str, tag_strength: float | None, used: list[tuple[str, str]]) -> str:
@@ -276,12 +250,13 @@ def rewrite_batch(
         if not getattr(model, "is_sdxl", False):
             name = getattr(getattr(model, "sd_checkpoint_info", None), "name_for_extra", type(model).__name__)
             raise MagicNamingError(NOT_SDXL_MESSAGE.format(name=repr(name)))
-        resolver = IdentityResolver(p, state, services or default_services(), store)
+        resolver = IdentityResolver(p, state, services or webui_services(), store)
         _rewrite_items(p, resolver, state, prompts, batch_number)
         _update_infotext(p, state, batch_number * p.batch_size + len(prompts))
     except MagicNamingError as error:
         stop_generation(prompts, str(error), http_status(error))
     except Exception as error:  # any failure must stop the generation, never drop the identity silently
+        logger.error("stopped a generation on an unexpected error", exc_info=error)
         stop_generation(prompts, f"MagicNaming failed: {type(error).__name__}: {error}", INTERNAL_ERROR)
 
 

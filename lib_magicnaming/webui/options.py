@@ -148,7 +148,7 @@ def on_ui_settings() -> None:
         "auto", "Photo encoder device (auto: the WebUI's device, CPU under --lowvram/--medvram; "
         "--magicnaming-device overrides)", gr.Radio, {"choices": list(DEVICE_CHOICES)}, section=SECTION))
     add(OPT_KEEP_ENCODER_LOADED, shared.OptionInfo(
-        False, "Keep the photo encoder loaded between uses (off: free its memory after each use; "
+        False, "Keep the photo encoder loaded between uses (off: its towers leave the GPU after each use; "
         "never kept on the GPU under --lowvram/--medvram)", section=SECTION))
     add(OPT_DOWNLOAD_TOWERS, shared.OptionInfo(
         True, "Download missing CLIP tower weights with open_clip (off, or HF_HUB_OFFLINE=1: only files in "

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,12 +119,3 @@ def wants_enabled(args: Sequence[Any]) -> bool:
         return _as_bool(first, "enabled")
     except MagicNamingError:
         return True  # an 'enabled' that is not a boolean is itself the error to report
-
-
-def image_bytes(image: Any) -> bytes:
-    """PNG bytes of a PIL image (bytes pass through), for encoders that take photo bytes."""
-    if isinstance(image, bytes):
-        return image
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

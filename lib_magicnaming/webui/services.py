@@ -1,79 +1,46 @@
-"""The extension's services: the identity library and the photo encoder, built from the current settings.
+"""What the WebUI adapter needs from the WebUI, in one bag: :class:`Services`.
 
-The WebUI glue (tab, REST API, AlwaysOn script) asks here instead of building its own. The only state shared
-between requests is :data:`_ENCODERS`, a cache keyed by the encoder checkpoint's content hash (plus the device
-and detector it was built for): a changed file is a new key, so a stale encoder is never served; and the
-memo of that hash per version of the file (:func:`checkpoint_sha256`).
+The identity use cases (:mod:`.use_cases`, behind the tab and the REST API) and the generation path
+(:mod:`.generation`) take their identity library, photo encoder, the loaded checkpoint's text encoders and
+the WebUI's queue lock from it, never from the WebUI directly. :func:`webui_services` fills it from the
+running WebUI (settings are read at each call, so a changed setting applies at once); tests pass their own.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import math
-import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
-from lib_magicnaming.errors import EncoderError, IdentityExists, MagicNamingError
-from lib_magicnaming.tags import validate_identity_name
+from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH
+from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.webui.encoder_cache import EncoderStatus, encoder_status, get_encoder
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
 
 if TYPE_CHECKING:
+    import torch
+
     from lib_magicnaming.identity import IdentityLibrary
 
-OPTIONAL_PACKAGES = {
-    "open_clip": "open_clip_torch",
-    "insightface": "insightface",
-    "onnxruntime": "onnxruntime (or onnxruntime-gpu)",
-}
-"""Importable module -> what to install; the photo encoder needs all three (install.py installs them)."""
 
-_ENCODERS: dict[tuple[str, str, str], Any] = {}
-"""(checkpoint sha256, device, detector pack) -> IdentityEncoder. Holds at most one entry."""
-_ENCODERS_LOCK = threading.Lock()
+@dataclass(frozen=True)
+class Services:
+    """The WebUI as the adapter sees it (the running WebUI's: :func:`webui_services`)."""
 
-
-@dataclass
-class EncoderStatus:
-    """What the photo encoder needs and has; shown in the tab, the accordion and the REST API."""
-
-    loaded: bool
-    checkpoint: str | None = None
-    checkpoint_hash: str | None = None
-    device: str | None = None
-    detector_pack: str | None = None
-    detector_provider: str | None = None
-    encoder_dir: str | None = None
-    missing: list[str] = field(default_factory=list)
-
-    @property
-    def ready(self) -> bool:
-        """True when nothing is missing (a checkpoint exists and the packages import)."""
-        return not self.missing
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (the REST route's body)."""
-        return {**asdict(self), "ready": self.ready}
-
-    def summary(self) -> str:
-        """One line for a status label."""
-        if self.missing:
-            return "MagicNaming encoder unavailable: " + "; ".join(self.missing)
-        state = "loaded" if self.loaded else "not loaded yet"
-        detector = self.detector_provider or "detector not loaded yet"
-        return (
-            f"MagicNaming encoder {self.checkpoint} [{self.checkpoint_hash}] {state} "
-            f"({self.device}; {detector})"
-        )
-
-
-def missing_packages() -> list[str]:
-    """Install hints for the optional packages that do not import here."""
-    return [hint for module, hint in OPTIONAL_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    library: Callable[[], IdentityLibrary]
+    """The identity library of the configured folder."""
+    encoder: Callable[[], Any]
+    """The photo encoder, an ``IdentityEncoder`` (EncoderError naming what is missing). It alone decides when
+    its model leaves the GPU; callers never unload it."""
+    encoder_status: Callable[[], EncoderStatus]
+    """What the photo encoder needs and has."""
+    encode_texts: Callable[[list[str]], torch.Tensor]
+    """The text encoders of the checkpoint loaded in the WebUI: prompts -> crossattn (N, 77k, 2048); an
+    EncoderError when no SDXL base checkpoint is loaded."""
+    queue_lock: Callable[[], AbstractContextManager]
+    """-> the WebUI's queue lock, held around model work started outside a generation (the tab, the REST
+    API) so it never runs beside one. Never taken during a generation, which holds it already."""
 
 
 def identity_library(settings: MagicNamingSettings | None = None) -> IdentityLibrary:
@@ -84,252 +51,7 @@ def identity_library(settings: MagicNamingSettings | None = None) -> IdentityLib
     return IdentityLibrary(settings.identities_dir)
 
 
-def find_encoder_checkpoint(settings: MagicNamingSettings) -> Path:
-    """The encoder checkpoint file to use; EncoderError naming the folder when there is none."""
-    folder = settings.encoder_dir
-    if settings.encoder_checkpoint:
-        path = folder / settings.encoder_checkpoint
-        if not path.is_file():
-            raise EncoderError(
-                f"MagicNaming encoder checkpoint {settings.encoder_checkpoint!r} is not in {folder}: put the "
-                "file there or clear the 'Encoder checkpoint' setting"
-            )
-        return path
-    candidates = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not candidates:
-        raise EncoderError(
-            "No MagicNaming encoder checkpoint installed: put a *.safetensors encoder checkpoint in "
-            f"{folder} "
-            "(identities from names and mixes work without one)"
-        )
-    return candidates[0]
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> the WebUI's device (``modules.devices.device``); CPU outside the WebUI."""
-    if device != "auto":
-        return device
-    try:
-        from modules import devices
-    except ImportError:
-        return "cpu"
-    return str(devices.device)
-
-
-def webui_lowvram() -> bool:
-    """Whether the WebUI runs with --lowvram/--medvram (then the encoder moves one tower at a time)."""
-    try:
-        from modules import shared
-    except ImportError:
-        return False
-    return bool(getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False))
-
-
-def checkpoint_sha256(path: Path) -> str:
-    """The checkpoint file's sha256, hashed once per version of the file (path, size, mtime, inode).
-
-    Every use of the encoder and every status line asks for it; a checkpoint with its towers inside is
-    gigabytes, which took seconds to hash each time. Any write to the file changes its mtime or size.
-    """
-    stat = path.stat()
-    return _file_version_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-
-
-@functools.lru_cache(maxsize=8)
-def _file_version_sha256(path: str, _size: int, _mtime_ns: int, _inode: int) -> str:
-    from lib_magicnaming.checkpoint import file_sha256
-
-    return file_sha256(path)
-
-
-def _require_packages() -> None:
-    missing = missing_packages()
-    if missing:
-        raise EncoderError(
-            "The MagicNaming photo encoder needs packages that are not installed: " + ", ".join(missing)
-            + ". Restart the WebUI without --skip-install, or pip install them into its environment."
-        )
-
-
-def _encoder_key(checkpoint_sha256: str, settings: MagicNamingSettings) -> tuple:
-    return (checkpoint_sha256, resolve_device(settings.encoder_device), settings.detector_pack,
-            settings.keep_encoder_loaded, webui_lowvram(), str(settings.models_dir), settings.download_towers)
-
-
-def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
-    """The photo encoder (an ``IdentityEncoder``; its model loads on first use) for the current settings.
-
-    Raises EncoderError naming the folder to put a checkpoint in when none is installed, or the packages
-    to install when open_clip/insightface/onnxruntime are missing.
-    """
-    settings = settings or current_settings()
-    checkpoint = find_encoder_checkpoint(settings)
-    _require_packages()
-    key = _encoder_key(checkpoint_sha256(checkpoint), settings)
-    with _ENCODERS_LOCK:
-        encoder = _ENCODERS.get(key)
-        if encoder is None:
-            from lib_magicnaming.encode import IdentityEncoder
-
-            _ENCODERS.clear()  # one encoder at a time: a replaced checkpoint or setting frees the old one
-            encoder = IdentityEncoder(
-                checkpoint,
-                models_dir=settings.models_dir,
-                insightface_root=settings.insightface_root,
-                pack=settings.detector_pack,
-                device=resolve_device(settings.encoder_device),
-                keep_loaded=settings.keep_encoder_loaded,
-                lowvram=webui_lowvram(),
-                allow_download=settings.download_towers,
-            )
-            _ENCODERS[key] = encoder
-    return encoder
-
-
-def release_encoder(settings: MagicNamingSettings | None = None) -> None:
-    """Unload the encoder's model unless 'keep encoder loaded' is on (call after each use).
-
-    The encoder object stays cached with its photo cache; the next use loads the model again.
-    """
-    settings = settings or current_settings()
-    if settings.keep_encoder_loaded:
-        return
-    with _ENCODERS_LOCK:
-        encoders = list(_ENCODERS.values())
-    for encoder in encoders:
-        encoder.unload()
-
-
-def _cached_encoder(key: tuple) -> Any | None:
-    with _ENCODERS_LOCK:
-        return _ENCODERS.get(key)
-
-
-def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus:
-    """Loaded or not, checkpoint name and hash, device, detector provider, and what is missing."""
-    from lib_magicnaming.face import missing_pack_message
-
-    settings = settings or current_settings()
-    status = EncoderStatus(
-        loaded=False,
-        encoder_dir=str(settings.encoder_dir),
-        detector_pack=settings.detector_pack,
-        device=resolve_device(settings.encoder_device),
-        missing=[f"package {hint}" for hint in missing_packages()],
-    )
-    if not (settings.detector_dir.is_dir() and any(settings.detector_dir.glob("*.onnx"))):
-        missing = missing_pack_message(settings.insightface_root, settings.detector_pack)
-        status.detector_provider = "none: " + missing
-    try:
-        checkpoint = find_encoder_checkpoint(settings)
-    except EncoderError as error:
-        status.missing.insert(0, str(error))
-        return status
-    sha = checkpoint_sha256(checkpoint)
-    status.checkpoint = checkpoint.name
-    status.checkpoint_hash = sha[:SHORT_HASH_CHARS]
-    encoder = _cached_encoder(_encoder_key(sha, settings))
-    if encoder is not None:
-        status.loaded = bool(encoder.is_loaded)
-        detector = encoder.detector
-        if detector is not None and detector.provider:
-            status.detector_provider = str(detector.provider)
-    return status
-
-
-# --------------------------------------------------------------------------- what the tab and the API share
-
-
-@dataclass(frozen=True)
-class ServiceContext:
-    """What the tab and the REST routes need from the WebUI; tests pass their own."""
-
-    library: Callable[[], Any]
-    """-> IdentityLibrary"""
-    encoder: Callable[[], Any]
-    """-> IdentityEncoder (EncoderError when none is installed)"""
-    encoder_status: Callable[[], EncoderStatus]
-    encode_texts: Callable[[list[str]], Any]
-    """prompts -> crossattn (N, 77k, 2048) of the loaded SDXL model (EncoderError when none is loaded)"""
-    gpu_lock: Callable[[], Any]
-    """-> a context manager held around GPU work (the WebUI's queue lock)"""
-    release_encoder: Callable[[], None] = lambda: None
-
-
-def names_identity(context: ServiceContext, name: str, weighted: list[tuple[str, float]], method: str) -> Any:
-    """A new Identity from weighted names, encoded by the loaded SDXL text encoders (under the GPU lock)."""
-    from lib_magicnaming.identity import Identity
-    from lib_magicnaming.namespace import identity_from_names
-
-    validate_identity_name(name)
-    with context.gpu_lock():
-        embedding = identity_from_names(context.encode_texts, weighted, method=method)
-    origin = {"kind": "names", "names": [[text, float(weight)] for text, weight in weighted]}
-    return Identity(name, embedding, origin)
-
-
-def mix_identity(library: Any, name: str, weighted: list[tuple[str, float]], method: str) -> Any:
-    """A new Identity mixing saved identities; its origin records each one's name, hash and weight."""
-    from lib_magicnaming.identity import Identity
-    from lib_magicnaming.namespace import mix_embeddings
-
-    validate_identity_name(name)
-    sources = [library.load(source) for source, _ in weighted]
-    weights = [float(weight) for _, weight in weighted]
-    embedding = mix_embeddings([source.embedding for source in sources], weights, method=method)
-    pairs = zip(sources, weights, strict=True)
-    mixed = [[source.name, source.short_hash, weight] for source, weight in pairs]
-    return Identity(name, embedding, {"kind": "mix", "identities": mixed, "method": method})
-
-
-def photo_report_json(report: Any) -> dict[str, Any]:
-    """One photo's report (``encode.PhotoReport``) as JSON: face found, detector score, notes, ..."""
-    crop = report.crop
-    return {
-        "index": report.index,
-        "photo_hash": report.photo_hash,
-        "face_found": report.face_found,
-        "faces_found": report.faces_found,
-        "score": None if crop is None or crop.score is None else round(float(crop.score), 4),
-        "box": None if crop is None or crop.box is None else [round(float(v), 1) for v in crop.box],
-        "provider": None if crop is None else crop.provider,
-        "distance_from_mean": report.distance_from_mean,
-        "cached": report.cached,
-        "notes": list(report.notes),
-        "error": report.error,
-    }
-
-
-def photos_identity(name: str, result: Any) -> Any:
-    """A new Identity from an ``EncodeResult`` (origin 'photos'; the first face crop is its thumbnail)."""
-    from lib_magicnaming.identity import Identity
-
-    validate_identity_name(name)
-    origin = {"kind": "photos", "encoder_hash": result.encoder_hash, "photo_hashes": result.photo_hashes}
-    return Identity(name, result.embedding, origin, thumbnail=result.thumbnail)
-
-
-def sampled_identity(context: ServiceContext, name: str, seed: int, scale: float) -> Any:
-    """A new fictional Identity drawn from the encoder checkpoint's name-space statistics.
-
-    A bad scale is the caller's mistake (MagicNamingError, HTTP 400), checked before the encoder, whose
-    own EncoderError for it would read as "encoder unavailable" (503).
-    """
-    validate_identity_name(name)
-    if not math.isfinite(float(scale)) or float(scale) < 0:
-        raise MagicNamingError(f"the scale must be a finite number >= 0, not {scale!r}")
-    return context.encoder().make_sampled_identity(name, int(seed), float(scale))
-
-
-def refuse_existing(library: Any, name: str, overwrite: bool) -> None:
-    """Validate ``name`` and raise IdentityExists for a taken one (before any expensive work)."""
-    if not overwrite and library.exists(name):
-        raise IdentityExists(
-            f"an identity named {name!r} already exists; choose another name or overwrite", name
-        )
-
-
-def webui_encode_texts(texts: list[str]) -> Any:
+def webui_encode_texts(texts: list[str]) -> torch.Tensor:
     """The loaded SDXL model's ``get_learned_conditioning(texts)['crossattn']``; EncoderError if not SDXL."""
     import torch
     from modules import devices, shared
@@ -348,15 +70,19 @@ def webui_encode_texts(texts: list[str]) -> Any:
     return crossattn.float()
 
 
-def webui_context() -> ServiceContext:
-    """The ServiceContext of the running WebUI (settings are read at each call, so changes apply at once)."""
+def webui_queue_lock() -> AbstractContextManager:
+    """``modules.call_queue.queue_lock``, the lock the WebUI holds around each generation."""
     from modules import call_queue
 
-    return ServiceContext(
+    return call_queue.queue_lock
+
+
+def webui_services() -> Services:
+    """The running WebUI's services."""
+    return Services(
         library=identity_library,
         encoder=get_encoder,
         encoder_status=encoder_status,
         encode_texts=webui_encode_texts,
-        gpu_lock=lambda: call_queue.queue_lock,
-        release_encoder=release_encoder,
+        queue_lock=webui_queue_lock,
     )

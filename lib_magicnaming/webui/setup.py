@@ -1,5 +1,6 @@
-"""What the script file does once at load: install the conditioning wrapper and the X/Y/Z axes, and
-register their removal/late registration with the WebUI's callbacks."""
+"""What the script file does once at load: install the conditioning wrapper, the X/Y/Z axes and the console
+handler of our logger, and register their removal/late registration with the WebUI's callbacks; and the
+accordion's two readers of the library and the encoder, which must never break the txt2img tab."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import html
 
 from lib_magicnaming.webui.conditioning import make_wrapper
 from lib_magicnaming.webui.hijack import AttributeHijack
+from lib_magicnaming.webui.log import install_console_handler, log_skipped
 
 
 def install_conditioning_hijack() -> AttributeHijack:
@@ -22,17 +24,19 @@ def saved_identity_names() -> list[str]:
         from lib_magicnaming.webui import services
 
         return [info.name for info in services.identity_library().list()]
-    except Exception:  # a broken library folder must not break the txt2img tab
+    except Exception as error:  # a broken library folder must not break the txt2img tab
+        log_skipped("cannot list the saved identities (the accordion and X/Y/Z plot show none)", error)
         return []
 
 
 def status_line() -> str:
     """One line of HTML: the encoder's state and the face detector's provider."""
     try:
-        from lib_magicnaming.webui import services
+        from lib_magicnaming.webui.encoder_cache import encoder_status
 
-        text = services.encoder_status().summary()
+        text = encoder_status().summary()
     except Exception as error:  # the status line reports problems, it must never raise
+        log_skipped("cannot read the encoder status", error)
         text = f"MagicNaming encoder status unavailable: {error}"
     return f"<span class='magicnaming-status'>{html.escape(text)}</span>"
 
@@ -43,6 +47,7 @@ def on_script_load() -> None:
 
     from lib_magicnaming.webui import xyz
 
+    install_console_handler()
     hijack = install_conditioning_hijack()
     script_callbacks.on_script_unloaded(hijack.remove)
     script_callbacks.on_before_ui(lambda: xyz.register_axes(saved_identity_names))

@@ -66,7 +66,7 @@ def save_identity(library: IdentityLibrary, name: str, seed: int, *, overwrite: 
 
 def build_extension(webui, folder) -> types.SimpleNamespace:
     """Load MagicNaming (and the X/Y/Z plot) into ``webui`` and return handles for tests."""
-    from lib_magicnaming.webui.generation import Services
+    from webuiapp_doubles import make_services
 
     library = IdentityLibrary(folder)
     alice = save_identity(library, "alice", 1)
@@ -78,7 +78,7 @@ def build_extension(webui, folder) -> types.SimpleNamespace:
     webui.script_callbacks.before_ui_callback()
     runner = webui.make_runner()
     script = next(s for s in runner.alwayson_scripts if s.title() == "MagicNaming")
-    script.services = Services(library=lambda: library, encoder=lambda: encoder)
+    script.services, _calls, _lock = make_services(library, encoder=lambda: encoder)
 
     def run(prompt="", negative_prompt="", args=(True,), **fields):
         """Process a txt2img job with MagicNaming args; returns (p, processed)."""

@@ -1,0 +1,213 @@
+"""The photo encoder as the WebUI serves it: found from the settings, built once, cached, and its status.
+
+:func:`get_encoder` is the one place that builds an ``IdentityEncoder`` from the settings (the tab, the REST
+API and the AlwaysOn script reach it through :class:`.services.Services`). The encoder alone decides when its
+model leaves the GPU (after each call unless "keep loaded"; never kept under --lowvram/--medvram): nothing
+here or in its callers unloads it. The only state shared between requests is :data:`_ENCODERS`, a cache keyed
+by the encoder checkpoint's content hash (plus the device and detector it was built for): a changed file is
+a new key, so a stale encoder is never served; and the memo of that hash per version of the file
+(:func:`checkpoint_sha256`). :func:`encoder_status` says what the encoder needs and has.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lib_magicnaming.constants import SHORT_HASH_CHARS
+from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
+
+OPTIONAL_PACKAGES = {
+    "open_clip": "open_clip_torch",
+    "insightface": "insightface",
+    "onnxruntime": "onnxruntime (or onnxruntime-gpu)",
+}
+"""Importable module -> what to install; the photo encoder needs all three (install.py installs them)."""
+
+_ENCODERS: dict[tuple, Any] = {}
+"""(checkpoint sha256, device, detector pack, the other settings it was built with) -> IdentityEncoder.
+Holds at most one entry."""
+_ENCODERS_LOCK = threading.Lock()
+
+
+@dataclass
+class EncoderStatus:
+    """What the photo encoder needs and has; shown in the tab, the accordion and the REST API."""
+
+    loaded: bool
+    checkpoint: str | None = None
+    checkpoint_hash: str | None = None
+    device: str | None = None
+    detector_pack: str | None = None
+    detector_provider: str | None = None
+    encoder_dir: str | None = None
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        """True when nothing is missing (a checkpoint exists and the packages import)."""
+        return not self.missing
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (the REST route's body)."""
+        return {**asdict(self), "ready": self.ready}
+
+    def summary(self) -> str:
+        """One line for a status label."""
+        if self.missing:
+            return "MagicNaming encoder unavailable: " + "; ".join(self.missing)
+        state = "loaded" if self.loaded else "not loaded yet"
+        detector = self.detector_provider or "detector not loaded yet"
+        return (
+            f"MagicNaming encoder {self.checkpoint} [{self.checkpoint_hash}] {state} "
+            f"({self.device}; {detector})"
+        )
+
+
+def missing_packages() -> list[str]:
+    """Install hints for the optional packages that do not import here."""
+    return [hint for module, hint in OPTIONAL_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+def find_encoder_checkpoint(settings: MagicNamingSettings) -> Path:
+    """The encoder checkpoint file to use; EncoderError naming the folder when there is none."""
+    folder = settings.encoder_dir
+    if settings.encoder_checkpoint:
+        path = folder / settings.encoder_checkpoint
+        if not path.is_file():
+            raise EncoderError(
+                f"MagicNaming encoder checkpoint {settings.encoder_checkpoint!r} is not in {folder}: put the "
+                "file there or clear the 'Encoder checkpoint' setting"
+            )
+        return path
+    candidates = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not candidates:
+        raise EncoderError(
+            "No MagicNaming encoder checkpoint installed: put a *.safetensors encoder checkpoint in "
+            f"{folder} "
+            "(identities from names and mixes work without one)"
+        )
+    return candidates[0]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> the WebUI's device (``modules.devices.device``); CPU outside the WebUI."""
+    if device != "auto":
+        return device
+    try:
+        from modules import devices
+    except ImportError:
+        return "cpu"
+    return str(devices.device)
+
+
+def webui_lowvram() -> bool:
+    """Whether the WebUI runs with --lowvram/--medvram (then the encoder moves one tower at a time)."""
+    try:
+        from modules import shared
+    except ImportError:
+        return False
+    return bool(getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False))
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """The checkpoint file's sha256, hashed once per version of the file (path, size, mtime, inode).
+
+    Every use of the encoder and every status line asks for it; a checkpoint with its towers inside is
+    gigabytes, which took seconds to hash each time. Any write to the file changes its mtime or size.
+    """
+    stat = path.stat()
+    return _file_version_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_version_sha256(path: str, _size: int, _mtime_ns: int, _inode: int) -> str:
+    from lib_magicnaming.checkpoint import file_sha256
+
+    return file_sha256(path)
+
+
+def _require_packages() -> None:
+    missing = missing_packages()
+    if missing:
+        raise EncoderError(
+            "The MagicNaming photo encoder needs packages that are not installed: " + ", ".join(missing)
+            + ". Restart the WebUI without --skip-install, or pip install them into its environment."
+        )
+
+
+def _encoder_key(checkpoint_sha256: str, settings: MagicNamingSettings) -> tuple:
+    return (checkpoint_sha256, resolve_device(settings.encoder_device), settings.detector_pack,
+            settings.keep_encoder_loaded, webui_lowvram(), str(settings.models_dir), settings.download_towers)
+
+
+def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
+    """The photo encoder (an ``IdentityEncoder``; its model loads on first use) for the current settings.
+
+    Raises EncoderError naming the folder to put a checkpoint in when none is installed, or the packages
+    to install when open_clip/insightface/onnxruntime are missing.
+    """
+    settings = settings or current_settings()
+    checkpoint = find_encoder_checkpoint(settings)
+    _require_packages()
+    key = _encoder_key(checkpoint_sha256(checkpoint), settings)
+    with _ENCODERS_LOCK:
+        encoder = _ENCODERS.get(key)
+        if encoder is None:
+            from lib_magicnaming.encode import IdentityEncoder
+
+            _ENCODERS.clear()  # one encoder at a time: a replaced checkpoint or setting frees the old one
+            encoder = IdentityEncoder(
+                checkpoint,
+                models_dir=settings.models_dir,
+                insightface_root=settings.insightface_root,
+                pack=settings.detector_pack,
+                device=resolve_device(settings.encoder_device),
+                keep_loaded=settings.keep_encoder_loaded,
+                lowvram=webui_lowvram(),
+                allow_download=settings.download_towers,
+            )
+            _ENCODERS[key] = encoder
+    return encoder
+
+
+def _cached_encoder(key: tuple) -> Any | None:
+    with _ENCODERS_LOCK:
+        return _ENCODERS.get(key)
+
+
+def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus:
+    """Loaded or not, checkpoint name and hash, device, detector provider, and what is missing."""
+    from lib_magicnaming.face import missing_pack_message
+
+    settings = settings or current_settings()
+    status = EncoderStatus(
+        loaded=False,
+        encoder_dir=str(settings.encoder_dir),
+        detector_pack=settings.detector_pack,
+        device=resolve_device(settings.encoder_device),
+        missing=[f"package {hint}" for hint in missing_packages()],
+    )
+    if not (settings.detector_dir.is_dir() and any(settings.detector_dir.glob("*.onnx"))):
+        missing = missing_pack_message(settings.insightface_root, settings.detector_pack)
+        status.detector_provider = "none: " + missing
+    try:
+        checkpoint = find_encoder_checkpoint(settings)
+    except EncoderError as error:
+        status.missing.insert(0, str(error))
+        return status
+    sha = checkpoint_sha256(checkpoint)
+    status.checkpoint = checkpoint.name
+    status.checkpoint_hash = sha[:SHORT_HASH_CHARS]
+    encoder = _cached_encoder(_encoder_key(sha, settings))
+    if encoder is not None:
+        status.loaded = bool(encoder.is_loaded)
+        detector = encoder.detector
+        if detector is not None and detector.provider:
+            status.detector_provider = str(detector.provider)
+    return status
