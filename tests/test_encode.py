@@ -17,7 +17,7 @@ from lib_magicnaming.constants import ID_TOKENS, SDXL_CONTEXT_WIDTH
 from lib_magicnaming.encode import IdentityEncoder, photo_hash
 from lib_magicnaming.errors import EncoderError, FaceError
 from lib_magicnaming.face import capture_face, pixels_from_crop
-from lib_magicnaming.identity import IdentityLibrary
+from lib_magicnaming.identity_library import IdentityLibrary
 
 SAMPLE_IMAGES = Path(insightface.__file__).parent / "data" / "images"
 

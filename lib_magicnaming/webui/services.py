@@ -23,7 +23,7 @@ from lib_magicnaming.tags import validate_identity_name
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
 
 if TYPE_CHECKING:
-    from lib_magicnaming.identity import IdentityLibrary
+    from lib_magicnaming.identity_library import IdentityLibrary
 
 OPTIONAL_PACKAGES = {
     "open_clip": "open_clip_torch",
@@ -78,7 +78,7 @@ def missing_packages() -> list[str]:
 
 def identity_library(settings: MagicNamingSettings | None = None) -> IdentityLibrary:
     """The identity library of the configured folder (``<folder>/identities``)."""
-    from lib_magicnaming.identity import IdentityLibrary
+    from lib_magicnaming.identity_library import IdentityLibrary
 
     settings = settings or current_settings()
     return IdentityLibrary(settings.identities_dir)
