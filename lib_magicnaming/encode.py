@@ -18,12 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from lib_magicnaming.checkpoint import (
-    EncoderCheckpoint,
-    file_sha256,
-    load_encoder_checkpoint,
-    sample_namespace,
-)
+from lib_magicnaming.checkpoint import EncoderCheckpoint, file_sha256, load_encoder_checkpoint
 from lib_magicnaming.errors import EncoderError, FaceError
 from lib_magicnaming.face import (
     DEFAULT_PACK,
@@ -36,7 +31,7 @@ from lib_magicnaming.face import (
 )
 from lib_magicnaming.identity import Identity
 from lib_magicnaming.model import NameEncoder
-from lib_magicnaming.namespace import average_embeddings
+from lib_magicnaming.namespace import average_embeddings, sample_namespace
 
 DEFAULT_CACHE_SIZE = 64
 """Encoded photos remembered per encoder (each entry: an 8 x 2048 float32 tensor and a 224 px crop)."""

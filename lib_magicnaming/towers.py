@@ -1,4 +1,5 @@
-"""CLIP image-tower weights: from local open_clip files in the extension's models folder, else open_clip.
+"""CLIP image towers: built from their specs (open_clip's VisionTransformer), and their weights: from local
+open_clip files in the extension's models folder, else open_clip.
 
 Local files live in ``<models_dir>/towers/<arch>-<pretrained>.<ext>`` (``models_dir`` is the extension's
 models folder, ``<webui>/models/magicnaming``). They are open_clip checkpoints: a whole CLIP state dict
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from lib_magicnaming.errors import EncoderError
-from lib_magicnaming.model import TowerSpec, build_tower_module, freeze, load_state_strict, tower_model_config
+from lib_magicnaming.model import TowerSpec, freeze, load_state_strict, tower_model_config
 
 TOWERS_SUBDIR = "towers"
 TOWER_FILE_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
@@ -42,6 +43,24 @@ KNOWN_SOURCES = {
 """Where a user gets a tower's open_clip weight file (shown in errors)."""
 
 VISUAL_PREFIX = "visual."
+
+
+def build_tower_module(spec: TowerSpec) -> nn.Module:
+    """Build ``spec``'s image tower with random weights (open_clip's VisionTransformer), frozen, in eval."""
+    import open_clip.model as oc_model
+
+    cfg = tower_model_config(spec)
+    vision_cfg = {k: v for k, v in cfg["vision_cfg"].items() if k != "output_tokens"}
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    try:  # open_clip 2.x and 3.x both have this helper
+        tower = oc_model._build_vision_tower(
+            embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, quick_gelu=quick_gelu
+        )
+    except (TypeError, ValueError, AttributeError, ZeroDivisionError, AssertionError) as err:
+        raise EncoderError(
+            f"tower {spec.name}: open_clip cannot build vision config {vision_cfg}: {err}"
+        ) from err
+    return freeze(tower)
 
 
 def towers_dir(models_dir: str | os.PathLike) -> Path:
