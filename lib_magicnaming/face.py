@@ -16,9 +16,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lib_magicnaming.errors import FaceError
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-"""OpenAI CLIP's pixel normalisation (open_clip uses the same for both towers)."""
+
+def _openai_mean() -> tuple[float, float, float]:
+    """OpenAI CLIP's pixel mean, open_clip's OPENAI_DATASET_MEAN (both towers were trained with it).
+
+    Read when a CropConfig is made, not when this module is imported: importing open_clip takes seconds, and
+    everything that needs no photo encoder (names, mixes, identities) works without it.
+    """
+    from open_clip.constants import OPENAI_DATASET_MEAN
+
+    return tuple(OPENAI_DATASET_MEAN)
+
+
+def _openai_std() -> tuple[float, float, float]:
+    """OpenAI CLIP's pixel standard deviation, open_clip's OPENAI_DATASET_STD (see _openai_mean)."""
+    from open_clip.constants import OPENAI_DATASET_STD
+
+    return tuple(OPENAI_DATASET_STD)
 
 
 @dataclass
@@ -31,8 +45,8 @@ class CropConfig:
 
     size: int = 224
     margin: float = 0.25
-    mean: tuple[float, float, float] = field(default=CLIP_MEAN)
-    std: tuple[float, float, float] = field(default=CLIP_STD)
+    mean: tuple[float, float, float] = field(default_factory=_openai_mean)
+    std: tuple[float, float, float] = field(default_factory=_openai_std)
 
     def validate(self) -> CropConfig:
         """Raise FaceError naming the bad field; return self (mean/std normalised to tuples)."""

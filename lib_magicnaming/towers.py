@@ -110,7 +110,12 @@ def missing_tower_message(spec: TowerSpec, models_dir: str | os.PathLike | None)
 
 
 def read_tower_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The vision tower's state dict from an open_clip checkpoint file (``visual.`` prefix removed)."""
+    """The vision tower's state dict from an open_clip checkpoint file (``visual.`` prefix removed).
+
+    Not ``open_clip.factory.load_state_dict``: in open_clip 2.20.0 (the version A1111 ships, the oldest we
+    support) it calls ``torch.load`` without ``weights_only=True``, so a pickled file would run code, and it
+    reads no safetensors. Our reader keeps both rules on every open_clip version.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         state = _read_safetensors_visual(path)
