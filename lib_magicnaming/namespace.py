@@ -32,15 +32,15 @@ import torch
 
 from lib_magicnaming.constants import CHUNK_ROWS, ID_FIRST_ROW, ID_TOKENS, SDXL_CONTEXT_WIDTH
 from lib_magicnaming.errors import EncoderError, NamespaceError
+from lib_magicnaming.tags import NUMBER_RE
 
 EncodeTexts = Callable[[list[str]], torch.Tensor]
 """Encodes texts like the WebUI's ``get_learned_conditioning(texts)['crossattn']``: (N, 77*k, W)."""
 
 MIX_METHODS = ("linear", "slerp")
 
-_WEIGHT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _TERM_RE = re.compile(
-    r"\s*(?:(?P<weight>" + _WEIGHT_RE.pattern + r")(?:\s*\*\s*|\s+))?(?P<name>.*?)\s*", re.DOTALL
+    r"\s*(?:(?P<weight>" + NUMBER_RE.pattern + r")(?:\s*\*\s*|\s+))?(?P<name>.*?)\s*", re.DOTALL
 )
 _QUOTE = '"'
 _DEGENERATE_SIN = 1e-6
@@ -118,7 +118,7 @@ def _split_terms(text: str) -> list[str]:
 def _parse_term(term: str, index: int, text: str) -> tuple[str, float]:
     match = _TERM_RE.fullmatch(term)
     weight_text, name = match.group("weight"), match.group("name")
-    if weight_text is None and _WEIGHT_RE.fullmatch(name):
+    if weight_text is None and NUMBER_RE.fullmatch(name):
         weight_text, name = name, ""
     if name.startswith(_QUOTE):
         if not name.endswith(_QUOTE) or len(name) < 2 or name.count(_QUOTE) != 2:
