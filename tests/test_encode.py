@@ -203,6 +203,37 @@ def test_lowvram_never_keeps_towers_loaded(checkpoint):
     assert make_encoder(checkpoint, keep_loaded=True).keep_loaded
 
 
+def test_the_encoder_frees_its_model_after_each_call_unless_kept(checkpoint, faces_png):
+    freeing = make_encoder(checkpoint)
+    freeing.encode_photos(faces_png[:1], assume_cropped=True)
+    assert not freeing.is_loaded and freeing.stats.loads == 1
+    freeing.encode_photos(faces_png[:1], assume_cropped=True)  # cached photo: no tower work, no load
+    assert not freeing.is_loaded and freeing.stats.loads == 1
+    freeing.encode_photos(faces_png[1:2], assume_cropped=True)
+    assert not freeing.is_loaded and freeing.stats.loads == 2
+
+    kept = make_encoder(checkpoint, keep_loaded=True)
+    kept.encode_photos(faces_png[:1], assume_cropped=True)
+    kept.encode_photos(faces_png[1:2], assume_cropped=True)
+    assert kept.is_loaded and kept.stats.loads == 1
+
+    never_kept = make_encoder(checkpoint, keep_loaded=True, lowvram=True)
+    never_kept.encode_photos(faces_png[:1], assume_cropped=True)
+    assert not never_kept.is_loaded
+
+
+def test_a_failed_call_frees_the_model_too(checkpoint, faces_png, monkeypatch):
+    encoder = make_encoder(checkpoint)
+
+    def fail(model, pixels):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(encoder, "_run_model", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        encoder.encode_photos(faces_png[:1], assume_cropped=True)
+    assert not encoder.is_loaded and encoder.stats.loads == 1
+
+
 def test_lowvram_tower_by_tower_features_equal_the_whole_model(checkpoint):
     """The --lowvram path (one tower on the GPU at a time) computes what NameEncoder.features does; its
     device moves only happen on CUDA, the arithmetic is checked here."""
