@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,6 +93,10 @@ def _is_number(value: Any) -> bool:
 
 DEFAULT_PACK = "buffalo_l"
 """The insightface model pack other WebUI face extensions use (its detector is SCRFD det_10g)."""
+
+PACK_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+"""A detector pack is a folder name under ``<insightface root>/models``: no path separators, not ``.``/``..``;
+use it with ``fullmatch``."""
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Photos above this many pixels are refused before decoding (decompression-bomb guard)."""
@@ -239,6 +244,16 @@ def center_square(image_size: tuple[int, int]) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
+def validate_pack_name(pack: str) -> str:
+    """Return ``pack`` if it is a plain folder name (PACK_NAME_RE), else raise FaceError naming it."""
+    if not isinstance(pack, str) or not PACK_NAME_RE.fullmatch(pack):
+        raise FaceError(
+            f"bad insightface pack name {pack!r}: a pack is a folder name under models/insightface/models "
+            "such as buffalo_l (letters, digits, '_', '.', '-')"
+        )
+    return pack
+
+
 class FaceDetector:
     """An insightface detection model from a pack folder, run with onnxruntime (loaded on first use).
 
@@ -256,8 +271,7 @@ class FaceDetector:
         det_size: int = 640,
         det_thresh: float = 0.5,
     ):
-        if not pack or "/" in pack or "\\" in pack or pack in (".", ".."):
-            raise FaceError(f"bad insightface pack name {pack!r}")
+        validate_pack_name(pack)
         self.insightface_root = Path(insightface_root)
         self.pack = pack
         self.use_cuda = use_cuda
