@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import re
@@ -108,6 +109,8 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
 ImageSource = Union[bytes, bytearray, str, os.PathLike, Image.Image]
+
+logger = logging.getLogger("magicnaming")
 
 
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -324,6 +327,7 @@ class FaceDetector:
             try:
                 model = model_zoo.get_model(str(path), providers=providers)
             except Exception as err:  # noqa: BLE001 - onnxruntime/insightface raise many kinds
+                logger.debug("insightface could not load %s", path, exc_info=True)
                 raise FaceError(f"insightface cannot load {path}: {type(err).__name__}: {err}") from err
             if model is not None and getattr(model, "taskname", None) == "detection":
                 ctx_id = 0 if CUDA_PROVIDER in providers else -1

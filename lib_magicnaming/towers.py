@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,8 @@ KNOWN_SOURCES = {
 """Where a user gets a tower's open_clip weight file (shown in errors)."""
 
 VISUAL_PREFIX = "visual."
+
+logger = logging.getLogger("magicnaming")
 
 
 def build_tower_module(spec: TowerSpec) -> nn.Module:
@@ -89,7 +92,8 @@ def tower_source_hint(spec: TowerSpec) -> str:
         from open_clip.pretrained import get_pretrained_cfg
 
         cfg = get_pretrained_cfg(spec.arch, spec.pretrained) or {}
-    except Exception:  # noqa: BLE001 - a hint only; any open_clip failure means "no hint"
+    except Exception:  # noqa: BLE001 - a hint only; any open_clip failure means "no hint", never an error
+        logger.debug("no download hint for %s / %s from open_clip", spec.arch, spec.pretrained, exc_info=True)
         cfg = {}
     if cfg.get("hf_hub"):
         return f"https://huggingface.co/{cfg['hf_hub'].rstrip('/')}"
@@ -144,6 +148,7 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds; all mean "not a plain state dict"
+        logger.debug("torch.load refused %s", path, exc_info=True)
         raise EncoderError(
             f"{path} cannot be read as a plain tensor file ({type(err).__name__}: {str(err)[:200]}). "
             "Use an open_clip state dict (safetensors preferred); TorchScript archives such as OpenAI's "
@@ -295,6 +300,7 @@ def download_tower(spec: TowerSpec, cache_dir: str | os.PathLike | None = None) 
     try:
         model = open_clip.create_model(spec.arch, **kwargs)
     except Exception as err:  # noqa: BLE001 - network, hub and file errors all end here
+        logger.debug("open_clip.create_model(%s, %s) failed", spec.arch, spec.pretrained, exc_info=True)
         raise EncoderError(
             f"open_clip could not load {spec.arch} / {spec.pretrained}: "
             f"{type(err).__name__}: {str(err)[:300]}"
