@@ -9,15 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lib_magicnaming.model import (
-    EncoderConfig,
-    NameEncoder,
-    NameHead,
-    TowerSpec,
-    init_head_,
-    load_state_strict,
-)
-from lib_magicnaming.towers import build_tower_module, check_tower_weights, load_tower
+from lib_magicnaming.model import EncoderConfig, NameEncoder, NameHead, TowerSpec, init_head_
+from lib_magicnaming.towers import build_tower_module, check_tower_weights, load_state_strict, load_tower
 
 
 def build_encoder(

@@ -431,32 +431,6 @@ class NameEncoder(nn.Module):
         return self.head_only(self.features(pixels))
 
 
-def load_state_strict(
-    module: nn.Module, state: dict[str, torch.Tensor], what: str, *, assign: bool = False
-) -> None:
-    """Load ``state`` into ``module`` exactly (names and shapes), raising EncoderError naming the mismatch.
-
-    ``assign`` makes the state's tensors the module's own (no copy): how a module built on the meta device
-    gets its weights without holding them twice.
-    """
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise EncoderError(
-            f"{what}: weights do not match the architecture; missing {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-            f"{' ...' if len(unexpected) > 5 else ''}"
-        )
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise EncoderError(
-                f"{what}: tensor {key!r} has shape {tuple(tensor.shape)}, the architecture needs "
-                f"{tuple(expected[key].shape)}"
-            )
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True, assign=assign)
-
-
 def _open_clip_version() -> str:
     try:
         from open_clip.version import __version__
