@@ -27,6 +27,7 @@ import json
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,7 +197,7 @@ def copy_identity_file(source: str | os.PathLike, target: str | os.PathLike, *, 
     return _publish(target, write, overwrite=overwrite)
 
 
-def _publish(target: Path, write, *, overwrite: bool) -> bool:
+def _publish(target: Path, write: Callable[[Path], None], *, overwrite: bool) -> bool:
     try:
         return publish_file(target, write, overwrite=overwrite, prefix=TEMP_PREFIX)
     except OSError as error:

@@ -131,28 +131,19 @@ def test_features_refuse_to_mix_runs(data, capsys):
     assert "holds features of a different run (changed: random_towers_seed)" in capsys.readouterr().err
 
 
+def earlier_manifest_tower(name: str, arch: str, embed_dim: int) -> dict:
+    vision = {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 56}
+    return {
+        "name": name, "arch": arch, "pretrained": "random", "embed_dim": embed_dim,
+        "model_cfg": {"embed_dim": embed_dim, "quick_gelu": False, "vision_cfg": vision},
+        "weights_sha256": None, "param_count": None,
+    }
+
+
 EARLIER_MANIFEST_ENCODER = {
     "towers": [
-        {
-            "name": "clip_l", "arch": "tiny-l", "pretrained": "random", "embed_dim": 768,
-            "model_cfg": {
-                "embed_dim": 768, "quick_gelu": False,
-                "vision_cfg": {
-                    "image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 56,
-                },
-            },
-            "weights_sha256": None, "param_count": None,
-        },
-        {
-            "name": "clip_g", "arch": "tiny-g", "pretrained": "random", "embed_dim": 1280,
-            "model_cfg": {
-                "embed_dim": 1280, "quick_gelu": False,
-                "vision_cfg": {
-                    "image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 56,
-                },
-            },
-            "weights_sha256": None, "param_count": None,
-        },
+        earlier_manifest_tower("clip_l", "tiny-l", 768),
+        earlier_manifest_tower("clip_g", "tiny-g", 1280),
     ],
     "crop": {
         "size": 224, "margin": 0.25, "mean": [0.48145466, 0.4578275, 0.40821073],
