@@ -30,13 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lib_magicnaming.factory import build_encoder  # noqa: E402
 from lib_magicnaming.model import (  # noqa: E402
     CLIP_G_TOWER,
     CLIP_L_TOWER,
     EncoderConfig,
     HeadConfig,
-    build_encoder,
-    tower_model_config,  # noqa: E402
+    tower_model_config,
 )
 
 KNOWN_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "RTX 4090": 165.2}
@@ -105,7 +105,7 @@ def bench_end_to_end(config: EncoderConfig, args: argparse.Namespace, device: to
     from PIL import Image
 
     from training.distributed import current_place
-    from training.features import build_feature_encoder, encoder_config_to_dict
+    from training.features import build_feature_encoder
     from training.features import run as run_features
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,7 +117,7 @@ def bench_end_to_end(config: EncoderConfig, args: argparse.Namespace, device: to
             Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(path, compress_level=1)
             rows.append({"image_id": str(i), "name": f"person {i % 97}", "crop_path": str(path)})
         pd.DataFrame(rows).to_csv(folder / "faces.csv", index=False)
-        (folder / "encoder.json").write_text(json.dumps(encoder_config_to_dict(config)))
+        (folder / "encoder.json").write_text(json.dumps(config.to_dict(with_head=False)))
         stage_args = argparse.Namespace(
             faces=str(folder / "faces.csv"),
             out=str(folder / "features"),

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from lib_magicnaming.identity import Identity, IdentityLibrary, encode_identity_file
+from lib_magicnaming.identity import Identity
+from lib_magicnaming.identity_file import encode_identity_file
+from lib_magicnaming.identity_library import IdentityLibrary
 
 
 def main(count: int = 1000) -> None:

@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from lib_magicnaming.model import CLIP_G_TOWER, CLIP_L_TOWER, build_tower_module  # noqa: E402
-from lib_magicnaming.towers import FINGERPRINT_THREADS, tower_fingerprint  # noqa: E402
+from lib_magicnaming.model import CLIP_G_TOWER, CLIP_L_TOWER  # noqa: E402
+from lib_magicnaming.towers import FINGERPRINT_THREADS, build_tower_module, tower_fingerprint  # noqa: E402
 
 
 def median_seconds(function, repeats: int) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +32,9 @@ from lib_magicnaming.constants import (
     SHORT_HASH_CHARS,
 )
 from lib_magicnaming.errors import EncoderError, MagicNamingError
-from lib_magicnaming.face import CropConfig
-from lib_magicnaming.model import (
-    EncoderConfig,
-    HeadConfig,
-    NameEncoder,
-    TowerSpec,
-    build_encoder,
-    head_state_shapes,
-)
+from lib_magicnaming.factory import build_encoder
+from lib_magicnaming.model import EncoderConfig, HeadConfig, NameEncoder, head_state_shapes
+from lib_magicnaming.namespace import NamespaceStats
 
 FORMAT_NAME = "magicnaming-encoder"
 FORMAT_VERSION = 1
@@ -60,47 +53,12 @@ METADATA_KEYS = (
     "training_summary",  # JSON object (free form; "{}" when none)
 )
 
+CONFIG_JSON_KEYS = ("towers", "head", "crop")
+"""The EncoderConfig fields (EncoderConfig.to_dict) stored as JSON, one metadata key each."""
+
 HEAD_PREFIX = "head."
 TOWER_PREFIX = "tower."
 NAMESPACE_KEYS = ("namespace.mean", "namespace.basis", "namespace.scales")
-
-
-@dataclass
-class NamespaceStats:
-    """Name-space statistics for sampling fictional identities: mean + basis.T @ (scales * z)."""
-
-    mean: torch.Tensor
-    basis: torch.Tensor
-    scales: torch.Tensor
-
-    def validate(self, tokens: int = ID_TOKENS, width: int = SDXL_CONTEXT_WIDTH) -> NamespaceStats:
-        """Raise EncoderError naming the bad tensor (shape, rank agreement, non-finite, negative scale)."""
-        if tuple(self.mean.shape) != (tokens, width):
-            raise EncoderError(
-                f"namespace.mean has shape {tuple(self.mean.shape)}, expected ({tokens}, {width})"
-            )
-        if self.basis.ndim != 2 or self.basis.shape[1] != tokens * width:
-            raise EncoderError(
-                f"namespace.basis has shape {tuple(self.basis.shape)}, expected (rank, {tokens * width})"
-            )
-        if tuple(self.scales.shape) != (self.basis.shape[0],):
-            raise EncoderError(
-                f"namespace.scales has shape {tuple(self.scales.shape)}, expected ({self.basis.shape[0]},) "
-                "(one scale per basis row)"
-            )
-        for key, tensor in (("mean", self.mean), ("basis", self.basis), ("scales", self.scales)):
-            if not tensor.is_floating_point():
-                raise EncoderError(f"namespace.{key} must be floating point, got {tensor.dtype}")
-            if not bool(torch.isfinite(tensor).all()):
-                raise EncoderError(f"namespace.{key} holds non-finite values (NaN or inf)")
-        if bool((self.scales < 0).any()):
-            raise EncoderError("namespace.scales holds negative values")
-        return self
-
-    @property
-    def rank(self) -> int:
-        """Number of basis rows."""
-        return int(self.basis.shape[0])
 
 
 @dataclass
@@ -130,7 +88,7 @@ class EncoderCheckpoint:
         self, *, models_dir: str | os.PathLike | None = None, allow_download: bool = False,
         random_towers: bool = False,
     ) -> NameEncoder:
-        """Rebuild the encoder this checkpoint describes (head loaded; towers as model.build_encoder)."""
+        """Rebuild the encoder this checkpoint describes (head loaded; towers as factory.build_encoder)."""
         return build_encoder(
             self.config, head_state=self.head_state, tower_states=self.tower_states,
             models_dir=None if models_dir is None else str(models_dir),
@@ -154,6 +112,7 @@ def config_metadata(config: EncoderConfig, training_summary: dict | None = None)
         summary = json.dumps(training_summary or {}, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise EncoderError(f"training_summary must be JSON-serialisable with finite numbers: {err}") from err
+    fields = config.to_dict()
     return {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -161,10 +120,8 @@ def config_metadata(config: EncoderConfig, training_summary: dict | None = None)
         "id_tokens": str(ID_TOKENS),
         "context_width": str(SDXL_CONTEXT_WIDTH),
         "id_first_row": str(ID_FIRST_ROW),
-        "towers": json.dumps([t.to_dict() for t in config.towers], sort_keys=True),
-        "head": json.dumps(config.head.to_dict(), sort_keys=True),
-        "crop": json.dumps(config.crop.to_dict(), sort_keys=True),
-        "feature_norm": config.feature_norm,
+        **{key: json.dumps(fields[key], sort_keys=True) for key in CONFIG_JSON_KEYS},
+        "feature_norm": fields["feature_norm"],
         "training_summary": summary,
     }
 
@@ -258,16 +215,12 @@ def _config_from_metadata(metadata: dict[str, str], path: Path) -> tuple[Encoder
             raise EncoderError(
                 f"{name}: metadata {key} is {metadata[key]!r}, this MagicNaming needs {value!r}"
             )
-    tower_dicts = _json(metadata, "towers", name, list)
-    head_dict, crop_dict = _json(metadata, "head", name, dict), _json(metadata, "crop", name, dict)
+    fields = {key: _json(metadata, key, name, list if key == "towers" else dict) for key in CONFIG_JSON_KEYS}
     try:
-        towers = [TowerSpec.from_dict(d) for d in tower_dicts]
-        head = HeadConfig.from_dict(head_dict)
-        crop = CropConfig.from_dict(crop_dict)
-        config = EncoderConfig(towers=towers, head=head, crop=crop, feature_norm=metadata["feature_norm"])
-        config.validate()
+        config = EncoderConfig.from_dict({**fields, "feature_norm": metadata["feature_norm"]})
     except (MagicNamingError, TypeError) as err:
         raise EncoderError(f"{name}: {err}") from err
+    head = config.head
     if (head.out_tokens, head.out_dim) != (ID_TOKENS, SDXL_CONTEXT_WIDTH):
         raise EncoderError(f"{name}: head predicts ({head.out_tokens}, {head.out_dim}), F_ID is "
                            f"({ID_TOKENS}, {SDXL_CONTEXT_WIDTH})")
@@ -349,37 +302,3 @@ def _tower_states_from_tensors(
             raise EncoderError(f"{name}: tensor {key} holds non-finite values (NaN or inf)")
         states.setdefault(slot, {})[param] = tensor
     return states
-
-
-def sample_namespace(stats: NamespaceStats, seed: int, scale: float = 1.0) -> torch.Tensor:
-    """A fictional identity: mean + basis.T @ (scales * z * scale), z ~ N(0, 1) from ``seed`` (CPU float32).
-
-    The same seed and scale always give the same (ID_TOKENS, width) tensor, on any machine.
-    """
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise EncoderError(f"seed must be an integer, got {seed!r}")
-    if not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
-        raise EncoderError(f"scale must be a finite number >= 0, got {scale!r}")
-    generator = torch.Generator(device="cpu").manual_seed(seed % (1 << 63))
-    z = torch.randn(stats.rank, generator=generator, dtype=torch.float32)
-    offset = (stats.scales.float() * z * float(scale)) @ stats.basis.float()
-    return stats.mean.float() + offset.reshape(stats.mean.shape)
-
-
-def namespace_stats_from_embeddings(embeddings: torch.Tensor, rank: int) -> NamespaceStats:
-    """Fit name-space statistics to (N, ID_TOKENS, width) name embeddings: mean and top-``rank`` PCA axes.
-
-    ``basis`` rows are orthonormal principal directions of the flattened embeddings; ``scales`` are the
-    standard deviations along them, so :func:`sample_namespace` draws from a Gaussian fitted to the names.
-    """
-    if embeddings.ndim != 3 or embeddings.shape[0] < 2:
-        raise EncoderError(f"need (N >= 2, tokens, width) embeddings, got {tuple(embeddings.shape)}")
-    flat = embeddings.detach().float().reshape(embeddings.shape[0], -1)
-    mean = flat.mean(dim=0)
-    centred = flat - mean
-    rank = max(0, min(int(rank), flat.shape[0] - 1, flat.shape[1]))
-    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
-    scales = singular[:rank] / math.sqrt(flat.shape[0] - 1)
-    return NamespaceStats(
-        mean=mean.reshape(embeddings.shape[1:]).clone(), basis=vh[:rank].clone(), scales=scales.clone()
-    ).validate(embeddings.shape[1], embeddings.shape[2])

@@ -18,6 +18,7 @@ CHUNK_ROWS = 77
 """One prompt chunk: start token, 75 prompt tokens, end token."""
 
 CHUNK_TEXT_TOKENS = CHUNK_ROWS - 2
+"""Prompt tokens in one chunk (without its start and end tokens)."""
 
 BASE_MODEL_FAMILY = "sdxl"
 

@@ -2,8 +2,11 @@
 
 :class:`IdentityEncoder` owns one encoder checkpoint. It loads lazily (the checkpoint when first needed, the
 CLIP towers on the first photo), runs on CUDA in float16 when torch sees a GPU and on CPU in float32
-otherwise, moves the towers off the GPU after each call unless asked to keep them (never with
-``lowvram``), and remembers encoded photos by content hash in a bounded LRU held on the object.
+otherwise, and remembers encoded photos by content hash in a bounded LRU held on the object.
+
+It alone decides where its model lives between calls; callers never unload it. After each call that ran the
+towers the model is freed (off the GPU and out of memory; the photo cache stays) unless ``keep_loaded``, which
+keeps it on its device; ``lowvram`` never keeps it and moves one tower at a time to the GPU.
 """
 
 from __future__ import annotations
@@ -11,19 +14,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from lib_magicnaming.checkpoint import (
-    EncoderCheckpoint,
-    file_sha256,
-    load_encoder_checkpoint,
-    sample_namespace,
-)
+from lib_magicnaming.checkpoint import EncoderCheckpoint, file_sha256, load_encoder_checkpoint
 from lib_magicnaming.errors import EncoderError, FaceError
 from lib_magicnaming.face import (
     DEFAULT_PACK,
@@ -35,8 +32,9 @@ from lib_magicnaming.face import (
     pixels_from_crop,
 )
 from lib_magicnaming.identity import Identity
+from lib_magicnaming.lru import LRUCache
 from lib_magicnaming.model import NameEncoder
-from lib_magicnaming.namespace import average_embeddings
+from lib_magicnaming.namespace import average_embeddings, sample_namespace
 
 DEFAULT_CACHE_SIZE = 64
 """Encoded photos remembered per encoder (each entry: an 8 x 2048 float32 tensor and a 224 px crop)."""
@@ -109,7 +107,6 @@ class EncoderStats:
     photos_encoded: int = 0
     cache_hits: int = 0
     loads: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class IdentityEncoder:
@@ -150,9 +147,8 @@ class IdentityEncoder:
         self.keep_loaded = keep_loaded and not lowvram
         self.allow_download = allow_download
         self.random_towers = random_towers
-        self.cache_size = max(0, int(cache_size))
         self.stats = EncoderStats()
-        self._cache: OrderedDict[tuple, _CachedPhoto] = OrderedDict()
+        self._cache: LRUCache[tuple, _CachedPhoto] = LRUCache(cache_size)
         self._model: NameEncoder | None = None
         self._lock = threading.RLock()
 
@@ -192,17 +188,16 @@ class IdentityEncoder:
             return self._model
 
     def unload(self) -> None:
-        """Drop the model (and free GPU memory it held); the photo cache is kept."""
-        with self._lock:
-            self._model = None
-            _free_cuda(self.device)
+        """Free the model: off the GPU, then dropped (what happens after every call unless keep_loaded).
 
-    def offload(self) -> None:
-        """Move the model to CPU memory (what happens after every call unless keep_loaded)."""
+        The photo cache and the checkpoint are kept; the next call loads the model again. The model is moved
+        to the CPU before it is dropped, so the GPU is freed even while a traceback still refers to it.
+        """
         with self._lock:
             if self._model is not None:
                 self._model.to("cpu")
-                _free_cuda(self.device)
+                self._model = None
+            _free_cuda(self.device)
 
     # --- encoding ----------------------------------------------------------------------------------------
 
@@ -210,16 +205,14 @@ class IdentityEncoder:
     def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, ID_TOKENS, SDXL_CONTEXT_WIDTH) CPU float32."""
         with self._lock:
-            model = self.load()
-            self.stats.tower_batches += 1
-            self.stats.photos_encoded += int(pixels.shape[0])
             try:
+                model = self.load()
+                self.stats.tower_batches += 1
+                self.stats.photos_encoded += int(pixels.shape[0])
                 return self._run_model(model, pixels)
             finally:
-                # after _run_model returned, no tensor on the GPU is referenced any more, so emptying the
-                # cache gives every byte back
                 if not self.keep_loaded:
-                    self.offload()
+                    self.unload()
 
     def _run_model(self, model: NameEncoder, pixels: torch.Tensor) -> torch.Tensor:
         if self.lowvram and self.device.type == "cuda":
@@ -268,7 +261,7 @@ class IdentityEncoder:
             pixels = torch.stack([pixels_from_crop(crop.image, crop_config) for _, _, crop in pending])
             for (index, key, crop), embedding in zip(pending, self.embed_pixels(pixels), strict=True):
                 embeddings[index] = embedding.clone()
-                self._remember(key, _CachedPhoto(embeddings[index], crop))
+                self._cache.put(key, _CachedPhoto(embeddings[index], crop))
         if not embeddings:
             errors = "; ".join(r.error or "" for r in reports)
             raise FaceError(f"none of the photos had a usable face: {errors}")
@@ -308,26 +301,11 @@ class IdentityEncoder:
         return report, key, crop, None if cached is None else cached.embedding
 
     def _cached(self, key: tuple) -> _CachedPhoto | None:
-        with self._lock:
-            entry = self._cache.get(key)
-            if entry is not None:
-                self._cache.move_to_end(key)
+        entry = self._cache.get(key)
+        if entry is not None:
+            with self._lock:
                 self.stats.cache_hits += 1
-            return entry
-
-    def _remember(self, key: tuple, entry: _CachedPhoto) -> None:
-        if self.cache_size == 0:
-            return
-        with self._lock:
-            self._cache[key] = entry
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-
-    def clear_cache(self) -> None:
-        """Forget every encoded photo."""
-        with self._lock:
-            self._cache.clear()
+        return entry
 
     # --- identities --------------------------------------------------------------------------------------
 

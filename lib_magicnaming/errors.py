@@ -33,6 +33,17 @@ class IdentityExists(IdentityError):
         self.name = name
 
 
+class StrengthError(MagicNamingError):
+    """A strength that is not a number from STRENGTH_MIN to STRENGTH_MAX (``lib_magicnaming.tags``).
+
+    ``.problem`` completes the phrase "the strength ...", so each caller can say where the strength was.
+    """
+
+    def __init__(self, problem: str):
+        super().__init__(f"The strength {problem}.")
+        self.problem = problem
+
+
 class SpliceError(MagicNamingError):
     """Conditioning of a shape an identity cannot be spliced into."""
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
+import re
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,9 +18,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lib_magicnaming.errors import FaceError
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-"""OpenAI CLIP's pixel normalisation (open_clip uses the same for both towers)."""
+
+def _openai_mean() -> tuple[float, float, float]:
+    """OpenAI CLIP's pixel mean, open_clip's OPENAI_DATASET_MEAN (both towers were trained with it).
+
+    Read when a CropConfig is made, not when this module is imported: importing open_clip takes seconds, and
+    everything that needs no photo encoder (names, mixes, identities) works without it.
+    """
+    from open_clip.constants import OPENAI_DATASET_MEAN
+
+    return tuple(OPENAI_DATASET_MEAN)
+
+
+def _openai_std() -> tuple[float, float, float]:
+    """OpenAI CLIP's pixel standard deviation, open_clip's OPENAI_DATASET_STD (see _openai_mean)."""
+    from open_clip.constants import OPENAI_DATASET_STD
+
+    return tuple(OPENAI_DATASET_STD)
 
 
 @dataclass
@@ -31,8 +47,8 @@ class CropConfig:
 
     size: int = 224
     margin: float = 0.25
-    mean: tuple[float, float, float] = field(default=CLIP_MEAN)
-    std: tuple[float, float, float] = field(default=CLIP_STD)
+    mean: tuple[float, float, float] = field(default_factory=_openai_mean)
+    std: tuple[float, float, float] = field(default_factory=_openai_std)
 
     def validate(self) -> CropConfig:
         """Raise FaceError naming the bad field; return self (mean/std normalised to tuples)."""
@@ -79,6 +95,10 @@ def _is_number(value: Any) -> bool:
 DEFAULT_PACK = "buffalo_l"
 """The insightface model pack other WebUI face extensions use (its detector is SCRFD det_10g)."""
 
+PACK_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+"""A detector pack is a folder name under ``<insightface root>/models``: no path separators, not ``.``/``..``;
+use it with ``fullmatch``."""
+
 DEFAULT_MAX_PIXELS = 50_000_000
 """Photos above this many pixels are refused before decoding (decompression-bomb guard)."""
 
@@ -89,6 +109,8 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
 ImageSource = Union[bytes, bytearray, str, os.PathLike, Image.Image]
+
+logger = logging.getLogger("magicnaming")
 
 
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -225,6 +247,16 @@ def center_square(image_size: tuple[int, int]) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
+def validate_pack_name(pack: str) -> str:
+    """Return ``pack`` if it is a plain folder name (PACK_NAME_RE), else raise FaceError naming it."""
+    if not isinstance(pack, str) or not PACK_NAME_RE.fullmatch(pack):
+        raise FaceError(
+            f"bad insightface pack name {pack!r}: a pack is a folder name under models/insightface/models "
+            "such as buffalo_l (letters, digits, '_', '.', '-')"
+        )
+    return pack
+
+
 class FaceDetector:
     """An insightface detection model from a pack folder, run with onnxruntime (loaded on first use).
 
@@ -242,8 +274,7 @@ class FaceDetector:
         det_size: int = 640,
         det_thresh: float = 0.5,
     ):
-        if not pack or "/" in pack or "\\" in pack or pack in (".", ".."):
-            raise FaceError(f"bad insightface pack name {pack!r}")
+        validate_pack_name(pack)
         self.insightface_root = Path(insightface_root)
         self.pack = pack
         self.use_cuda = use_cuda
@@ -296,6 +327,7 @@ class FaceDetector:
             try:
                 model = model_zoo.get_model(str(path), providers=providers)
             except Exception as err:  # noqa: BLE001 - onnxruntime/insightface raise many kinds
+                logger.debug("insightface could not load %s", path, exc_info=True)
                 raise FaceError(f"insightface cannot load {path}: {type(err).__name__}: {err}") from err
             if model is not None and getattr(model, "taskname", None) == "detection":
                 ctx_id = 0 if CUDA_PROVIDER in providers else -1

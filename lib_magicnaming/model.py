@@ -5,7 +5,10 @@ the two image embeddings are concatenated in that order (CLIP-L then bigG, as SD
 encoders per token) to 2048 features, and the head maps them to an F_ID of ID_TOKENS x SDXL_CONTEXT_WIDTH.
 
 Everything that decides the architecture (tower configs, head config, feature normalisation, crop) lives in
-:class:`EncoderConfig`, which the checkpoint records, so a checkpoint rebuilds its own model.
+:class:`EncoderConfig`, which the checkpoint records (``to_dict``/``from_dict``, the one serialiser), so a
+checkpoint rebuilds its own model. This module holds the configs, the head and the encoder module; building
+towers and loading their weights is :mod:`lib_magicnaming.towers`, assembling an encoder from a config is
+:func:`lib_magicnaming.factory.build_encoder`.
 """
 
 from __future__ import annotations
@@ -208,6 +211,45 @@ class EncoderConfig:
         """Width of the concatenated tower features."""
         return sum(t.embed_dim for t in self.towers)
 
+    def to_dict(self, *, with_head: bool = True) -> dict[str, Any]:
+        """JSON-able form: ``towers`` (list), ``head``, ``crop`` and ``feature_norm``; checkpoints record it.
+
+        ``with_head=False`` leaves the head out: what a features folder depends on (training chooses its own).
+        """
+        data = {
+            "towers": [t.to_dict() for t in self.towers],
+            "head": self.head.to_dict(),
+            "crop": self.crop.to_dict(),
+            "feature_norm": self.feature_norm,
+        }
+        if not with_head:
+            del data["head"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EncoderConfig:
+        """Inverse of :meth:`to_dict`, validated; EncoderError names an unknown, missing or bad field.
+
+        Without ``head`` (``to_dict(with_head=False)``) the head is the default one for the towers' width.
+        """
+        fields = _exact_fields(cls, data, "encoder config")
+        missing = sorted({"towers", "crop", "feature_norm"} - set(fields))
+        if missing:
+            raise EncoderError(f"encoder config is missing field(s) {missing}")
+        if not isinstance(fields["towers"], list):
+            kind = type(fields["towers"]).__name__
+            raise EncoderError(f"encoder config: towers must be a list, got {kind}")
+        towers = [TowerSpec.from_dict(t) for t in fields["towers"]]
+        if "head" in fields:
+            head = HeadConfig.from_dict(fields["head"])
+        else:
+            head = HeadConfig(in_dim=sum(t.embed_dim for t in towers))
+        try:
+            crop = CropConfig.from_dict(fields["crop"])
+        except FaceError as err:
+            raise EncoderError(f"encoder config: {err}") from err
+        return cls(towers=towers, head=head, crop=crop, feature_norm=fields["feature_norm"]).validate()
+
 
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
@@ -275,24 +317,6 @@ def _check_custom_model_cfg(spec: TowerSpec) -> None:
                 f"tower {spec.name}: model_cfg vision_cfg {key} must be a positive integer up to "
                 f"{VISION_CFG_LIMITS[key]}, got {value!r}"
             )
-
-
-def build_tower_module(spec: TowerSpec) -> nn.Module:
-    """Build ``spec``'s image tower with random weights (open_clip's VisionTransformer), frozen, in eval."""
-    import open_clip.model as oc_model
-
-    cfg = tower_model_config(spec)
-    vision_cfg = {k: v for k, v in cfg["vision_cfg"].items() if k != "output_tokens"}
-    quick_gelu = bool(cfg.get("quick_gelu", False))
-    try:  # open_clip 2.x and 3.x both have this helper
-        tower = oc_model._build_vision_tower(
-            embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, quick_gelu=quick_gelu
-        )
-    except (TypeError, ValueError, AttributeError, ZeroDivisionError, AssertionError) as err:
-        raise EncoderError(
-            f"tower {spec.name}: open_clip cannot build vision config {vision_cfg}: {err}"
-        ) from err
-    return freeze(tower)
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -405,82 +429,6 @@ class NameEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels -> F_ID."""
         return self.head_only(self.features(pixels))
-
-
-def build_towers(
-    spec: TowerSpec, models_dir: str | None = None, *, allow_download: bool = False, random_init: bool = False
-) -> nn.Module:
-    """One tower: random weights if ``random_init``, else from ``models_dir`` or open_clip (towers.py)."""
-    if random_init:
-        return build_tower_module(spec.validate())
-    from lib_magicnaming.towers import load_tower
-
-    return load_tower(spec, models_dir, allow_download=allow_download)
-
-
-def build_encoder(
-    config: EncoderConfig,
-    *,
-    head_state: dict[str, torch.Tensor] | None = None,
-    tower_states: dict[str, dict[str, torch.Tensor]] | None = None,
-    models_dir: str | None = None,
-    allow_download: bool = False,
-    random_towers: bool = False,
-) -> NameEncoder:
-    """Build a :class:`NameEncoder` for ``config``.
-
-    Tower weights come from ``tower_states`` (e.g. stored in a checkpoint) when given for a tower, random
-    when ``random_towers`` (tests, benchmarks), else from local files / open_clip (see towers.load_tower).
-    Weights from ``tower_states``, files or open_clip must match the fingerprint a tower spec records.
-    ``head_state`` loads the head (strict); without it the head is freshly initialised.
-    """
-    config.validate()
-    tower_states = tower_states or {}
-    towers: dict[str, nn.Module] = {}
-    for spec in config.towers:
-        if spec.name in tower_states:
-            from lib_magicnaming.towers import check_tower_weights
-
-            tower = build_tower_module(spec)
-            load_state_strict(tower, tower_states[spec.name], f"tower {spec.name}")
-            check_tower_weights(spec, tower, f"the {spec.name} weights stored in the checkpoint")
-            towers[spec.name] = tower
-        else:
-            towers[spec.name] = build_towers(
-                spec, models_dir, allow_download=allow_download, random_init=random_towers
-            )
-    head = NameHead(config.head)
-    if head_state is None:
-        init_head_(head)
-    else:
-        load_state_strict(head, head_state, "head")
-    return NameEncoder(config, towers, head)
-
-
-def load_state_strict(
-    module: nn.Module, state: dict[str, torch.Tensor], what: str, *, assign: bool = False
-) -> None:
-    """Load ``state`` into ``module`` exactly (names and shapes), raising EncoderError naming the mismatch.
-
-    ``assign`` makes the state's tensors the module's own (no copy): how a module built on the meta device
-    gets its weights without holding them twice.
-    """
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise EncoderError(
-            f"{what}: weights do not match the architecture; missing {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-            f"{' ...' if len(unexpected) > 5 else ''}"
-        )
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise EncoderError(
-                f"{what}: tensor {key!r} has shape {tuple(tensor.shape)}, the architecture needs "
-                f"{tuple(expected[key].shape)}"
-            )
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True, assign=assign)
 
 
 def _open_clip_version() -> str:

@@ -15,6 +15,10 @@ Mixing (``mix_embeddings``):
   Where directions are undefined or too far apart for a unique spherical mean (a zero row, opposite rows,
   directions whose weighted mean is about zero) that row is mixed linearly instead. Parallel rows need no
   special case: their slerp and their linear mix are the same vector.
+
+Statistics and sampling (``NamespaceStats``): a Gaussian fitted to the training names' F_IDs (mean and the
+top principal axes), which an encoder checkpoint carries; a seed draws a fictional person from it. Their
+errors are EncoderError, as the statistics come from (and are checked with) an encoder checkpoint.
 """
 
 from __future__ import annotations
@@ -22,20 +26,21 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from lib_magicnaming.constants import CHUNK_ROWS, ID_FIRST_ROW, ID_TOKENS
-from lib_magicnaming.errors import NamespaceError
+from lib_magicnaming.constants import CHUNK_ROWS, ID_FIRST_ROW, ID_TOKENS, SDXL_CONTEXT_WIDTH
+from lib_magicnaming.errors import EncoderError, NamespaceError
+from lib_magicnaming.tags import NUMBER_RE
 
 EncodeTexts = Callable[[list[str]], torch.Tensor]
 """Encodes texts like the WebUI's ``get_learned_conditioning(texts)['crossattn']``: (N, 77*k, W)."""
 
 MIX_METHODS = ("linear", "slerp")
 
-_WEIGHT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _TERM_RE = re.compile(
-    r"\s*(?:(?P<weight>" + _WEIGHT_RE.pattern + r")(?:\s*\*\s*|\s+))?(?P<name>.*?)\s*", re.DOTALL
+    r"\s*(?:(?P<weight>" + NUMBER_RE.pattern + r")(?:\s*\*\s*|\s+))?(?P<name>.*?)\s*", re.DOTALL
 )
 _QUOTE = '"'
 _DEGENERATE_SIN = 1e-6
@@ -113,7 +118,7 @@ def _split_terms(text: str) -> list[str]:
 def _parse_term(term: str, index: int, text: str) -> tuple[str, float]:
     match = _TERM_RE.fullmatch(term)
     weight_text, name = match.group("weight"), match.group("name")
-    if weight_text is None and _WEIGHT_RE.fullmatch(name):
+    if weight_text is None and NUMBER_RE.fullmatch(name):
         weight_text, name = name, ""
     if name.startswith(_QUOTE):
         if not name.endswith(_QUOTE) or len(name) < 2 or name.count(_QUOTE) != 2:
@@ -296,3 +301,78 @@ def average_embeddings(embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
     """The mean of several embeddings of one identity (e.g. one per photo): equal-weight linear mix."""
     count = len(embeddings) if isinstance(embeddings, Sequence) else 0
     return mix_embeddings(embeddings, [1.0] * max(count, 1), "linear")
+
+
+# ------------------------------------------------------------------------- statistics and sampling
+
+
+@dataclass
+class NamespaceStats:
+    """Name-space statistics for sampling fictional identities: mean + basis.T @ (scales * z)."""
+
+    mean: torch.Tensor
+    basis: torch.Tensor
+    scales: torch.Tensor
+
+    def validate(self, tokens: int = ID_TOKENS, width: int = SDXL_CONTEXT_WIDTH) -> NamespaceStats:
+        """Raise EncoderError naming the bad tensor (shape, rank agreement, non-finite, negative scale)."""
+        if tuple(self.mean.shape) != (tokens, width):
+            raise EncoderError(
+                f"namespace.mean has shape {tuple(self.mean.shape)}, expected ({tokens}, {width})"
+            )
+        if self.basis.ndim != 2 or self.basis.shape[1] != tokens * width:
+            raise EncoderError(
+                f"namespace.basis has shape {tuple(self.basis.shape)}, expected (rank, {tokens * width})"
+            )
+        if tuple(self.scales.shape) != (self.basis.shape[0],):
+            raise EncoderError(
+                f"namespace.scales has shape {tuple(self.scales.shape)}, expected ({self.basis.shape[0]},) "
+                "(one scale per basis row)"
+            )
+        for key, tensor in (("mean", self.mean), ("basis", self.basis), ("scales", self.scales)):
+            if not tensor.is_floating_point():
+                raise EncoderError(f"namespace.{key} must be floating point, got {tensor.dtype}")
+            if not bool(torch.isfinite(tensor).all()):
+                raise EncoderError(f"namespace.{key} holds non-finite values (NaN or inf)")
+        if bool((self.scales < 0).any()):
+            raise EncoderError("namespace.scales holds negative values")
+        return self
+
+    @property
+    def rank(self) -> int:
+        """Number of basis rows."""
+        return int(self.basis.shape[0])
+
+
+def sample_namespace(stats: NamespaceStats, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """A fictional identity: mean + basis.T @ (scales * z * scale), z ~ N(0, 1) from ``seed`` (CPU float32).
+
+    The same seed and scale always give the same (ID_TOKENS, width) tensor, on any machine.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise EncoderError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
+        raise EncoderError(f"scale must be a finite number >= 0, got {scale!r}")
+    generator = torch.Generator(device="cpu").manual_seed(seed % (1 << 63))
+    z = torch.randn(stats.rank, generator=generator, dtype=torch.float32)
+    offset = (stats.scales.float() * z * float(scale)) @ stats.basis.float()
+    return stats.mean.float() + offset.reshape(stats.mean.shape)
+
+
+def namespace_stats_from_embeddings(embeddings: torch.Tensor, rank: int) -> NamespaceStats:
+    """Fit name-space statistics to (N, ID_TOKENS, width) name embeddings: mean and top-``rank`` PCA axes.
+
+    ``basis`` rows are orthonormal principal directions of the flattened embeddings; ``scales`` are the
+    standard deviations along them, so :func:`sample_namespace` draws from a Gaussian fitted to the names.
+    """
+    if embeddings.ndim != 3 or embeddings.shape[0] < 2:
+        raise EncoderError(f"need (N >= 2, tokens, width) embeddings, got {tuple(embeddings.shape)}")
+    flat = embeddings.detach().float().reshape(embeddings.shape[0], -1)
+    mean = flat.mean(dim=0)
+    centred = flat - mean
+    rank = max(0, min(int(rank), flat.shape[0] - 1, flat.shape[1]))
+    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
+    scales = singular[:rank] / math.sqrt(flat.shape[0] - 1)
+    return NamespaceStats(
+        mean=mean.reshape(embeddings.shape[1:]).clone(), basis=vh[:rank].clone(), scales=scales.clone()
+    ).validate(embeddings.shape[1], embeddings.shape[2])

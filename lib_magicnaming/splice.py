@@ -36,7 +36,6 @@ would have encoded the name. Any other width, or an F_ID that is not 8 x 2048, r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Union
@@ -51,8 +50,8 @@ from lib_magicnaming.constants import (
     REFINER_CONTEXT_WIDTH,
     SDXL_CONTEXT_WIDTH,
 )
-from lib_magicnaming.errors import SpliceError
-from lib_magicnaming.tags import DEFAULT_STRENGTH, STRENGTH_MAX, STRENGTH_MIN
+from lib_magicnaming.errors import SpliceError, StrengthError
+from lib_magicnaming.tags import DEFAULT_STRENGTH, check_strength
 
 Conditioning = Union[torch.Tensor, dict]
 """A cross-attention tensor, or a dict holding one under 'crossattn' (and usually 'vector')."""
@@ -166,14 +165,9 @@ def fit_f_id(f_id: torch.Tensor, width: int, *, dtype: torch.dtype, device: torc
 
 def _checked_strength(strength: float) -> float:
     try:
-        value = float(strength)
-    except (TypeError, ValueError, OverflowError):
-        raise SpliceError(f"An identity strength must be a number, not {strength!r}.") from None
-    if not math.isfinite(value) or not STRENGTH_MIN <= value <= STRENGTH_MAX:
-        raise SpliceError(
-            f"An identity strength must be from {STRENGTH_MIN:g} to {STRENGTH_MAX:g}; got {strength!r}."
-        )
-    return value
+        return check_strength(strength)
+    except StrengthError as error:
+        raise SpliceError(f"The identity's strength {error.problem}.") from None
 
 
 def apply_strengths(spliced: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:

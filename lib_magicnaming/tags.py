@@ -12,8 +12,9 @@ What counts as a tag (the grammar, decided here and nowhere else):
 * The identity name follows the one rule for identity names (:func:`validate_identity_name`): 1 to 64
   ASCII letters, digits, ``_``, ``-`` and ``.``, not starting with ``.``. Names match case-insensitively
   (:func:`identity_key`).
-* The strength is a decimal number (``1``, ``0.8``, ``.5``, ``1e-1``) from STRENGTH_MIN to STRENGTH_MAX.
-  No strength means the default (1.0, exactly the paper).
+* The strength is a decimal number (``1``, ``0.8``, ``.5``, ``1e-1``: NUMBER_RE) from STRENGTH_MIN to
+  STRENGTH_MAX (:func:`check_strength`, the one strength rule: the script's argument, markers and the splice
+  call it too). No strength means the default (DEFAULT_STRENGTH, 1.0: exactly the paper).
 * There is no escape: ``<name:`` in a prompt always starts a tag.
 """
 
@@ -24,7 +25,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lib_magicnaming.errors import IdentityError, TagError
+from lib_magicnaming.errors import IdentityError, StrengthError, TagError
 
 NAME_MAX_CHARS = 64
 NAME_RE = re.compile(rf"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{{0,{NAME_MAX_CHARS - 1}}}")
@@ -35,9 +36,12 @@ STRENGTH_MAX = 2.0
 DEFAULT_STRENGTH = 1.0
 """A tag without a strength means this: exactly the paper's splice."""
 
+NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+"""A decimal number as prompts and mixes write one (``1``, ``0.8``, ``.5``, ``1e-1``); use it with
+``fullmatch``. Tags' strengths and the weights of a weighted-names text (``namespace``) follow it."""
+
 TAG_WORD = "name"
 _TAG_START_RE = re.compile(rf"<{TAG_WORD}:", re.IGNORECASE | re.ASCII)
-_STRENGTH_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NON_FINITE_RE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE | re.ASCII)
 _TAG_STOPPERS = "<\r\n"
 _QUOTE_MAX_CHARS = 80
@@ -87,8 +91,8 @@ def format_name_tag(identity: str, strength: float | None = None) -> str:
     validate_identity_name(identity)
     if strength is None:
         return f"<{TAG_WORD}:{identity}>"
-    _check_strength_value(float(strength), f"<{TAG_WORD}:{identity}:{strength}>", None)
-    return f"<{TAG_WORD}:{identity}:{float(strength)!r}>"
+    value = _checked_tag_strength(strength, f"<{TAG_WORD}:{identity}:{strength}>", None)
+    return f"<{TAG_WORD}:{identity}:{value!r}>"
 
 
 @dataclass(frozen=True)
@@ -115,15 +119,31 @@ class NameTag:
         return identity_key(self.identity)
 
 
-def _check_strength_value(value: float, tag_text: str, span: tuple[int, int] | None) -> None:
-    if not math.isfinite(value):
-        raise TagError(f"The strength in the tag {_quote(tag_text)} must be a finite number.", span)
-    if not STRENGTH_MIN <= value <= STRENGTH_MAX:
-        raise TagError(
-            f"The strength in the tag {_quote(tag_text)} is {value:g}; it must be from "
-            f"{STRENGTH_MIN:g} to {STRENGTH_MAX:g}.",
-            span,
-        )
+def check_strength(value: object) -> float:
+    """``value`` as a float strength from STRENGTH_MIN to STRENGTH_MAX: the one strength rule.
+
+    Accepts numbers and number texts (``float()``'s forms); refuses booleans, what is not a number, NaN, the
+    infinities and values out of range with :class:`StrengthError`, whose ``problem`` callers put in their own
+    words and error type.
+    """
+    try:
+        strength = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        strength = None
+    if isinstance(value, bool) or strength is None:
+        raise StrengthError(f"{value!r} is not a number")
+    if not math.isfinite(strength):
+        raise StrengthError("must be a finite number")
+    if not STRENGTH_MIN <= strength <= STRENGTH_MAX:
+        raise StrengthError(f"is {strength:g}; it must be from {STRENGTH_MIN:g} to {STRENGTH_MAX:g}")
+    return strength
+
+
+def _checked_tag_strength(value: object, tag_text: str, span: tuple[int, int] | None) -> float:
+    try:
+        return check_strength(value)
+    except StrengthError as error:
+        raise TagError(f"The strength in the tag {_quote(tag_text)} {error.problem}.", span) from None
 
 
 def _parse_strength(raw: str, tag_text: str, span: tuple[int, int]) -> float:
@@ -135,14 +155,12 @@ def _parse_strength(raw: str, tag_text: str, span: tuple[int, int]) -> float:
         )
     if _NON_FINITE_RE.fullmatch(text):
         raise TagError(f"The strength in the tag {_quote(tag_text)} must be a finite number.", span)
-    if _STRENGTH_RE.fullmatch(text) is None:
+    if NUMBER_RE.fullmatch(text) is None:
         raise TagError(
             f"The strength {_quote(text)} in the tag {_quote(tag_text)} is not a number; write e.g. 0.8.",
             span,
         )
-    value = float(text)
-    _check_strength_value(value, tag_text, span)
-    return value
+    return _checked_tag_strength(text, tag_text, span)
 
 
 def _parse_identity(raw: str, tag_text: str, span: tuple[int, int]) -> str:

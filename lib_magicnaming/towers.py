@@ -1,4 +1,5 @@
-"""CLIP image-tower weights: from local open_clip files in the extension's models folder, else open_clip.
+"""CLIP image towers: built from their specs (open_clip's VisionTransformer), and their weights: from local
+open_clip files in the extension's models folder, else open_clip.
 
 Local files live in ``<models_dir>/towers/<arch>-<pretrained>.<ext>`` (``models_dir`` is the extension's
 models folder, ``<webui>/models/magicnaming``). They are open_clip checkpoints: a whole CLIP state dict
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from lib_magicnaming.errors import EncoderError
-from lib_magicnaming.model import TowerSpec, build_tower_module, freeze, load_state_strict, tower_model_config
+from lib_magicnaming.model import TowerSpec, freeze, tower_model_config
 
 TOWERS_SUBDIR = "towers"
 TOWER_FILE_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
@@ -42,6 +44,52 @@ KNOWN_SOURCES = {
 """Where a user gets a tower's open_clip weight file (shown in errors)."""
 
 VISUAL_PREFIX = "visual."
+
+logger = logging.getLogger("magicnaming")
+
+
+def build_tower_module(spec: TowerSpec) -> nn.Module:
+    """Build ``spec``'s image tower with random weights (open_clip's VisionTransformer), frozen, in eval."""
+    import open_clip.model as oc_model
+
+    cfg = tower_model_config(spec)
+    vision_cfg = {k: v for k, v in cfg["vision_cfg"].items() if k != "output_tokens"}
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    try:  # open_clip 2.x and 3.x both have this helper
+        tower = oc_model._build_vision_tower(
+            embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, quick_gelu=quick_gelu
+        )
+    except (TypeError, ValueError, AttributeError, ZeroDivisionError, AssertionError) as err:
+        raise EncoderError(
+            f"tower {spec.name}: open_clip cannot build vision config {vision_cfg}: {err}"
+        ) from err
+    return freeze(tower)
+
+
+def load_state_strict(
+    module: nn.Module, state: dict[str, torch.Tensor], what: str, *, assign: bool = False
+) -> None:
+    """Load ``state`` into ``module`` exactly (names and shapes), raising EncoderError naming the mismatch.
+
+    ``assign`` makes the state's tensors the module's own (no copy): how a module built on the meta device
+    gets its weights without holding them twice.
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise EncoderError(
+            f"{what}: weights do not match the architecture; missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''}"
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise EncoderError(
+                f"{what}: tensor {key!r} has shape {tuple(tensor.shape)}, the architecture needs "
+                f"{tuple(expected[key].shape)}"
+            )
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True, assign=assign)
 
 
 def towers_dir(models_dir: str | os.PathLike) -> Path:
@@ -70,7 +118,8 @@ def tower_source_hint(spec: TowerSpec) -> str:
         from open_clip.pretrained import get_pretrained_cfg
 
         cfg = get_pretrained_cfg(spec.arch, spec.pretrained) or {}
-    except Exception:  # noqa: BLE001 - a hint only; any open_clip failure means "no hint"
+    except Exception:  # noqa: BLE001 - a hint only; any open_clip failure means "no hint", never an error
+        logger.debug("no download hint for %s / %s from open_clip", spec.arch, spec.pretrained, exc_info=True)
         cfg = {}
     if cfg.get("hf_hub"):
         return f"https://huggingface.co/{cfg['hf_hub'].rstrip('/')}"
@@ -91,7 +140,12 @@ def missing_tower_message(spec: TowerSpec, models_dir: str | os.PathLike | None)
 
 
 def read_tower_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The vision tower's state dict from an open_clip checkpoint file (``visual.`` prefix removed)."""
+    """The vision tower's state dict from an open_clip checkpoint file (``visual.`` prefix removed).
+
+    Not ``open_clip.factory.load_state_dict``: in open_clip 2.20.0 (the version A1111 ships, the oldest we
+    support) it calls ``torch.load`` without ``weights_only=True``, so a pickled file would run code, and it
+    reads no safetensors. Our reader keeps both rules on every open_clip version.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         state = _read_safetensors_visual(path)
@@ -120,6 +174,7 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds; all mean "not a plain state dict"
+        logger.debug("torch.load refused %s", path, exc_info=True)
         raise EncoderError(
             f"{path} cannot be read as a plain tensor file ({type(err).__name__}: {str(err)[:200]}). "
             "Use an open_clip state dict (safetensors preferred); TorchScript archives such as OpenAI's "
@@ -271,6 +326,7 @@ def download_tower(spec: TowerSpec, cache_dir: str | os.PathLike | None = None) 
     try:
         model = open_clip.create_model(spec.arch, **kwargs)
     except Exception as err:  # noqa: BLE001 - network, hub and file errors all end here
+        logger.debug("open_clip.create_model(%s, %s) failed", spec.arch, spec.pretrained, exc_info=True)
         raise EncoderError(
             f"open_clip could not load {spec.arch} / {spec.pretrained}: "
             f"{type(err).__name__}: {str(err)[:300]}"

@@ -131,8 +131,9 @@ def install_pack(root, image_boxes, image_size, *, pack="buffalo_l", kps=True, e
 
 def write_tiny_checkpoint(path, *, with_stats: bool = True, seed: int = 0):
     """A checkpoint of tiny random towers (stored in the file) + head (+ name-space statistics); its hash."""
-    from lib_magicnaming.checkpoint import namespace_stats_from_embeddings, save_encoder_checkpoint
-    from lib_magicnaming.model import build_encoder
+    from lib_magicnaming.checkpoint import save_encoder_checkpoint
+    from lib_magicnaming.factory import build_encoder
+    from lib_magicnaming.namespace import namespace_stats_from_embeddings
 
     torch.manual_seed(seed)
     config = tiny_config()

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lib_magicnaming.atomic import write_atomic, write_bytes_atomic
-from lib_magicnaming.identity import Identity, IdentityLibrary
+from lib_magicnaming.identity import Identity
+from lib_magicnaming.identity_library import IdentityLibrary
 
 
 @pytest.fixture

@@ -14,15 +14,14 @@ from safetensors.torch import save_file
 from lib_magicnaming.checkpoint import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    NamespaceStats,
+    config_metadata,
     load_encoder_checkpoint,
-    namespace_stats_from_embeddings,
-    sample_namespace,
     save_encoder_checkpoint,
 )
 from lib_magicnaming.constants import ID_TOKENS, SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
 from lib_magicnaming.errors import EncoderError
-from lib_magicnaming.model import build_encoder
+from lib_magicnaming.factory import build_encoder
+from lib_magicnaming.namespace import NamespaceStats, namespace_stats_from_embeddings, sample_namespace
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +78,46 @@ def test_round_trip(saved, stats):
     torch.testing.assert_close(ckpt.namespace_stats.mean, stats.mean)
     assert ckpt.metadata["format"] == FORMAT_NAME and ckpt.metadata["format_version"] == str(FORMAT_VERSION)
     assert json.loads(ckpt.metadata["towers"])[0]["model_cfg"]["vision_cfg"]["width"] == 64
+
+
+def tiny_tower_json(name: str, arch: str, embed_dim: int) -> str:
+    return (
+        f'{{"arch": "{arch}", "embed_dim": {embed_dim}, "model_cfg": {{"embed_dim": {embed_dim}, '
+        '"quick_gelu": false, "vision_cfg": {"head_width": 32, "image_size": 224, "layers": 2, '
+        f'"patch_size": 56, "width": 64}}}}, "name": "{name}", "param_count": null, "pretrained": "random", '
+        '"weights_sha256": null}'
+    )
+
+
+V1_METADATA_OF_TINY_CONFIG = {
+    "format": "magicnaming-encoder",
+    "format_version": "1",
+    "base_model_family": "sdxl",
+    "id_tokens": "8",
+    "context_width": "2048",
+    "id_first_row": "1",
+    "towers": f"[{tiny_tower_json('clip_l', 'tiny-l', 768)}, {tiny_tower_json('clip_g', 'tiny-g', 1280)}]",
+    "head": '{"act": "gelu", "hidden_dim": 32, "in_dim": 2048, "norm": "layernorm", "out_dim": 2048, '
+    '"out_tokens": 8}',
+    "crop": '{"margin": 0.25, "mean": [0.48145466, 0.4578275, 0.40821073], "size": 224, '
+    '"std": [0.26862954, 0.26130258, 0.27577711]}',
+    "feature_norm": "l2",
+    "training_summary": '{"step": 3}',
+}
+"""The metadata format v1 as earlier versions wrote it for tiny_config() (copied from a file they wrote)."""
+
+
+def test_metadata_is_written_as_format_v1_always_was():
+    assert config_metadata(tiny_config(), {"step": 3}) == V1_METADATA_OF_TINY_CONFIG
+
+
+def test_a_checkpoint_written_by_an_earlier_version_loads(tmp_path, stats):
+    config = tiny_config()
+    head = {f"head.{k}": v for k, v in tiny_head_state(config).items()}
+    path = tmp_path / "earlier.safetensors"
+    save_file(head, str(path), metadata=V1_METADATA_OF_TINY_CONFIG)
+    checkpoint = load_encoder_checkpoint(path)
+    assert checkpoint.config == config and checkpoint.training_summary == {"step": 3}
 
 
 def test_checkpoint_with_towers_rebuilds_the_same_model(tmp_path):

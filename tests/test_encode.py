@@ -17,7 +17,7 @@ from lib_magicnaming.constants import ID_TOKENS, SDXL_CONTEXT_WIDTH
 from lib_magicnaming.encode import IdentityEncoder, photo_hash
 from lib_magicnaming.errors import EncoderError, FaceError
 from lib_magicnaming.face import capture_face, pixels_from_crop
-from lib_magicnaming.identity import IdentityLibrary
+from lib_magicnaming.identity_library import IdentityLibrary
 
 SAMPLE_IMAGES = Path(insightface.__file__).parent / "data" / "images"
 
@@ -201,6 +201,37 @@ def test_lowvram_never_keeps_towers_loaded(checkpoint):
     encoder = make_encoder(checkpoint, keep_loaded=True, lowvram=True)
     assert not encoder.keep_loaded
     assert make_encoder(checkpoint, keep_loaded=True).keep_loaded
+
+
+def test_the_encoder_frees_its_model_after_each_call_unless_kept(checkpoint, faces_png):
+    freeing = make_encoder(checkpoint)
+    freeing.encode_photos(faces_png[:1], assume_cropped=True)
+    assert not freeing.is_loaded and freeing.stats.loads == 1
+    freeing.encode_photos(faces_png[:1], assume_cropped=True)  # cached photo: no tower work, no load
+    assert not freeing.is_loaded and freeing.stats.loads == 1
+    freeing.encode_photos(faces_png[1:2], assume_cropped=True)
+    assert not freeing.is_loaded and freeing.stats.loads == 2
+
+    kept = make_encoder(checkpoint, keep_loaded=True)
+    kept.encode_photos(faces_png[:1], assume_cropped=True)
+    kept.encode_photos(faces_png[1:2], assume_cropped=True)
+    assert kept.is_loaded and kept.stats.loads == 1
+
+    never_kept = make_encoder(checkpoint, keep_loaded=True, lowvram=True)
+    never_kept.encode_photos(faces_png[:1], assume_cropped=True)
+    assert not never_kept.is_loaded
+
+
+def test_a_failed_call_frees_the_model_too(checkpoint, faces_png, monkeypatch):
+    encoder = make_encoder(checkpoint)
+
+    def fail(model, pixels):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(encoder, "_run_model", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        encoder.encode_photos(faces_png[:1], assume_cropped=True)
+    assert not encoder.is_loaded and encoder.stats.loads == 1
 
 
 def test_lowvram_tower_by_tower_features_equal_the_whole_model(checkpoint):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from encoder_fixtures import install_pack
+from open_clip.constants import OPENAI_DATASET_MEAN
 from PIL import Image
 from skimage import data as skdata
 
 from lib_magicnaming.errors import FaceError
 from lib_magicnaming.face import (
-    CLIP_MEAN,
     CropConfig,
     FaceDetector,
     capture_face,
@@ -148,12 +148,13 @@ def test_assume_cropped_uses_the_centre_square(group_photo):
 
 def test_pixels_are_clip_normalised(astronaut):
     crop = CropConfig()
-    grey = Image.new("RGB", (224, 224), tuple(int(round(255 * m)) for m in CLIP_MEAN))
+    grey = Image.new("RGB", (224, 224), tuple(int(round(255 * m)) for m in OPENAI_DATASET_MEAN))
     assert pixels_from_crop(grey, crop).abs().max() < 0.01
     pixels = pixels_from_crop(astronaut, crop)
     assert pixels.shape == (3, 224, 224) and pixels.dtype == torch.float32
     white = pixels_from_crop(Image.new("RGB", (224, 224), (255, 255, 255)), crop)
-    torch.testing.assert_close(white[:, 0, 0], (1 - torch.tensor(CLIP_MEAN)) / torch.tensor(crop.std))
+    expected = (1 - torch.tensor(OPENAI_DATASET_MEAN)) / torch.tensor(crop.std)
+    torch.testing.assert_close(white[:, 0, 0], expected)
 
 
 def test_square_overhangs_only_when_larger_than_the_photo():

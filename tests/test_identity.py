@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import os
 import struct
+import tempfile
 import threading
 import time as time_module
 from pathlib import Path
@@ -23,23 +24,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lib_magicnaming import identity as identity_module
+from lib_magicnaming import atomic as atomic_module
+from lib_magicnaming import identity_file as identity_file_module
+from lib_magicnaming import identity_library as identity_library_module
 from lib_magicnaming.constants import ID_TOKENS, SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
 from lib_magicnaming.errors import IdentityError, IdentityExists, IdentityNotFound
-from lib_magicnaming.identity import (
+from lib_magicnaming.identity import Identity, embedding_hash
+from lib_magicnaming.identity_file import (
     FORMAT_NAME,
     THUMBNAIL_MAX_SIDE,
-    Identity,
-    IdentityLibrary,
-    bytes_hash,
-    decode_identity_file,
-    default_identity_folder,
-    embedding_hash,
     encode_identity_file,
     read_identity_file,
     read_identity_info,
+    thumbnail_rgb,
     write_identity_file,
 )
+from lib_magicnaming.identity_library import IdentityLibrary, identities_dir
 
 SAMPLED = {"kind": "sampled", "encoder_hash": "0123456789", "seed": 7, "scale": 1.0}
 
@@ -64,6 +64,14 @@ def folder_files(library: IdentityLibrary) -> list[str]:
     return sorted(os.listdir(library.folder)) if library.folder.exists() else []
 
 
+def read_bytes_as_file(data: bytes, name: str = "the-identity-file.safetensors") -> Identity:
+    """The codec reads files: put ``data`` in a file called ``name`` and read it."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_bytes(data)
+        return read_identity_file(path)
+
+
 # ------------------------------------------------------------------------------------------------ hashing
 
 
@@ -79,10 +87,6 @@ def test_embedding_hash_compares_values_after_cast_to_float32():
     assert embedding_hash(half) == embedding_hash(half.float())
     assert embedding_hash(half.double()) == embedding_hash(half.float())
     assert embedding_hash(random_embedding(2)) != embedding_hash(half)  # float16 rounding changes the values
-
-
-def test_bytes_hash_is_full_sha256():
-    assert bytes_hash(b"photo") == hashlib.sha256(b"photo").hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- round trips
@@ -181,7 +185,11 @@ def test_saving_needs_the_origin_details_of_its_kind(library):
 
 def test_every_origin_kind_round_trips(library):
     origins = [
-        {"kind": "photos", "encoder_hash": "e" * 10, "photo_hashes": [bytes_hash(b"a"), bytes_hash(b"b")]},
+        {
+            "kind": "photos",
+            "encoder_hash": "e" * 10,
+            "photo_hashes": [hashlib.sha256(b"a").hexdigest(), hashlib.sha256(b"b").hexdigest()],
+        },
         {"kind": "names", "names": [["Albert Einstein", 0.6], ["Marie Curie", 0.4]]},
         {
             "kind": "mix",
@@ -224,7 +232,7 @@ def test_thumbnail_keeps_colours_and_puts_transparency_on_white(library):
 
 def test_sixteen_bit_thumbnail_uses_its_range():
     gradient = np.tile(np.linspace(1000, 60000, 100).astype(np.uint16), (20, 1))
-    stored = identity_module._thumbnail_rgb(Image.fromarray(gradient))
+    stored = thumbnail_rgb(Image.fromarray(gradient))
     row = np.asarray(stored)[10, :, 0]
     assert row[0] < 10 and row[-1] > 245 and np.all(np.diff(row.astype(int)) >= -1)
 
@@ -232,7 +240,7 @@ def test_sixteen_bit_thumbnail_uses_its_range():
 def test_float_thumbnail_with_nan_is_stored():
     values = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     values[0, 0] = np.nan
-    stored = identity_module._thumbnail_rgb(Image.fromarray(values, mode="F"))
+    stored = thumbnail_rgb(Image.fromarray(values, mode="F"))
     assert stored.mode == "RGB" and np.asarray(stored)[7, 7, 0] == 255
 
 
@@ -399,7 +407,7 @@ JSON_VALUES = st.recursive(
 @given(data=st.binary(max_size=300))
 def test_arbitrary_bytes_give_identity_errors_only(data):
     with pytest.raises(IdentityError):
-        decode_identity_file(data)
+        read_bytes_as_file(data)
 
 
 @settings(max_examples=150, deadline=None)
@@ -412,7 +420,7 @@ def test_any_header_entry_gives_an_identity_error_or_a_valid_identity(key, value
     text = json.dumps(header).encode()
     mutated = struct.pack("<Q", len(text)) + text + data[8 + length :]
     try:
-        identity = decode_identity_file(mutated)
+        identity = read_bytes_as_file(mutated)
     except IdentityError:
         return
     assert key == "extra"  # only an unknown extra entry may be ignored
@@ -437,9 +445,9 @@ def test_huge_file_is_refused_before_loading(library, tmp_path):
         read_identity_file(path)
 
 
-def test_decode_names_its_source():
+def test_reading_names_its_source():
     with pytest.raises(IdentityError, match="upload.safetensors is truncated"):
-        decode_identity_file(truncated(), "upload.safetensors")
+        read_bytes_as_file(truncated(), "upload.safetensors")
 
 
 # ---------------------------------------------------------------------------------------------------- list
@@ -452,7 +460,7 @@ def test_list_sorts_by_key_and_skips_foreign_files_with_a_warning(library, caplo
     (library.folder / "desktop.ini").write_bytes(b"\x00\x01")
     (library.folder / "lora.safetensors").write_bytes(lora_like())
     (library.folder / ".tmp-abc.part").write_bytes(b"half written")
-    with caplog.at_level(logging.WARNING, logger="lib_magicnaming.identity"):
+    with caplog.at_level(logging.WARNING, logger="magicnaming"):
         infos = library.list()
     assert [info.name for info in infos] == ["Alice", "bob", "carol"]
     assert [info.key for info in infos] == ["alice", "bob", "carol"]
@@ -472,13 +480,13 @@ def test_a_file_whose_name_does_not_match_its_identity_is_a_problem(library):
 def test_a_file_deleted_during_listing_is_not_a_problem(library, monkeypatch):
     library.save(make_identity("alice"))
     library.save(make_identity("bob"))
-    real_read_info = identity_module.read_identity_info
+    real_read_info = identity_library_module.read_identity_info
 
     def delete_bob_first(path):
         (library.folder / "bob.safetensors").unlink(missing_ok=True)
         return real_read_info(path)
 
-    monkeypatch.setattr(identity_module, "read_identity_info", delete_bob_first)
+    monkeypatch.setattr(identity_library_module, "read_identity_info", delete_bob_first)
     scan = library.scan()
     assert [info.name for info in scan.identities] == ["alice"] and scan.problems == []
 
@@ -510,7 +518,49 @@ def test_list_reads_only_headers_of_a_thousand_files(library, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "load", refuse)
     monkeypatch.setattr(safetensors.torch, "load_file", refuse)
-    monkeypatch.setattr(safetensors, "safe_open", refuse)
+    real_safe_open = identity_file_module.safe_open
+    headers_read = []
+
+    class HeaderOnlySlice:
+        """A tensor's entry in the header: its dtype and shape, never its values."""
+
+        def __init__(self, piece):
+            self.piece = piece
+
+        def get_shape(self):
+            return self.piece.get_shape()
+
+        def get_dtype(self):
+            return self.piece.get_dtype()
+
+        def __getitem__(self, index):
+            refuse()
+
+    class HeaderOnlyFile:
+        def __init__(self, *args, **kwargs):
+            self.handle = real_safe_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.handle.__enter__()
+            headers_read.append(1)
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def metadata(self):
+            return self.handle.metadata()
+
+        def keys(self):
+            return self.handle.keys()
+
+        def get_slice(self, key):
+            return HeaderOnlySlice(self.handle.get_slice(key))
+
+        def get_tensor(self, key):
+            refuse()
+
+    monkeypatch.setattr(identity_file_module, "safe_open", HeaderOnlyFile)
     bytes_read = []
     real_open = open
 
@@ -533,12 +583,13 @@ def test_list_reads_only_headers_of_a_thousand_files(library, monkeypatch):
             return chunk
 
     counting_open = lambda *args, **kwargs: CountingFile(real_open(*args, **kwargs))  # noqa: E731
-    monkeypatch.setattr(identity_module, "open", counting_open, raising=False)
+    monkeypatch.setattr(identity_file_module, "open", counting_open, raising=False)
 
     infos = library.list()
 
     assert len(infos) == count
     assert {info.name: info.short_hash for info in infos} == expected_hashes
+    assert len(headers_read) == count  # safetensors read each header; no tensor values were asked for
     tensor_bytes = ID_TOKENS * SDXL_CONTEXT_WIDTH * 2
     assert sum(bytes_read) <= count * (file_size - tensor_bytes)
 
@@ -791,7 +842,7 @@ def test_file_is_safetensors_with_the_documented_fields(library):
 
 
 def test_default_folder_is_under_models():
-    assert default_identity_folder("/webui/models") == Path("/webui/models/magicnaming/identities")
+    assert identities_dir("/webui/models/magicnaming") == Path("/webui/models/magicnaming/identities")
 
 
 # ------------------------------------------------------------------------------------------------ concurrency
@@ -885,7 +936,7 @@ def test_a_lock_left_by_a_crash_is_taken(tmp_path):
     lock = tmp_path / "x.lock"
     lock.write_bytes(b"")
     os.utime(lock, (1, 1))  # written long ago
-    identity_module._take_lock(lock)
+    atomic_module._take_lock(lock)
     assert lock.exists()
 
 
@@ -911,7 +962,7 @@ def test_a_waiter_never_removes_a_lock_another_writer_has_just_taken(tmp_path, m
 
     def script(clock):
         if clock.sleeps == 1:  # the first holder finishes after a long wait; a second writer takes the lock
-            clock.now += 10 * identity_module._STALE_LOCK_SECONDS
+            clock.now += 10 * atomic_module._STALE_LOCK_SECONDS
             lock.unlink()
             lock.write_bytes(b"second holder")
             os.utime(lock, ns=(time_module.time_ns() + 10**9,) * 2)  # a new lock file, whatever the inode
@@ -919,8 +970,8 @@ def test_a_waiter_never_removes_a_lock_another_writer_has_just_taken(tmp_path, m
             seen_second.append(lock.read_bytes())
             lock.unlink()
 
-    monkeypatch.setattr(identity_module, "time", ScriptedClock(script))
-    identity_module._take_lock(lock)
+    monkeypatch.setattr(atomic_module, "time", ScriptedClock(script))
+    atomic_module._take_lock(lock)
     assert seen_second == [b"second holder"]
     assert lock.read_bytes() == b""  # ours
 
@@ -931,9 +982,9 @@ def test_a_lock_seen_unchanged_for_the_stale_time_is_taken_even_if_its_clock_is_
     os.utime(lock, ns=(time_module.time_ns() + 3600 * 10**9,) * 2)  # a network share's clock an hour ahead
 
     def script(clock):
-        clock.now += identity_module._STALE_LOCK_SECONDS / 2
+        clock.now += atomic_module._STALE_LOCK_SECONDS / 2
 
     clock = ScriptedClock(script)
-    monkeypatch.setattr(identity_module, "time", clock)
-    identity_module._take_lock(lock)
+    monkeypatch.setattr(atomic_module, "time", clock)
+    atomic_module._take_lock(lock)
     assert clock.sleeps >= 2 and lock.read_bytes() == b""  # it waited, then took the lock

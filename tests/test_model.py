@@ -8,18 +8,18 @@ from encoder_fixtures import tiny_config, tiny_head_state, tiny_tower
 
 from lib_magicnaming.constants import CLIP_G_WIDTH, CLIP_L_WIDTH, ID_TOKENS, SDXL_CONTEXT_WIDTH
 from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.factory import build_encoder
 from lib_magicnaming.model import (
     EncoderConfig,
     HeadConfig,
     NameHead,
     TowerSpec,
-    build_encoder,
-    build_tower_module,
     default_towers,
     head_state_shapes,
     init_head_,
     tower_model_config,
 )
+from lib_magicnaming.towers import build_tower_module
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib_magicnaming.errors import IdentityError, TagError
+from lib_magicnaming.errors import IdentityError, StrengthError, TagError
 from lib_magicnaming.tags import (
     DEFAULT_STRENGTH,
     NAME_RE,
     STRENGTH_MAX,
     STRENGTH_MIN,
     NameTag,
+    check_strength,
     find_name_tags,
     format_name_tag,
     identity_key,
@@ -160,6 +161,32 @@ def test_long_tag_text_is_shortened_in_messages():
         find_name_tags("<name:" + "a b " * 100 + ">")
     assert len(str(caught.value)) < 300
     assert "..." in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "strength"), [(0, 0.0), (2, 2.0), (0.5, 0.5), ("1.5", 1.5), (" .25 ", 0.25)]
+)
+def test_the_one_strength_rule_accepts_numbers_in_range(value, strength):
+    assert check_strength(value) == strength
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("strong", "'strong' is not a number"),
+        (None, "None is not a number"),
+        (True, "True is not a number"),
+        (10**400, "is not a number"),
+        (float("nan"), "must be a finite number"),
+        ("-inf", "must be a finite number"),
+        (2.5, "is 2.5; it must be from 0 to 2"),
+        (-0.1, "is -0.1; it must be from 0 to 2"),
+    ],
+)
+def test_the_one_strength_rule_names_the_problem(value, problem):
+    with pytest.raises(StrengthError) as caught:
+        check_strength(value)
+    assert problem in caught.value.problem and str(caught.value).startswith("The strength ")
 
 
 def test_strength_bounds_and_default_are_the_documented_ones():

@@ -13,9 +13,11 @@ from safetensors.torch import save_file
 
 from lib_magicnaming import towers as towers_module
 from lib_magicnaming.errors import EncoderError
-from lib_magicnaming.model import CLIP_G_TOWER, build_encoder, build_tower_module
+from lib_magicnaming.factory import build_encoder
+from lib_magicnaming.model import CLIP_G_TOWER
 from lib_magicnaming.towers import (
     TowerFingerprint,
+    build_tower_module,
     find_tower_file,
     load_tower,
     read_tower_state,

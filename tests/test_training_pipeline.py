@@ -20,12 +20,12 @@ from lib_magicnaming.checkpoint import load_encoder_checkpoint
 from lib_magicnaming.encode import IdentityEncoder
 from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.face import pixels_from_crop
-from lib_magicnaming.model import build_tower_module
-from lib_magicnaming.towers import recorded_fingerprint, tower_fingerprint, towers_dir
+from lib_magicnaming.model import EncoderConfig
+from lib_magicnaming.towers import build_tower_module, recorded_fingerprint, tower_fingerprint, towers_dir
 from training.cli import main
 from training.common import TrainingError
 from training.distributed import Place
-from training.features import encoder_config_from_dict, load_features, shard_path
+from training.features import load_features, shard_path
 from training.train import EpochSampler, lr_at, split_identities
 from training.train_settings import TrainSettings
 from training.train_state import load_state
@@ -134,6 +134,36 @@ def test_features_refuse_to_mix_runs(data, capsys):
     assert "holds features of a different run (changed: random_towers_seed)" in capsys.readouterr().err
 
 
+def earlier_manifest_tower(name: str, arch: str, embed_dim: int) -> dict:
+    vision = {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 56}
+    return {
+        "name": name, "arch": arch, "pretrained": "random", "embed_dim": embed_dim,
+        "model_cfg": {"embed_dim": embed_dim, "quick_gelu": False, "vision_cfg": vision},
+        "weights_sha256": None, "param_count": None,
+    }
+
+
+EARLIER_MANIFEST_ENCODER = {
+    "towers": [
+        earlier_manifest_tower("clip_l", "tiny-l", 768),
+        earlier_manifest_tower("clip_g", "tiny-g", 1280),
+    ],
+    "crop": {
+        "size": 224, "margin": 0.25, "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+    },
+    "feature_norm": "l2",
+}
+"""A features manifest's ``encoder`` entry as earlier versions wrote it (towers, crop, feature_norm)."""
+
+
+def test_a_features_manifest_of_an_earlier_version_loads_and_resumes():
+    config = EncoderConfig.from_dict(EARLIER_MANIFEST_ENCODER)
+    assert config.head.in_dim == 2048 and config.feature_dim == 2048
+    # written again exactly as before, so check_resumable lets the new version finish an earlier folder
+    assert json.dumps(config.to_dict(with_head=False)) == json.dumps(EARLIER_MANIFEST_ENCODER)
+
+
 def test_retrieval_ranks_in_chunks():
     from training.evaluate import retrieval_ranks
 
@@ -226,7 +256,7 @@ def test_train_eval_export(data, tmp_path, capsys):
 
 def write_tower_files(config_path: Path, models: Path, seed: int) -> dict[str, torch.nn.Module]:
     """Whole-CLIP safetensors files of random towers for ``config_path``'s towers under ``models/towers``."""
-    config = encoder_config_from_dict(json.loads(config_path.read_text()))
+    config = EncoderConfig.from_dict(json.loads(config_path.read_text()))
     torch.manual_seed(seed)
     towers = {}
     for spec in config.towers:

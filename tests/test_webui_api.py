@@ -13,7 +13,7 @@ from PIL import Image
 from webuiapp_doubles import make_services, no_encoder, random_identity, text_encoding
 
 from lib_magicnaming.errors import EncoderError
-from lib_magicnaming.identity import IdentityLibrary
+from lib_magicnaming.identity_library import IdentityLibrary
 from lib_magicnaming.webui.api import PREFIX, ApiLimits, build_router
 
 

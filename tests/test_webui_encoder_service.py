@@ -109,27 +109,26 @@ def test_encoder_is_cached_by_content_hash(env):
     assert second is not first and second.encoder_hash == new_hash != env.checkpoint_hash
 
 
-def test_keep_loaded_off_the_encoder_leaves_the_gpu_after_each_use(env, astronaut_png, monkeypatch):
-    """The encoder alone decides: without "keep loaded" it moves its model off the GPU after each call
-    (with it, never); the routes and the tab never unload it."""
+def test_keep_loaded_off_the_encoder_frees_its_model_after_each_use(env, astronaut_png, monkeypatch):
+    """The encoder alone decides: without "keep loaded" it frees its model after each call (with it, never);
+    the routes and the tab never unload it themselves."""
     from lib_magicnaming.encode import IdentityEncoder
     from lib_magicnaming.webui import encoder_cache
 
-    offloaded, unloaded = [], []
-    offload, unload = IdentityEncoder.offload, IdentityEncoder.unload
-    monkeypatch.setattr(IdentityEncoder, "offload", lambda self: offloaded.append(self) or offload(self))
+    unloaded = []
+    unload = IdentityEncoder.unload
     monkeypatch.setattr(IdentityEncoder, "unload", lambda self: unloaded.append(self) or unload(self))
     env.shared.opts.set("magicnaming_keep_encoder_loaded", False)
     body = {"name": "crop", "photos": [base64.b64encode(astronaut_png).decode()], "assume_cropped": True}
     assert env.client.post("/magicnaming/v1/identities/from-photos", json=body).status_code == 201
     encoder = encoder_cache.get_encoder()
-    assert offloaded == [encoder] and unloaded == [] and not encoder.keep_loaded
-    assert {parameter.device.type for parameter in encoder.load().parameters()} == {"cpu"}
+    assert unloaded == [encoder] and not encoder.keep_loaded and not encoder.is_loaded
 
     env.shared.opts.set("magicnaming_keep_encoder_loaded", True)
     kept = {**body, "name": "kept"}
     assert env.client.post("/magicnaming/v1/identities/from-photos", json=kept).status_code == 201
-    assert offloaded == [encoder] and encoder_cache.get_encoder().keep_loaded
+    encoder = encoder_cache.get_encoder()
+    assert unloaded == [unloaded[0]] and encoder.keep_loaded and encoder.is_loaded
 
 
 def test_missing_package_is_named(env, monkeypatch):

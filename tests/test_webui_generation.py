@@ -271,7 +271,7 @@ def test_xyz_axes_replace_identity_and_strength_per_cell(magicnaming):
 def test_without_injected_services_identities_come_from_the_configured_folder(magicnaming, tmp_path):
     from PIL import Image
 
-    from lib_magicnaming.identity import IdentityLibrary
+    from lib_magicnaming.identity_library import IdentityLibrary
 
     magicnaming.webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
     library = IdentityLibrary(tmp_path / "mn" / "identities")

@@ -11,7 +11,7 @@ from PIL import Image
 from webuiapp_doubles import make_services, random_identity
 
 from lib_magicnaming.errors import IdentityError, MagicNamingError
-from lib_magicnaming.identity import IdentityLibrary
+from lib_magicnaming.identity_library import IdentityLibrary
 from lib_magicnaming.webui import log
 from lib_magicnaming.webui.tab_actions import TabActions
 

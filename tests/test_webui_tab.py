@@ -12,7 +12,8 @@ from webuiapp_doubles import make_services, random_identity, text_encoding
 
 from lib_magicnaming.encode import PhotoReport
 from lib_magicnaming.face import FaceCrop
-from lib_magicnaming.identity import IdentityLibrary, read_identity_file
+from lib_magicnaming.identity_file import read_identity_file
+from lib_magicnaming.identity_library import IdentityLibrary
 from lib_magicnaming.webui.tab import build_tab
 from lib_magicnaming.webui.tab_actions import LIBRARY_HEADERS, TabActions, describe_origin, report_markdown
 

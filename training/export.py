@@ -17,14 +17,11 @@ from pathlib import Path
 
 import torch
 
-from lib_magicnaming.checkpoint import (
-    NamespaceStats,
-    namespace_stats_from_embeddings,
-    save_encoder_checkpoint,
-)
+from lib_magicnaming.checkpoint import save_encoder_checkpoint
 from lib_magicnaming.model import EncoderConfig
+from lib_magicnaming.namespace import NamespaceStats, namespace_stats_from_embeddings
 from training.common import TrainingError, read_json
-from training.features import MANIFEST, RANDOM_TOWERS_FILE, encoder_config_from_dict
+from training.features import MANIFEST, RANDOM_TOWERS_FILE
 from training.targets import load_targets
 from training.train_state import last_checkpoint, load_state
 
@@ -82,7 +79,7 @@ def run(args: argparse.Namespace) -> str:
     """Run the ``export`` stage; returns the checkpoint's short hash."""
     folder, features = Path(args.run), Path(args.features)
     state = load_state(args.checkpoint or last_checkpoint(folder))
-    base = encoder_config_from_dict(read_json(features / MANIFEST, "features manifest")["encoder"])
+    base = EncoderConfig.from_dict(read_json(features / MANIFEST, "features manifest")["encoder"])
     config = EncoderConfig(
         towers=base.towers, head=state.head_config, crop=base.crop, feature_norm=base.feature_norm
     ).validate()

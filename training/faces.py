@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from lib_magicnaming.errors import FaceError
-from lib_magicnaming.face import CropConfig, FaceDetector, capture_face
+from lib_magicnaming.face import DEFAULT_PACK, CropConfig, FaceDetector, capture_face
 from training.common import SkipReport, TrainingError, read_table, write_json, write_table
 
 PAPER_DROP_AT_MOST = 5
@@ -162,7 +162,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--insightface-root", help="folder holding models/<pack>/ (the WebUI's models/insightface)"
     )
-    parser.add_argument("--pack", default="buffalo_l", help="insightface pack with the detector")
+    parser.add_argument("--pack", default=DEFAULT_PACK, help="insightface pack with the detector")
     parser.add_argument("--assume-cropped", action="store_true", help="use each image's centred square")
     parser.add_argument("--crop-size", type=int, default=CropConfig().size)
     parser.add_argument("--margin", type=float, default=CropConfig().margin)

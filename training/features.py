@@ -31,7 +31,8 @@ from PIL import Image
 
 from lib_magicnaming.atomic import write_atomic
 from lib_magicnaming.face import CropConfig, pixels_from_crop
-from lib_magicnaming.model import EncoderConfig, NameEncoder, TowerSpec, build_encoder
+from lib_magicnaming.factory import build_encoder
+from lib_magicnaming.model import EncoderConfig, NameEncoder
 from lib_magicnaming.towers import recorded_fingerprint, tower_fingerprint, with_fingerprint
 from training.common import SkipReport, TrainingError, read_json, read_table, write_json
 from training.distributed import Place, current_place
@@ -39,26 +40,6 @@ from training.distributed import Place, current_place
 MANIFEST = "manifest.json"
 RANDOM_TOWERS_FILE = "random_towers.safetensors"
 FACES_COLUMNS = ("image_id", "name", "crop_path")
-
-
-def encoder_config_to_dict(config: EncoderConfig) -> dict:
-    """The parts of an EncoderConfig the features depend on (towers, crop, feature normalisation)."""
-    return {
-        "towers": [t.to_dict() for t in config.towers],
-        "crop": config.crop.to_dict(),
-        "feature_norm": config.feature_norm,
-    }
-
-
-def encoder_config_from_dict(data: dict) -> EncoderConfig:
-    """Inverse of ``encoder_config_to_dict`` (head: the default; training chooses its own)."""
-    from lib_magicnaming.model import HeadConfig
-
-    towers = [TowerSpec.from_dict(t) for t in data["towers"]]
-    head = HeadConfig(in_dim=sum(t.embed_dim for t in towers))
-    return EncoderConfig(
-        towers=towers, head=head, crop=CropConfig.from_dict(data["crop"]), feature_norm=data["feature_norm"]
-    ).validate()
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -123,7 +104,7 @@ def check_resumable(folder: Path, manifest: dict) -> None:
 def build_feature_encoder(args: argparse.Namespace, folder: Path, place: Place) -> NameEncoder:
     """The towers (--encoder-config or the defaults) on the rank's device, in the compute dtype."""
     if args.encoder_config:
-        config = encoder_config_from_dict(read_json(args.encoder_config, "encoder config"))
+        config = EncoderConfig.from_dict(read_json(args.encoder_config, "encoder config"))
     else:
         config = EncoderConfig().validate()
     if args.random_towers is not None:
@@ -250,7 +231,7 @@ def run(args: argparse.Namespace) -> dict:
         "shards": plan.count,
         "rows": len(faces),
         "faces_table": str(args.faces),
-        "encoder": encoder_config_to_dict(encoder.config),
+        "encoder": encoder.config.to_dict(with_head=False),
         "feature_dim": encoder.config.feature_dim,
         "random_towers_seed": args.random_towers,
     }
@@ -313,9 +294,3 @@ def load_features(folder: str | Path) -> FeatureSet:
         manifest=manifest,
     )
 
-
-def describe(feature_set: FeatureSet) -> str:
-    """One line: rows, identities, width, dtype."""
-    f = feature_set.features
-    identities = len(set(feature_set.identity.tolist()))
-    return f"{f.shape[0]} crops of {identities} identities, {f.shape[1]}-d {f.dtype}"

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
+from lib_magicnaming.constants import CHUNK_TEXT_TOKENS
 from training.common import TrainingError
 
-CHUNK_TEXT_TOKENS = 75
 COMMA_PADDING_BACKTRACK = 20
 """The WebUI's default ``opts.comma_padding_backtrack``."""
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from lib_magicnaming.tags import DEFAULT_STRENGTH
 from lib_magicnaming.webui.markers import MODES, PREPEND
-from lib_magicnaming.webui.script_args import DEFAULT_STRENGTH, FACE_IDENTITY
+from lib_magicnaming.webui.script_args import FACE_IDENTITY
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 
 from lib_magicnaming.errors import EncoderError, FaceError, IdentityNotFound, MagicNamingError
 from lib_magicnaming.tags import TAG_WORD, identity_key, rewrite_name_tags
-from lib_magicnaming.webui.conditioning import NOT_SDXL_MESSAGE
+from lib_magicnaming.webui.conditioning import require_sdxl
 from lib_magicnaming.webui.http_status import BAD_REQUEST, INTERNAL_ERROR, http_status
 from lib_magicnaming.webui.infotext import INFOTEXT_KEY, PerImageInfotext, format_summary
 from lib_magicnaming.webui.log import logger
@@ -246,10 +246,7 @@ def rewrite_batch(
         )
         return
     try:
-        model = _current_model()
-        if not getattr(model, "is_sdxl", False):
-            name = getattr(getattr(model, "sd_checkpoint_info", None), "name_for_extra", type(model).__name__)
-            raise MagicNamingError(NOT_SDXL_MESSAGE.format(name=repr(name)))
+        require_sdxl(_current_model())
         resolver = IdentityResolver(p, state, services or webui_services(), store)
         _rewrite_items(p, resolver, state, prompts, batch_number)
         _update_infotext(p, state, batch_number * p.batch_size + len(prompts))

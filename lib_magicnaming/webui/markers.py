@@ -17,13 +17,12 @@ Pure: no WebUI, no torch.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from dataclasses import dataclass
 
 from lib_magicnaming.constants import SHORT_HASH_CHARS
-from lib_magicnaming.errors import MagicNamingError
-from lib_magicnaming.tags import STRENGTH_MAX, STRENGTH_MIN
+from lib_magicnaming.errors import MagicNamingError, StrengthError
+from lib_magicnaming.tags import check_strength as check_strength_rule
 
 PREPEND = "prepend"
 IN_PLACE = "in place"
@@ -57,16 +56,12 @@ def normalise_mode(value: object) -> str:
 
 
 def check_strength(value: object) -> float:
-    """``value`` as a float strength from STRENGTH_MIN to STRENGTH_MAX, else MagicNamingError naming it."""
+    """``value`` as a float strength (the rule: :func:`lib_magicnaming.tags.check_strength`), else
+    MagicNamingError saying it in the words of the script's settings."""
     try:
-        strength = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise MagicNamingError(f"MagicNaming: the strength {value!r} is not a number.") from None
-    if isinstance(value, bool) or not math.isfinite(strength) or not STRENGTH_MIN <= strength <= STRENGTH_MAX:
-        raise MagicNamingError(
-            f"MagicNaming: the strength {value!r} must be a number from {STRENGTH_MIN:g} to {STRENGTH_MAX:g}."
-        )
-    return strength
+        return check_strength_rule(value)
+    except StrengthError as error:
+        raise MagicNamingError(f"MagicNaming: the strength {error.problem}.") from None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.errors import EncoderError, FaceError
+from lib_magicnaming.face import DEFAULT_PACK, validate_pack_name
+from lib_magicnaming.identity_library import identities_dir
 
 SECTION = ("magicnaming", "MagicNaming")
 """Settings section id and title (``shared.OptionInfo(..., section=SECTION)``)."""
@@ -33,13 +35,9 @@ OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 DEFAULT_FOLDER_NAME = "magicnaming"
 """Under the WebUI's models folder when the models-folder setting is blank."""
 
-DEFAULT_DETECTOR_PACK = "buffalo_l"
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 """Accepted device strings: the choices above plus ``cuda:N``."""
-
-PACK_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-"""A detector pack is a folder name under models/insightface/models: no path separators."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ class MagicNamingSettings:
     @property
     def identities_dir(self) -> Path:
         """Folder of the identity library."""
-        return self.models_dir / "identities"
+        return identities_dir(self.models_dir)
 
     @property
     def encoder_dir(self) -> Path:
@@ -84,10 +82,14 @@ def validate_device(device: str) -> str:
 
 
 def validate_detector_pack(pack: str) -> str:
-    """Return ``pack`` if it is a plain folder name; raise EncoderError otherwise."""
-    if not isinstance(pack, str) or not PACK_RE.match(pack.strip()):
-        raise EncoderError(f"MagicNaming detector pack must be a folder name such as buffalo_l, got {pack!r}")
-    return pack.strip()
+    """Return the setting ``pack`` stripped if it is a plain folder name (face.validate_pack_name); raise
+    EncoderError otherwise."""
+    try:
+        return validate_pack_name(pack.strip() if isinstance(pack, str) else pack)
+    except FaceError:
+        raise EncoderError(
+            f"MagicNaming detector pack must be a folder name such as buffalo_l, got {pack!r}"
+        ) from None
 
 
 def offline_by_environment() -> bool:
@@ -117,7 +119,7 @@ def read_settings(opts: Any, cmd_opts: Any, models_path: str | Path) -> MagicNam
         encoder_checkpoint=str(_opt(opts, OPT_ENCODER_CHECKPOINT, "")).strip(),
         encoder_device=validate_device(str(device)),
         keep_encoder_loaded=bool(_opt(opts, OPT_KEEP_ENCODER_LOADED, False)),
-        detector_pack=validate_detector_pack(str(_opt(opts, OPT_DETECTOR_PACK, DEFAULT_DETECTOR_PACK))),
+        detector_pack=validate_detector_pack(str(_opt(opts, OPT_DETECTOR_PACK, DEFAULT_PACK))),
         download_towers=bool(_opt(opts, OPT_DOWNLOAD_TOWERS, True)) and not offline_by_environment(),
     )
 
@@ -148,11 +150,11 @@ def on_ui_settings() -> None:
         "auto", "Photo encoder device (auto: the WebUI's device, CPU under --lowvram/--medvram; "
         "--magicnaming-device overrides)", gr.Radio, {"choices": list(DEVICE_CHOICES)}, section=SECTION))
     add(OPT_KEEP_ENCODER_LOADED, shared.OptionInfo(
-        False, "Keep the photo encoder loaded between uses (off: its towers leave the GPU after each use; "
+        False, "Keep the photo encoder loaded between uses (off: its memory is freed after each use; "
         "never kept on the GPU under --lowvram/--medvram)", section=SECTION))
     add(OPT_DOWNLOAD_TOWERS, shared.OptionInfo(
         True, "Download missing CLIP tower weights with open_clip (off, or HF_HUB_OFFLINE=1: only files in "
         "<folder>/towers are used)", section=SECTION))
     add(OPT_DETECTOR_PACK, shared.OptionInfo(
-        DEFAULT_DETECTOR_PACK, "Face detector pack (folder under models/insightface/models)",
+        DEFAULT_PACK, "Face detector pack (folder under models/insightface/models)",
         section=SECTION))

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from lib_magicnaming.errors import MagicNamingError
+from lib_magicnaming.tags import DEFAULT_STRENGTH
 from lib_magicnaming.webui.markers import PREPEND, check_strength, normalise_mode
 
 ARG_NAMES = ("enabled", "mode", "strength", "face", "face_is_crop")
-DEFAULT_STRENGTH = 1.0
 FACE_IDENTITY = "face"
 """The identity name a one-off face photo takes in prompts: ``<name:face>``."""
 

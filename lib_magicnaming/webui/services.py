@@ -21,7 +21,7 @@ from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
 if TYPE_CHECKING:
     import torch
 
-    from lib_magicnaming.identity import IdentityLibrary
+    from lib_magicnaming.identity_library import IdentityLibrary
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Services:
 
 def identity_library(settings: MagicNamingSettings | None = None) -> IdentityLibrary:
     """The identity library of the configured folder (``<folder>/identities``)."""
-    from lib_magicnaming.identity import IdentityLibrary
+    from lib_magicnaming.identity_library import IdentityLibrary
 
     settings = settings or current_settings()
     return IdentityLibrary(settings.identities_dir)

@@ -26,7 +26,9 @@ from lib_magicnaming.webui.services import Services
 
 if TYPE_CHECKING:
     from lib_magicnaming.encode import EncodeResult, PhotoReport
-    from lib_magicnaming.identity import Identity, IdentityInfo, IdentityLibrary
+    from lib_magicnaming.identity import Identity
+    from lib_magicnaming.identity_file import IdentityInfo
+    from lib_magicnaming.identity_library import IdentityLibrary
 
 Progress = Callable[..., Any]
 WeightedNames = Sequence[tuple[str, float]]

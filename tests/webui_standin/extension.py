@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from lib_magicnaming.constants import ID_TOKENS, SDXL_CONTEXT_WIDTH
-from lib_magicnaming.identity import Identity, IdentityLibrary
+from lib_magicnaming.identity import Identity
+from lib_magicnaming.identity_library import IdentityLibrary
 
 
 @dataclass
