@@ -129,13 +129,15 @@ def install_pack(root, image_boxes, image_size, *, pack="buffalo_l", kps=True, e
     return pack_dir
 
 
-def write_tiny_checkpoint(path, *, with_stats: bool = True, seed: int = 0):
-    """A checkpoint of tiny random towers (stored in the file) + head (+ name-space statistics); its hash."""
+def write_tiny_checkpoint(path, *, with_stats: bool = True, seed: int = 0, detector: str | None = None):
+    """A checkpoint of tiny random towers (stored in the file) + head (+ name-space statistics); its hash.
+    ``detector``: the detector its training crops are recorded to come from (None: not recorded)."""
     from lib_magicnaming.checkpoint import namespace_stats_from_embeddings, save_encoder_checkpoint
     from lib_magicnaming.model import build_encoder
 
     torch.manual_seed(seed)
     config = tiny_config()
+    config.crop.detector = detector
     model = build_encoder(config, head_state=tiny_head_state(config, seed), random_towers=True)
     stats = namespace_stats_from_embeddings(random_embeddings(6, seed), rank=3) if with_stats else None
     return save_encoder_checkpoint(

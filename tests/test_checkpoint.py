@@ -289,3 +289,20 @@ def test_sampling_is_seeded(stats):
     torch.testing.assert_close(coords, expected, rtol=1e-3, atol=1e-3)
     with pytest.raises(EncoderError, match="scale must be a finite number"):
         sample_namespace(stats, seed=1, scale=float("nan"))
+
+
+def test_the_crop_records_its_detector_and_rule_and_old_files_still_load(tmp_path, stats):
+    config = tiny_config()
+    config.crop.detector = "yunet-2023mar"
+    path = tmp_path / "enc.safetensors"
+    save_encoder_checkpoint(path, config=config, head_state=tiny_head_state(config), namespace_stats=stats)
+    crop = json.loads(read_raw(path)[1]["crop"])
+    assert crop["detector"] == "yunet-2023mar" and crop["rule"] == "box-square"
+    assert load_encoder_checkpoint(path).config.crop.detector == "yunet-2023mar"
+    # a checkpoint written before the crop recorded its rule and detector
+    old_crop = {k: v for k, v in crop.items() if k not in ("rule", "detector")}
+    old = load_encoder_checkpoint(rewrite(path, crop=json.dumps(old_crop)))
+    assert (old.config.crop.rule, old.config.crop.detector) == ("box-square", None)
+    assert old.config.crop.margin == crop["margin"] and old.config.crop.size == crop["size"]
+    with pytest.raises(EncoderError, match="crop rule 'eyes-v2' is unknown"):
+        load_encoder_checkpoint(rewrite(path, crop=json.dumps({**crop, "rule": "eyes-v2"})))
