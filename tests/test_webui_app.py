@@ -49,7 +49,8 @@ def test_settings_section_and_defaults(app_webui):
 
     labels = app_webui.shared.opts.data_labels
     keys = [options.OPT_MODELS_DIR, options.OPT_ENCODER_CHECKPOINT, options.OPT_ENCODER_DEVICE,
-            options.OPT_KEEP_ENCODER_LOADED, options.OPT_DETECTOR_PACK, options.OPT_DOWNLOAD_TOWERS]
+            options.OPT_KEEP_ENCODER_LOADED, options.OPT_DETECTOR_PACK, options.OPT_DOWNLOAD_TOWERS,
+            options.OPT_FACE_DETECTOR, options.OPT_DOWNLOAD_DETECTOR]
     assert all(labels[key].section == ("magicnaming", "MagicNaming") for key in keys)
     assert all(labels[key].category_id == "sd" for key in keys)  # not "Uncategorized" on the settings page
     app_webui.shared.cmd_opts.magicnaming_dir = None
@@ -60,6 +61,9 @@ def test_settings_section_and_defaults(app_webui):
     assert settings.models_dir == models / "magicnaming"
     assert settings.identities_dir == models / "magicnaming" / "identities"
     assert settings.detector_dir == models / "insightface" / "models" / "buffalo_l"
+    assert settings.detectors_dir == models / "magicnaming" / "detectors"
+    assert settings.face_detector == "auto"
+    assert labels[options.OPT_FACE_DETECTOR].component_args == {"choices": ["auto", "yunet", "insightface"]}
     assert (settings.encoder_device, settings.keep_encoder_loaded) == ("auto", False)
 
 
@@ -74,6 +78,23 @@ def test_tower_downloads_follow_the_setting_and_the_offline_switch(app_webui, mo
     monkeypatch.delenv("HF_HUB_OFFLINE")
     app_webui.shared.opts.set(options.OPT_DOWNLOAD_TOWERS, False)
     assert options.current_settings().download_towers is False
+
+
+def test_the_detector_download_follows_the_setting_and_the_offline_switch(app_webui, monkeypatch):
+    from lib_magicnaming.webui import options
+
+    for name in options.OFFLINE_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert options.current_settings().download_detector is True
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert options.current_settings().download_detector is False
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE")
+    app_webui.shared.opts.set(options.OPT_DOWNLOAD_DETECTOR, False)
+    assert options.current_settings().download_detector is False
+    app_webui.shared.opts.set(options.OPT_FACE_DETECTOR, "mtcnn")
+    with pytest.raises(EncoderError, match="face detector must be one of auto, yunet, insightface, got "
+                                           "'mtcnn'"):
+        options.current_settings()
 
 
 def test_flags_beat_settings(app_webui, tmp_path):
@@ -192,7 +213,8 @@ def test_tab_built_by_on_ui_tabs(app_webui):
 
 def test_loads_and_explains_without_optional_packages(webui, monkeypatch, tmp_path):  # noqa: F811
     """A failed install step (no open_clip, insightface, onnxruntime): the extension loads, the tab builds,
-    names still work, and the status says what to install."""
+    names still work, and the status says what to install (insightface only when it is the chosen
+    detector: the default, YuNet, needs only OpenCV)."""
     for module in ("open_clip", "insightface", "onnxruntime"):
         monkeypatch.setitem(sys.modules, module, None)  # "import x" now raises ImportError
     webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
@@ -203,8 +225,11 @@ def test_loads_and_explains_without_optional_packages(webui, monkeypatch, tmp_pa
     from lib_magicnaming.webui import services
 
     status = services.encoder_status()
-    assert "package open_clip_torch" in status.missing and "package insightface" in status.missing
-    assert "package onnxruntime (or onnxruntime-gpu)" in status.missing
+    assert status.missing[-1] == "package open_clip_torch" and "insightface" not in " ".join(status.missing)
+    webui.shared.opts.set("magicnaming_face_detector", "insightface")
+    status = services.encoder_status()
+    assert any(m.startswith("package insightface (the face detector setting is") for m in status.missing)
+    assert "package onnxruntime (or onnxruntime-gpu), for insightface" in status.missing
     webui.shared.sd_model = webui.toy.ToySDXL()
     client = started_app(webui)
     body = {"name": "ada", "names": [{"name": "Ada Lovelace"}]}
