@@ -67,30 +67,28 @@ def test_settings_section_and_defaults(app_webui):
     assert (settings.encoder_device, settings.keep_encoder_loaded) == ("auto", False)
 
 
-def test_tower_downloads_follow_the_setting_and_the_offline_switch(app_webui, monkeypatch):
+@pytest.mark.parametrize(
+    ("option", "attribute", "offline_switch"),
+    [("OPT_DOWNLOAD_TOWERS", "download_towers", "HF_HUB_OFFLINE"),
+     ("OPT_DOWNLOAD_DETECTOR", "download_detector", "TRANSFORMERS_OFFLINE")],
+)
+def test_downloads_follow_their_setting_and_the_offline_switch(app_webui, monkeypatch, option, attribute,
+                                                               offline_switch):
     from lib_magicnaming.webui import options
 
     for name in options.OFFLINE_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    assert options.current_settings().download_towers is True
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert options.current_settings().download_towers is False
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    app_webui.shared.opts.set(options.OPT_DOWNLOAD_TOWERS, False)
-    assert options.current_settings().download_towers is False
+    assert getattr(options.current_settings(), attribute) is True
+    monkeypatch.setenv(offline_switch, "1")
+    assert getattr(options.current_settings(), attribute) is False
+    monkeypatch.delenv(offline_switch)
+    app_webui.shared.opts.set(getattr(options, option), False)
+    assert getattr(options.current_settings(), attribute) is False
 
 
-def test_the_detector_download_follows_the_setting_and_the_offline_switch(app_webui, monkeypatch):
+def test_an_unknown_face_detector_is_named(app_webui):
     from lib_magicnaming.webui import options
 
-    for name in options.OFFLINE_ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-    assert options.current_settings().download_detector is True
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    assert options.current_settings().download_detector is False
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE")
-    app_webui.shared.opts.set(options.OPT_DOWNLOAD_DETECTOR, False)
-    assert options.current_settings().download_detector is False
     app_webui.shared.opts.set(options.OPT_FACE_DETECTOR, "mtcnn")
     with pytest.raises(EncoderError, match="face detector must be one of auto, yunet, insightface, got "
                                            "'mtcnn'"):
