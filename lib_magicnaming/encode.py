@@ -23,14 +23,14 @@ from PIL import Image
 from lib_magicnaming.checkpoint import EncoderCheckpoint, file_sha256, load_encoder_checkpoint
 from lib_magicnaming.errors import EncoderError, FaceError
 from lib_magicnaming.face import (
-    DEFAULT_PACK,
     FaceCrop,
-    FaceDetector,
     ImageSource,
     capture_face,
+    detector_note,
     load_image,
     pixels_from_crop,
 )
+from lib_magicnaming.face_detectors import DEFAULT_PACK, FaceDetector, InsightFaceDetector
 from lib_magicnaming.identity import Identity
 from lib_magicnaming.lru import LRUCache
 from lib_magicnaming.model import NameEncoder
@@ -112,8 +112,11 @@ class EncoderStats:
 class IdentityEncoder:
     """One encoder checkpoint, ready to turn photos into identities (thread-safe).
 
-    ``models_dir``: the extension's models folder (tower files under ``towers/``); ``insightface_root``: the
-    folder holding ``models/<pack>`` (the WebUI's ``models/insightface``). ``device``: None picks CUDA when
+    ``models_dir``: the extension's models folder (tower files under ``towers/``). ``detector``: the face
+    detector (:mod:`lib_magicnaming.face_detectors`; without one only face crops can be encoded); or
+    ``insightface_root`` (the folder holding ``models/<pack>``) for an insightface pack detector. A photo
+    whose face was found by another detector than the checkpoint's training crops gets a note in its report.
+    ``device``: None picks CUDA when
     available. ``keep_loaded`` keeps the towers on the GPU between calls; ``lowvram`` forbids it and moves
     one tower at a time. ``random_towers`` is for benchmarks only (towers with random weights). ``dtype``
     overrides the towers' dtype (default float16 on CUDA, float32 on CPU; the head always runs in float32).
@@ -139,7 +142,7 @@ class IdentityEncoder:
         self._checkpoint_path = None if self._checkpoint else checkpoint
         self.models_dir = models_dir
         if detector is None and insightface_root is not None:
-            detector = FaceDetector(insightface_root, pack)
+            detector = InsightFaceDetector(insightface_root, pack)
         self.detector = detector
         self.device = torch.device(device) if device is not None else _default_device()
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
@@ -247,6 +250,8 @@ class IdentityEncoder:
         if not photos:
             raise FaceError("no photos given")
         crop_config = self.checkpoint.config.crop
+        if not assume_cropped and self.detector is not None:
+            self.detector.load()  # a detector that cannot run is one error, not one per photo
         reports: list[PhotoReport] = []
         embeddings: dict[int, torch.Tensor] = {}
         pending: list[tuple[int, tuple, FaceCrop]] = []
@@ -295,9 +300,11 @@ class IdentityEncoder:
             if not skip_failed:
                 raise FaceError(message) from err
             return PhotoReport(index, content, False, None, None, [], error=message), None, None, None
-        report = PhotoReport(
-            index, content, True, crop, crop.faces_found, list(crop.notes), cached=cached is not None
-        )
+        notes = list(crop.notes)
+        mismatch = detector_note(self.checkpoint.config.crop.detector, crop.detector)
+        if mismatch is not None:
+            notes.append(mismatch)
+        report = PhotoReport(index, content, True, crop, crop.faces_found, notes, cached=cached is not None)
         return report, key, crop, None if cached is None else cached.embedding
 
     def _cached(self, key: tuple) -> _CachedPhoto | None:

@@ -56,5 +56,10 @@ class FaceError(MagicNamingError):
     """A photo with no usable face, a bad image, or a missing face detector."""
 
 
+class DetectorUnavailable(EncoderError, FaceError):
+    """The face detector cannot run: its model file or pack is missing or unusable, or its package is not
+    installed. A problem of the setup, not of the photo (an EncoderError first: HTTP 503, not 422)."""
+
+
 class NamespaceError(MagicNamingError):
     """Bad input to name-space math: weights, a weighted-names text, embeddings that cannot be mixed."""

@@ -1,13 +1,15 @@
-"""Face capture: find the face in a photo and cut the square, CLIP-normalised crop the towers read."""
+"""Face capture: find the face in a photo and cut the square, CLIP-normalised crop the towers read.
+
+The crop rule is defined here once and reads only the detector's face box in corner form (x1, y1, x2, y2,
+photo pixels), which every detector of :mod:`lib_magicnaming.face_detectors` reports after converting its
+own convention; so the same face box gives the same crop whichever detector found it.
+"""
 
 from __future__ import annotations
 
 import io
-import logging
 import math
 import os
-import re
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -17,6 +19,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lib_magicnaming.errors import FaceError
+from lib_magicnaming.face_detectors import NO_DETECTOR, FaceDetector
 
 
 def _openai_mean() -> tuple[float, float, float]:
@@ -37,18 +40,33 @@ def _openai_std() -> tuple[float, float, float]:
     return tuple(OPENAI_DATASET_STD)
 
 
+BOX_SQUARE_RULE = "box-square"
+"""The crop rule: a square centred on the face box (corner form, photo pixels), of side
+``max(w, h) * (1 + 2 * margin)``, shifted inside the photo when it fits (see :func:`square_around`)."""
+CROP_RULES = (BOX_SQUARE_RULE,)
+"""Crop rules this version can apply; a checkpoint naming another one is refused."""
+
+MIN_CROP_PIXELS = 32
+"""A face crop is refused when the square cut from the photo is smaller than this on a side (it would be
+blown up to 224 px from almost nothing)."""
+
+
 @dataclass
 class CropConfig:
     """How a face becomes tower input.
 
     The crop is a square centred on the detected box, of side ``max(w, h) * (1 + 2 * margin)``, resized to
-    ``size`` x ``size`` and normalised with ``mean``/``std``.
+    ``size`` x ``size`` and normalised with ``mean``/``std``. ``rule`` names that geometry; ``detector`` is
+    the name of the detector that made an encoder's training crops (``none``: photos used as face crops;
+    None: not recorded, as in checkpoints written before it was).
     """
 
     size: int = 224
     margin: float = 0.25
     mean: tuple[float, float, float] = field(default_factory=_openai_mean)
     std: tuple[float, float, float] = field(default_factory=_openai_std)
+    rule: str = BOX_SQUARE_RULE
+    detector: str | None = None
 
     def validate(self) -> CropConfig:
         """Raise FaceError naming the bad field; return self (mean/std normalised to tuples)."""
@@ -63,6 +81,13 @@ class CropConfig:
             setattr(self, name, tuple(float(v) for v in value))
         if min(self.std) <= 0:
             raise FaceError(f"crop std must be positive, got {self.std}")
+        if self.rule not in CROP_RULES:
+            raise FaceError(
+                f"crop rule {self.rule!r} is unknown to this MagicNaming (it knows {', '.join(CROP_RULES)}); "
+                "update the extension"
+            )
+        if self.detector is not None and (not isinstance(self.detector, str) or not self.detector.strip()):
+            raise FaceError(f"crop detector must be a detector name or null, got {self.detector!r}")
         self.margin = float(self.margin)
         return self
 
@@ -75,16 +100,21 @@ class CropConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CropConfig:
         """Inverse of :meth:`to_dict`; unknown or missing fields raise FaceError (a recorded crop is complete,
-        so a missing field means a damaged file, not "use the default")."""
+        so a missing field means a damaged file, not "use the default"), except ``rule`` and ``detector``,
+        which files written before they existed lack: the rule was then always ``box-square``, the detector
+        not recorded."""
         if not isinstance(data, dict):
             raise FaceError(f"crop config must be a JSON object, got {type(data).__name__}")
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise FaceError(f"crop config has unknown field(s) {unknown}")
-        missing = sorted(set(cls.__dataclass_fields__) - set(data))
+        missing = sorted(set(cls.__dataclass_fields__) - set(data) - set(_FIELDS_ADDED_LATER))
         if missing:
             raise FaceError(f"crop config is missing field(s) {missing}")
         return cls(**data).validate()
+
+
+_FIELDS_ADDED_LATER = ("rule", "detector")
 
 
 def _is_number(value: Any) -> bool:
@@ -92,25 +122,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-DEFAULT_PACK = "buffalo_l"
-"""The insightface model pack other WebUI face extensions use (its detector is SCRFD det_10g)."""
-
-PACK_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-"""A detector pack is a folder name under ``<insightface root>/models``: no path separators, not ``.``/``..``;
-use it with ``fullmatch``."""
-
 DEFAULT_MAX_PIXELS = 50_000_000
 """Photos above this many pixels are refused before decoding (decompression-bomb guard)."""
 
-DETECTOR_FILE_HINTS = ("det_", "scrfd", "retinaface")
-"""Pack files tried first as the detection model (buffalo_l: det_10g.onnx, antelopev2: scrfd_10g_bnkps)."""
-
-CUDA_PROVIDER = "CUDAExecutionProvider"
-CPU_PROVIDER = "CPUExecutionProvider"
-
 ImageSource = Union[bytes, bytearray, str, os.PathLike, Image.Image]
 
-logger = logging.getLogger("magicnaming")
 
 
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -164,27 +180,14 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, label: str) -> None:
 
 
 @dataclass
-class DetectedFace:
-    """One detector hit, in image pixel coordinates."""
-
-    box: tuple[float, float, float, float]
-    score: float
-
-    @property
-    def area(self) -> float:
-        """Box area in pixels."""
-        x1, y1, x2, y2 = self.box
-        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
-
-
-@dataclass
 class FaceCrop:
     """The square face crop the towers read, and how it was found (for the UI and reports).
 
     ``box`` is the detected face (None when the photo was assumed cropped); ``crop_box`` the square cut from
     the photo (may reach past its edges: that part is filled with the normalisation mean); ``faces_found``
-    how many faces the detector saw (None when it did not run); ``provider`` the onnxruntime provider that
-    actually ran; ``notes`` what the user should know (e.g. several faces).
+    how many faces the detector saw (None when it did not run); ``provider`` what ran the detector;
+    ``notes`` what the user should know (e.g. several faces); ``detector`` the name of the detector that found
+    the face (``none`` when the photo was used as given); ``landmarks`` its 5 points, when it gives them.
     """
 
     image: Image.Image
@@ -194,6 +197,8 @@ class FaceCrop:
     provider: str | None
     crop_box: tuple[int, int, int, int]
     notes: list[str] = field(default_factory=list)
+    detector: str = NO_DETECTOR
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
     @property
     def assumed_cropped(self) -> bool:
@@ -247,120 +252,6 @@ def center_square(image_size: tuple[int, int]) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-def validate_pack_name(pack: str) -> str:
-    """Return ``pack`` if it is a plain folder name (PACK_NAME_RE), else raise FaceError naming it."""
-    if not isinstance(pack, str) or not PACK_NAME_RE.fullmatch(pack):
-        raise FaceError(
-            f"bad insightface pack name {pack!r}: a pack is a folder name under models/insightface/models "
-            "such as buffalo_l (letters, digits, '_', '.', '-')"
-        )
-    return pack
-
-
-class FaceDetector:
-    """An insightface detection model from a pack folder, run with onnxruntime (loaded on first use).
-
-    The pack lives in ``<insightface_root>/models/<pack>/`` (the WebUI's ``models/insightface``). The model
-    goes through insightface's own loader (``insightface.model_zoo.get_model``); CUDA is used when
-    onnxruntime offers it and it actually starts, CPU otherwise; :attr:`provider` says which one ran.
-    """
-
-    def __init__(
-        self,
-        insightface_root: str | os.PathLike,
-        pack: str = DEFAULT_PACK,
-        *,
-        use_cuda: bool = True,
-        det_size: int = 640,
-        det_thresh: float = 0.5,
-    ):
-        validate_pack_name(pack)
-        self.insightface_root = Path(insightface_root)
-        self.pack = pack
-        self.use_cuda = use_cuda
-        self.det_size = det_size
-        self.det_thresh = det_thresh
-        self._model: Any = None
-        self._provider: str | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def pack_dir(self) -> Path:
-        """Folder the pack's .onnx files are in."""
-        return self.insightface_root / "models" / self.pack
-
-    @property
-    def provider(self) -> str | None:
-        """The onnxruntime provider the session actually runs on (None before loading)."""
-        return self._provider
-
-    def is_installed(self) -> bool:
-        """Whether the pack folder holds any .onnx file."""
-        return self.pack_dir.is_dir() and any(self.pack_dir.glob("*.onnx"))
-
-    def requested_providers(self) -> list[str]:
-        """Providers asked of onnxruntime: CUDA first when allowed and available, CPU always."""
-        import onnxruntime
-
-        available = onnxruntime.get_available_providers()
-        if self.use_cuda and CUDA_PROVIDER in available:
-            return [CUDA_PROVIDER, CPU_PROVIDER]
-        return [CPU_PROVIDER]
-
-    def load(self) -> FaceDetector:
-        """Create the onnxruntime session now (idempotent); FaceError if the pack is missing or unusable."""
-        with self._lock:
-            if self._model is None:
-                self._model, self._provider = self._load_detection_model()
-        return self
-
-    def _load_detection_model(self) -> tuple[Any, str]:
-        if not self.is_installed():
-            raise FaceError(missing_pack_message(self.insightface_root, self.pack))
-        from insightface.model_zoo import model_zoo
-
-        providers = self.requested_providers()
-        files = sorted(
-            self.pack_dir.glob("*.onnx"), key=lambda p: (not _looks_like_detector(p.name), p.name)
-        )
-        for path in files:
-            try:
-                model = model_zoo.get_model(str(path), providers=providers)
-            except Exception as err:  # noqa: BLE001 - onnxruntime/insightface raise many kinds
-                logger.debug("insightface could not load %s", path, exc_info=True)
-                raise FaceError(f"insightface cannot load {path}: {type(err).__name__}: {err}") from err
-            if model is not None and getattr(model, "taskname", None) == "detection":
-                ctx_id = 0 if CUDA_PROVIDER in providers else -1
-                model.prepare(ctx_id, input_size=(self.det_size, self.det_size), det_thresh=self.det_thresh)
-                return model, model.session.get_providers()[0]
-        raise FaceError(f"the insightface pack {self.pack_dir} holds no face detection model (det_*.onnx)")
-
-    def detect(self, image: Image.Image) -> list[DetectedFace]:
-        """Faces in an RGB image, largest first."""
-        self.load()
-        bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
-        boxes, _ = self._model.detect(bgr, max_num=0)
-        faces = [
-            DetectedFace(box=tuple(float(v) for v in row[:4]), score=float(row[4]))
-            for row in np.asarray(boxes).reshape(-1, 5)
-        ]
-        return sorted(faces, key=lambda f: f.area, reverse=True)
-
-
-def _looks_like_detector(filename: str) -> bool:
-    return any(hint in filename.lower() for hint in DETECTOR_FILE_HINTS)
-
-
-def missing_pack_message(insightface_root: str | os.PathLike, pack: str) -> str:
-    """What to do when the detector pack is not installed."""
-    where = Path(insightface_root) / "models" / pack
-    return (
-        f"No face detector: the insightface pack '{pack}' is not installed at {where}. Put the pack's .onnx "
-        f"files there (the '{pack}' pack from insightface's model releases, the same folder other WebUI face "
-        "extensions use), or tick the 'face crop already (skip detection)' box to use the photo as given."
-    )
-
-
 def capture_face(
     image: ImageSource,
     detector: FaceDetector | None,
@@ -370,18 +261,20 @@ def capture_face(
     """Find the largest face in a photo and cut the square tower input around it.
 
     ``assume_cropped`` uses the photo as given (its centred square), no detector needed. Raises FaceError
-    when there is no detector (and no ``assume_cropped``), or no face.
+    when there is no detector (and no ``assume_cropped``), no face, or a crop under MIN_CROP_PIXELS a side
+    (DetectorUnavailable, a FaceError too, when the detector cannot run).
     """
     crop = (crop or CropConfig()).validate()
     photo = load_image(image)
     if assume_cropped:
         square = center_square(photo.size)
+        _check_crop_size(square, f"the photo is {photo.width} x {photo.height} pixels;")
         return FaceCrop(
             image=cut_square(photo, square, crop), box=None, score=None, faces_found=None, provider=None,
             crop_box=square, notes=["used the photo as a face crop (no detection)"],
         )
     if detector is None:
-        raise FaceError("No face detector is configured; install an insightface pack or use the photo as a "
+        raise FaceError("No face detector is configured; set up a face detector or use the photo as a "
                         "face crop (assume_cropped)")
     faces = detector.detect(photo)
     if not faces:
@@ -394,7 +287,34 @@ def capture_face(
     if len(faces) > 1:
         notes.append(f"{len(faces)} faces found; used the largest")
     square = square_around(face.box, crop.margin, photo.size)
+    _check_crop_size(square, f"the face in the photo ({photo.width} x {photo.height}) is too small:")
     return FaceCrop(
         image=cut_square(photo, square, crop), box=face.box, score=face.score, faces_found=len(faces),
-        provider=detector.provider, crop_box=square, notes=notes,
+        provider=detector.provider, crop_box=square, notes=notes, detector=detector.name or NO_DETECTOR,
+        landmarks=face.landmarks,
+    )
+
+
+def _check_crop_size(square: tuple[int, int, int, int], what: str) -> None:
+    side = square[2] - square[0]
+    if side < MIN_CROP_PIXELS:
+        raise FaceError(
+            f"{what} its face crop would be {side} x {side} pixels, under the {MIN_CROP_PIXELS} x "
+            f"{MIN_CROP_PIXELS} minimum; use a larger photo, or one where the face is bigger"
+        )
+
+
+def detector_note(trained_with: str | None, used: str) -> str | None:
+    """A per-photo note when a face was captured otherwise than the encoder's training crops were (None when
+    they agree or the encoder does not record its detector)."""
+    if trained_with is None or trained_with == used:
+        return None
+    if trained_with == NO_DETECTOR:
+        trained = "photos used as face crops (no detector)"
+    else:
+        trained = f"crops found by {trained_with}"
+    found = "this photo was used as given" if used == NO_DETECTOR else f"this face was found by {used}"
+    return (
+        f"this encoder was trained on {trained}; {found}, so its crop may frame the face a little "
+        "differently than the encoder expects"
     )

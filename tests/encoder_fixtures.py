@@ -129,14 +129,16 @@ def install_pack(root, image_boxes, image_size, *, pack="buffalo_l", kps=True, e
     return pack_dir
 
 
-def write_tiny_checkpoint(path, *, with_stats: bool = True, seed: int = 0):
-    """A checkpoint of tiny random towers (stored in the file) + head (+ name-space statistics); its hash."""
+def write_tiny_checkpoint(path, *, with_stats: bool = True, seed: int = 0, detector: str | None = None):
+    """A checkpoint of tiny random towers (stored in the file) + head (+ name-space statistics); its hash.
+    ``detector``: the detector its training crops are recorded to come from (None: not recorded)."""
     from lib_magicnaming.checkpoint import save_encoder_checkpoint
     from lib_magicnaming.factory import build_encoder
     from lib_magicnaming.namespace import namespace_stats_from_embeddings
 
     torch.manual_seed(seed)
     config = tiny_config()
+    config.crop.detector = detector
     model = build_encoder(config, head_state=tiny_head_state(config, seed), random_towers=True)
     stats = namespace_stats_from_embeddings(random_embeddings(6, seed), rank=3) if with_stats else None
     return save_encoder_checkpoint(

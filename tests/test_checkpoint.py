@@ -107,8 +107,14 @@ V1_METADATA_OF_TINY_CONFIG = {
 """The metadata format v1 as earlier versions wrote it for tiny_config() (copied from a file they wrote)."""
 
 
-def test_metadata_is_written_as_format_v1_always_was():
-    assert config_metadata(tiny_config(), {"step": 3}) == V1_METADATA_OF_TINY_CONFIG
+def test_metadata_is_format_v1_plus_the_crop_rule_and_detector():
+    """Format v1 as earlier versions wrote it, with two crop fields added since: the crop rule and the
+    detector that made the training crops (None: not recorded). Everything else is byte-identical."""
+    written = config_metadata(tiny_config(), {"step": 3})
+    crop = json.loads(written.pop("crop"))
+    earlier = dict(V1_METADATA_OF_TINY_CONFIG)
+    assert written == {k: v for k, v in earlier.items() if k != "crop"}
+    assert crop == {**json.loads(earlier["crop"]), "rule": "box-square", "detector": None}
 
 
 def test_a_checkpoint_written_by_an_earlier_version_loads(tmp_path, stats):
@@ -328,3 +334,20 @@ def test_sampling_is_seeded(stats):
     torch.testing.assert_close(coords, expected, rtol=1e-3, atol=1e-3)
     with pytest.raises(EncoderError, match="scale must be a finite number"):
         sample_namespace(stats, seed=1, scale=float("nan"))
+
+
+def test_the_crop_records_its_detector_and_rule_and_old_files_still_load(tmp_path, stats):
+    config = tiny_config()
+    config.crop.detector = "yunet-2023mar"
+    path = tmp_path / "enc.safetensors"
+    save_encoder_checkpoint(path, config=config, head_state=tiny_head_state(config), namespace_stats=stats)
+    crop = json.loads(read_raw(path)[1]["crop"])
+    assert crop["detector"] == "yunet-2023mar" and crop["rule"] == "box-square"
+    assert load_encoder_checkpoint(path).config.crop.detector == "yunet-2023mar"
+    # a checkpoint written before the crop recorded its rule and detector
+    old_crop = {k: v for k, v in crop.items() if k not in ("rule", "detector")}
+    old = load_encoder_checkpoint(rewrite(path, crop=json.dumps(old_crop)))
+    assert (old.config.crop.rule, old.config.crop.detector) == ("box-square", None)
+    assert old.config.crop.margin == crop["margin"] and old.config.crop.size == crop["size"]
+    with pytest.raises(EncoderError, match="crop rule 'eyes-v2' is unknown"):
+        load_encoder_checkpoint(rewrite(path, crop=json.dumps({**crop, "rule": "eyes-v2"})))

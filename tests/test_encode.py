@@ -41,8 +41,11 @@ def astronaut_png() -> bytes:
 
 @pytest.fixture(scope="module")
 def faces_png() -> list[bytes]:
-    people = skdata.lfw_subset()[:3]  # 25 x 25 grey face crops
-    return [png_bytes(Image.fromarray((p * 255).astype("uint8")).convert("RGB")) for p in people]
+    people = skdata.lfw_subset()[:3]  # 25 x 25 grey face crops, enlarged past the 32 px minimum
+    return [
+        png_bytes(Image.fromarray((p * 255).astype("uint8")).convert("RGB").resize((64, 64), Image.BICUBIC))
+        for p in people
+    ]
 
 
 def make_encoder(checkpoint, **kwargs) -> IdentityEncoder:
@@ -278,3 +281,37 @@ def test_dtype_override_runs_towers_in_bfloat16(checkpoint, faces_png):
     assert {p.dtype for p in encoder.load().head.parameters()} == {torch.float32}
     torch.testing.assert_close(result.embedding, reference, rtol=0.1, atol=0.1)
     assert not torch.equal(result.embedding, reference)
+
+
+def test_a_face_found_by_another_detector_than_the_training_crops_gets_a_note(tmp_path, astronaut_png):
+    from yunet_fixtures import yunet_for_photo
+
+    from lib_magicnaming.face_detectors import InsightFaceDetector, YuNetDetector
+
+    path = tmp_path / "trained-on-yunet.safetensors"
+    write_tiny_checkpoint(path, detector="yunet-2023mar")
+    face = (180.0, 60.0, 260.0, 170.0, 0.9)
+    yunet = YuNetDetector(model_path=yunet_for_photo(tmp_path / "yunet.onnx", [face], (512, 512)))
+    (same,) = IdentityEncoder(path, device="cpu", detector=yunet).encode_photos([astronaut_png]).per_photo
+    assert same.notes == [] and same.crop.detector == "yunet-2023mar"
+    install_pack(tmp_path / "insightface", [face], (512, 512))
+    pack = InsightFaceDetector(tmp_path / "insightface")
+    (other,) = IdentityEncoder(path, device="cpu", detector=pack).encode_photos([astronaut_png]).per_photo
+    assert other.notes == [
+        "this encoder was trained on crops found by yunet-2023mar; this face was found by "
+        "insightface:buffalo_l, so its crop may frame the face a little differently than the encoder expects"
+    ]
+    plain = IdentityEncoder(path, device="cpu")
+    (given,) = plain.encode_photos([astronaut_png], assume_cropped=True).per_photo
+    assert "this photo was used as given" in given.notes[-1]
+
+
+def test_a_detector_that_cannot_run_is_one_setup_error_before_any_photo(tmp_path, checkpoint, astronaut_png):
+    from lib_magicnaming.errors import DetectorUnavailable
+    from lib_magicnaming.face_detectors import YuNetDetector
+
+    encoder = make_encoder(checkpoint, detector=YuNetDetector(tmp_path / "detectors", allow_download=False))
+    with pytest.raises(DetectorUnavailable, match="face_detection_yunet_2023mar.onnx") as info:
+        encoder.encode_photos([astronaut_png, astronaut_png], skip_failed=True)
+    assert not str(info.value).startswith("photo 1") and encoder.stats.tower_batches == 0
+    assert isinstance(info.value, EncoderError)  # the API answers 503 (setup), not 422 (photo)

@@ -1,4 +1,5 @@
-"""Face capture through insightface's real loading path, with a tiny SCRFD-signature detector."""
+"""Face capture (the crop rule, bad photos) through insightface's real loading path, with a tiny
+SCRFD-signature detector; YuNet's path is in test_face_detectors.py."""
 
 from __future__ import annotations
 
@@ -16,15 +17,17 @@ from open_clip.constants import OPENAI_DATASET_MEAN
 from PIL import Image
 from skimage import data as skdata
 
-from lib_magicnaming.errors import FaceError
+from lib_magicnaming.errors import DetectorUnavailable, FaceError
 from lib_magicnaming.face import (
+    MIN_CROP_PIXELS,
     CropConfig,
-    FaceDetector,
     capture_face,
+    detector_note,
     load_image,
     pixels_from_crop,
     square_around,
 )
+from lib_magicnaming.face_detectors import InsightFaceDetector as FaceDetector
 
 SAMPLE_IMAGES = Path(insightface.__file__).parent / "data" / "images"
 
@@ -115,7 +118,7 @@ def test_no_face(tmp_path, astronaut):
 def test_missing_pack_explains_where_to_put_it(tmp_path, astronaut):
     detector = FaceDetector(tmp_path / "insightface", pack="buffalo_l")
     assert not detector.is_installed()
-    with pytest.raises(FaceError) as info:
+    with pytest.raises(DetectorUnavailable) as info:
         capture_face(astronaut, detector)
     message = str(info.value)
     assert str(tmp_path / "insightface" / "models" / "buffalo_l") in message
@@ -136,6 +139,31 @@ def test_bad_pack_names_are_refused(tmp_path):
     for name in ("", "..", "a/b"):
         with pytest.raises(FaceError, match="bad insightface pack name"):
             FaceDetector(tmp_path, pack=name)
+
+
+def test_a_face_crop_under_the_minimum_is_refused(tmp_path, astronaut):
+    with pytest.raises(FaceError, match=r"the photo is 1 x 1 pixels; its face crop would be 1 x 1 "
+                                         "pixels, under "
+                                        r"the 32 x 32 minimum"):
+        capture_face(Image.new("RGB", (1, 1)), None, assume_cropped=True)
+    lfw = Image.fromarray((skdata.lfw_subset()[0] * 255).astype("uint8"))  # a real 25 x 25 face crop
+    with pytest.raises(FaceError, match="25 x 25 pixels, under the 32 x 32 minimum"):
+        capture_face(lfw, None, assume_cropped=True)
+    crop = capture_face(Image.new("RGB", (MIN_CROP_PIXELS, 200)), None, assume_cropped=True)
+    assert crop.crop_box == (0, 84, 32, 116)
+    install_pack(tmp_path, [(300.0, 300.0, 320.0, 320.0, 0.9)], astronaut.size)  # 20 px face: 30 px crop
+    with pytest.raises(FaceError, match=r"the face in the photo \(512 x 512\) is too small: its face crop "
+                                        r"would be 30 x 30 pixels"):
+        capture_face(astronaut, FaceDetector(tmp_path), CropConfig(margin=0.25))
+
+
+def test_detector_note_says_when_the_encoder_was_trained_on_other_crops():
+    assert detector_note(None, "yunet-2023mar") is None  # a checkpoint that records no detector
+    assert detector_note("yunet-2023mar", "yunet-2023mar") is None
+    note = detector_note("insightface:buffalo_l", "yunet-2023mar")
+    assert "trained on crops found by insightface:buffalo_l; this face was found by yunet-2023mar" in note
+    assert "this photo was used as given" in detector_note("yunet-2023mar", "none")
+    assert "trained on photos used as face crops (no detector)" in detector_note("none", "yunet-2023mar")
 
 
 def test_assume_cropped_uses_the_centre_square(group_photo):
@@ -172,6 +200,19 @@ def test_crop_config_validation():
         CropConfig.from_dict({k: v for k, v in CropConfig().to_dict().items() if k != "margin"})
     with pytest.raises(FaceError, match="crop mean must be three numbers"):
         CropConfig(mean=(True, 0.5, 0.5)).validate()
+
+
+def test_crop_config_records_the_rule_and_the_detector():
+    recorded = CropConfig(detector="yunet-2023mar").to_dict()
+    assert recorded["rule"] == "box-square" and recorded["detector"] == "yunet-2023mar"
+    assert CropConfig.from_dict(recorded).detector == "yunet-2023mar"
+    written_before = {k: v for k, v in recorded.items() if k not in ("rule", "detector")}
+    old = CropConfig.from_dict(written_before)  # checkpoints from before the fields existed still load
+    assert (old.rule, old.detector) == ("box-square", None)
+    with pytest.raises(FaceError, match="crop rule 'landmarks-v9' is unknown to this MagicNaming"):
+        CropConfig.from_dict({**recorded, "rule": "landmarks-v9"})
+    with pytest.raises(FaceError, match="crop detector must be a detector name or null"):
+        CropConfig.from_dict({**recorded, "detector": 3})
 
 
 # --- bad images ----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Repository hygiene: ruff (configured in pyproject.toml) finds nothing; CI runs what the README says."""
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,14 +44,23 @@ def requirement_lines(name: str) -> list[str]:
     return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
 
 
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower()
+
+
 def test_requirements_txt_lists_what_install_py_installs_with_the_same_pins():
     spec = importlib.util.spec_from_file_location("magicnaming_install_for_lint", REPO_ROOT / "install.py")
     install = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(install)
     runtime = requirement_lines("requirements.txt")
-    # onnxruntime-gpu replaces onnxruntime on CUDA machines; requirements.txt names the CPU build
-    assert {pin for package, pin in install.PINS.items() if package != "onnxruntime-gpu"} <= set(runtime)
+    assert set(install.PINS.values()) <= set(runtime)
     dev = requirement_lines("requirements-dev.txt")
     for pin in runtime:
         if "==" in pin:  # an exact runtime pin is what the tests run against
             assert pin in dev
+    # the insightface detector is optional: install.py installs it only on request, so none of it is a
+    # run-time need, but all of it is in the test environment, where insightface's real loader is tested
+    optional = {requirement_name(install.INSIGHTFACE_PIN), *install.RUNTIMES, "onnx", "scikit-image"}
+    assert optional.isdisjoint({requirement_name(pin) for pin in runtime})
+    assert set(install.INSIGHTFACE_DEPENDENCIES) >= {"onnx", "scikit-image"}
+    assert optional - {"onnxruntime-gpu"} <= {requirement_name(pin) for pin in dev}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from lib_magicnaming.checkpoint import load_encoder_checkpoint
@@ -25,3 +26,24 @@ def test_demo_ends_with_a_checkpoint_the_extension_loads_and_encodes_with(tmp_pa
     other = encoder.encode_photos([draw_face(3, 500)], assume_cropped=True).embedding
     assert torch.isfinite(first).all() and not torch.allclose(first, other)
     assert (out / "run" / "eval-val.json").is_file() and (out / "run" / "loss.png").is_file()
+    # faces (--assume-cropped) -> features -> export: the checkpoint says its crops had no detector
+    assert (checkpoint.config.crop.detector, checkpoint.config.crop.rule) == ("none", "box-square")
+
+    # an identity from a photo with the demo encoder and the default detector, YuNet, which needs only
+    # OpenCV (a tiny model of YuNet 2023mar's signature stands in for the 227 KiB file)
+    from yunet_fixtures import write_yunet_onnx
+
+    from lib_magicnaming.face_detectors import YuNetDetector
+
+    model = write_yunet_onnx(tmp_path / "yunet.onnx", [(12.0, 8.0, 52.0, 56.0, 0.9)])
+    yunet = YuNetDetector(model_path=model)
+    encoder = IdentityEncoder(out / "encoder.safetensors", device="cpu", detector=yunet)
+    identity, result = encoder.make_identity_from_photos("turing", [draw_face(1, 501)])
+    (report,) = result.per_photo
+    assert report.crop.detector == "yunet-2023mar"
+    assert report.crop.box == pytest.approx((12, 8, 52, 56), abs=0.1)
+    assert report.notes == [
+        "this encoder was trained on photos used as face crops (no detector); this face was found by "
+        "yunet-2023mar, so its crop may frame the face a little differently than the encoder expects"
+    ]
+    assert identity.embedding.shape == (8, 2048) and identity.origin["encoder_hash"] == checkpoint.short_hash

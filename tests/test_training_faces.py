@@ -1,4 +1,6 @@
-"""Stage ``faces``: the extension's capture code, the ArcFace consistency filter, and small identities."""
+"""Stage ``faces``: the extension's capture code and detectors (YuNet by default, an insightface pack by
+choice), the detector recorded through features into the checkpoint, the ArcFace consistency filter, and
+small identities."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import pandas as pd
 from encoder_fixtures import install_pack
 from training_fixtures import write_arcface_onnx, write_image_folder
+from yunet_fixtures import write_yunet_onnx
 
 from training.cli import main
 from training.common import SkipReport
@@ -92,6 +95,8 @@ def test_faces_with_the_extensions_detector(tmp_path):
             str(_images(tmp_path)),
             "--out",
             str(out),
+            "--detector",
+            "insightface",
             "--insightface-root",
             str(pack_root),
             "--cpu",
@@ -110,14 +115,48 @@ def test_faces_with_the_extensions_detector(tmp_path):
     assert faces["score"].between(0.85, 0.95).all()
     assert set(faces["name"]) == {"Ada Lovelace", "Alan Turing"}
     report = json.loads((out / "faces.json").read_text())
-    assert report["detector"]["pack"] == "buffalo_l"
+    assert report["detector"]["name"] == "insightface:buffalo_l"
+    assert report["crop"]["detector"] == "insightface:buffalo_l" and report["crop"]["rule"] == "box-square"
     assert report["consistency"]["model"].endswith("w600k_r50.onnx")
     assert not faces["source_path"].str.endswith("Ada_Lovelace/008.png").any()
 
 
 def test_missing_detector_and_small_identities_are_clear(tmp_path, capsys):
-    code = main(["faces", "--images", str(_images(tmp_path)), "--out", str(tmp_path / "f")])
-    assert code == 2 and "--insightface-root" in capsys.readouterr().err
+    images = str(_images(tmp_path))
+    code = main(["faces", "--images", images, "--out", str(tmp_path / "f")])
+    err = capsys.readouterr().err
+    assert code == 2 and "faces needs the YuNet face detector file: --models-dir" in err
+    code = main(["faces", "--images", images, "--out", str(tmp_path / "f"), "--models-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "face_detection_yunet_2023mar.onnx" in err and str(tmp_path / "detectors") in err
+    code = main(["faces", "--images", images, "--out", str(tmp_path / "f"), "--detector", "insightface"])
+    assert code == 2 and "--detector insightface needs --insightface-root" in capsys.readouterr().err
     report = SkipReport("faces")
     kept = drop_small_identities(pd.DataFrame({"name": ["a"] * 6 + ["b"] * 5}), 5, report)
     assert set(kept["name"]) == {"a"} and report.skipped[0]["item"] == "b"
+
+
+def test_faces_with_yunet_by_default_record_the_detector_for_the_features(tmp_path):
+    """YuNet (a tiny model of its signature) finds the drawn 64 x 64 faces; faces.json records that the
+    crops came from yunet-2023mar with the box-square rule, and the features stage takes that (with the
+    margin) into the crop it records (the demo test follows it into the checkpoint)."""
+    from lib_magicnaming.face import CropConfig
+    from training.faces import recorded_crop
+    from training.features import crop_as_captured
+
+    model = write_yunet_onnx(tmp_path / "yunet.onnx", [(14.0, 10.0, 50.0, 54.0, 0.9)])
+    out = tmp_path / "faces"
+    argv = ["faces", "--images", str(_images(tmp_path)), "--out", str(out), "--yunet-file", str(model),
+            "--crop-size", "32", "--drop-at-most", "4"]
+    assert main(argv) == 0
+    faces = pd.read_csv(out / "faces.csv")
+    assert set(faces["name"]) == {"Ada Lovelace", "Alan Turing"} and faces["score"].between(0.85, 0.95).all()
+    report = json.loads((out / "faces.json").read_text())
+    assert report["detector"]["name"] == "yunet-2023mar"
+    assert report["detector"]["provider"].startswith("OpenCV")
+    assert recorded_crop(out / "faces.csv")["detector"] == "yunet-2023mar"
+    carried = crop_as_captured(CropConfig(size=224, margin=0.5), out / "faces.csv")
+    assert (carried.detector, carried.rule, carried.margin, carried.size) == (
+        "yunet-2023mar", "box-square", 0.25, 224
+    )
+    assert crop_as_captured(CropConfig(), tmp_path / "elsewhere" / "faces.csv") == CropConfig()

@@ -49,7 +49,8 @@ def test_settings_section_and_defaults(app_webui):
 
     labels = app_webui.shared.opts.data_labels
     keys = [options.OPT_MODELS_DIR, options.OPT_ENCODER_CHECKPOINT, options.OPT_ENCODER_DEVICE,
-            options.OPT_KEEP_ENCODER_LOADED, options.OPT_DETECTOR_PACK, options.OPT_DOWNLOAD_TOWERS]
+            options.OPT_KEEP_ENCODER_LOADED, options.OPT_DETECTOR_PACK, options.OPT_DOWNLOAD_TOWERS,
+            options.OPT_FACE_DETECTOR, options.OPT_DOWNLOAD_DETECTOR]
     assert all(labels[key].section == ("magicnaming", "MagicNaming") for key in keys)
     assert all(labels[key].category_id == "sd" for key in keys)  # not "Uncategorized" on the settings page
     app_webui.shared.cmd_opts.magicnaming_dir = None
@@ -60,20 +61,38 @@ def test_settings_section_and_defaults(app_webui):
     assert settings.models_dir == models / "magicnaming"
     assert settings.identities_dir == models / "magicnaming" / "identities"
     assert settings.detector_dir == models / "insightface" / "models" / "buffalo_l"
+    assert settings.detectors_dir == models / "magicnaming" / "detectors"
+    assert settings.face_detector == "auto"
+    assert labels[options.OPT_FACE_DETECTOR].component_args == {"choices": ["auto", "yunet", "insightface"]}
     assert (settings.encoder_device, settings.keep_encoder_loaded) == ("auto", False)
 
 
-def test_tower_downloads_follow_the_setting_and_the_offline_switch(app_webui, monkeypatch):
+@pytest.mark.parametrize(
+    ("option", "attribute", "offline_switch"),
+    [("OPT_DOWNLOAD_TOWERS", "download_towers", "HF_HUB_OFFLINE"),
+     ("OPT_DOWNLOAD_DETECTOR", "download_detector", "TRANSFORMERS_OFFLINE")],
+)
+def test_downloads_follow_their_setting_and_the_offline_switch(app_webui, monkeypatch, option, attribute,
+                                                               offline_switch):
     from lib_magicnaming.webui import options
 
     for name in options.OFFLINE_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    assert options.current_settings().download_towers is True
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert options.current_settings().download_towers is False
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    app_webui.shared.opts.set(options.OPT_DOWNLOAD_TOWERS, False)
-    assert options.current_settings().download_towers is False
+    assert getattr(options.current_settings(), attribute) is True
+    monkeypatch.setenv(offline_switch, "1")
+    assert getattr(options.current_settings(), attribute) is False
+    monkeypatch.delenv(offline_switch)
+    app_webui.shared.opts.set(getattr(options, option), False)
+    assert getattr(options.current_settings(), attribute) is False
+
+
+def test_an_unknown_face_detector_is_named(app_webui):
+    from lib_magicnaming.webui import options
+
+    app_webui.shared.opts.set(options.OPT_FACE_DETECTOR, "mtcnn")
+    with pytest.raises(EncoderError, match="face detector must be one of auto, yunet, insightface, got "
+                                           "'mtcnn'"):
+        options.current_settings()
 
 
 def test_flags_beat_settings(app_webui, tmp_path):
@@ -192,7 +211,8 @@ def test_tab_built_by_on_ui_tabs(app_webui):
 
 def test_loads_and_explains_without_optional_packages(webui, monkeypatch, tmp_path):  # noqa: F811
     """A failed install step (no open_clip, insightface, onnxruntime): the extension loads, the tab builds,
-    names still work, and the status says what to install."""
+    names still work, and the status says what to install (insightface only when it is the chosen
+    detector: the default, YuNet, needs only OpenCV)."""
     for module in ("open_clip", "insightface", "onnxruntime"):
         monkeypatch.setitem(sys.modules, module, None)  # "import x" now raises ImportError
     webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
@@ -203,8 +223,11 @@ def test_loads_and_explains_without_optional_packages(webui, monkeypatch, tmp_pa
     from lib_magicnaming.webui import encoder_cache
 
     status = encoder_cache.encoder_status()
-    assert "package open_clip_torch" in status.missing and "package insightface" in status.missing
-    assert "package onnxruntime (or onnxruntime-gpu)" in status.missing
+    assert status.missing[-1] == "package open_clip_torch" and "insightface" not in " ".join(status.missing)
+    webui.shared.opts.set("magicnaming_face_detector", "insightface")
+    status = encoder_cache.encoder_status()
+    assert any(m.startswith("package insightface (the face detector setting is") for m in status.missing)
+    assert "package onnxruntime (or onnxruntime-gpu), for insightface" in status.missing
     webui.shared.sd_model = webui.toy.ToySDXL()
     client = started_app(webui)
     body = {"name": "ada", "names": [{"name": "Ada Lovelace"}]}

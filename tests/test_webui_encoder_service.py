@@ -1,6 +1,6 @@
 """The photo encoder as the WebUI glue serves it: built from settings inside the WebUI stand-in, cached by
-the checkpoint's content hash, used by the REST routes and the tab with tiny random towers and a tiny
-SCRFD-signature detector (the encoder part's fixtures)."""
+the checkpoint's content hash, used by the REST routes and the tab with tiny random towers and tiny
+detectors of YuNet's and SCRFD's signatures (the encoder part's fixtures)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from skimage import data as skdata
 from webui_standin import webui  # noqa: F401 - the fixture
+from yunet_fixtures import FileServer, pin_for, yunet_for_photo
 
 from lib_magicnaming.errors import EncoderError
 
@@ -62,9 +63,13 @@ def test_status_before_and_after_use(env, astronaut_png):
     status = env.client.get("/magicnaming/v1/encoder").json()
     assert status["ready"] is True and status["loaded"] is False
     assert (status["checkpoint"], status["checkpoint_hash"]) == ("tiny.safetensors", env.checkpoint_hash)
-    assert status["detector_provider"].startswith("none: No face detector")
+    # the default detector, 'auto', with no YuNet file and downloads off (HF_HUB_OFFLINE=1 in the tests)
+    assert status["detector"] == "auto"
+    assert status["detector_provider"].startswith("none: The face detector file face_detection_yunet_2023mar")
 
-    install_pack(env.insightface_root, [FACE_BOX], (512, 512))
+    install_pack(env.insightface_root, [FACE_BOX], (512, 512))  # auto falls back to an installed pack
+    status = env.client.get("/magicnaming/v1/encoder").json()
+    assert status["detector_state"] == "insightface:buffalo_l (loads on first use)"
     body = {"name": "astro", "photos": [base64.b64encode(astronaut_png).decode()]}
     response = env.client.post("/magicnaming/v1/identities/from-photos", json=body)
     assert response.status_code == 201, response.text
@@ -76,8 +81,10 @@ def test_status_before_and_after_use(env, astronaut_png):
     assert origin["kind"] == "photos" and origin["encoder_hash"] == env.checkpoint_hash
     assert response.json()["identity"]["has_thumbnail"] is True
 
+    assert report["detector"] == "insightface:buffalo_l"
     status = env.client.get("/magicnaming/v1/encoder").json()
     assert status["loaded"] is True and status["detector_provider"] == "CPUExecutionProvider"
+    assert status["detector_state"] == "insightface:buffalo_l on CPUExecutionProvider"
 
 
 def test_no_face_is_422_naming_the_photo(env, astronaut_png):
@@ -176,3 +183,52 @@ def test_checkpoint_hash_is_computed_once_per_version_of_the_file(tmp_path, monk
     path.write_bytes(b"two")
     os.utime(path, ns=(1, 1))  # a rewrite within one clock tick could keep the mtime; make it differ
     assert encoder_cache.checkpoint_sha256(path) == real(path) != first and len(hashed) == 2
+
+
+def test_default_settings_fetch_yunet_on_first_use_and_make_an_identity(env, astronaut_png, tmp_path,
+                                                                        monkeypatch):
+    """A WebUI where install.py installed nothing for detection: the default detector downloads its file
+    (from a server on 127.0.0.1 standing in for opencv_zoo) at the first photo, then finds the face."""
+    from lib_magicnaming import detector_files
+    from lib_magicnaming.webui import encoder_cache
+
+    model = yunet_for_photo(tmp_path / "served" / "tiny.onnx", [FACE_BOX], (512, 512))
+    server = FileServer(model.read_bytes())
+    try:
+        monkeypatch.setattr(detector_files, "YUNET_2023MAR", pin_for(model, url=server.url()))
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(name, raising=False)
+        status = env.client.get("/magicnaming/v1/encoder").json()
+        assert status["ready"] is True and "downloaded into" in status["detector_state"]
+        assert server.requests == 0  # not at start-up, not for the status
+        body = {"name": "astro", "photos": [base64.b64encode(astronaut_png).decode()]}
+        response = env.client.post("/magicnaming/v1/identities/from-photos", json=body)
+        assert response.status_code == 201, response.text
+        (report,) = response.json()["per_photo"]
+        assert report["detector"] == "yunet-2023mar" and report["provider"].startswith("OpenCV 4.")
+        assert report["box"] == pytest.approx(list(FACE_BOX[:4]), abs=0.1) and report["notes"] == []
+        detectors = tmp_path / "models" / "magicnaming" / "detectors"
+        assert (detectors / "face_detection_yunet_2023mar.onnx").read_bytes() == model.read_bytes()
+        env.client.post("/magicnaming/v1/identities/from-photos", json={**body, "name": "astro2"})
+        assert server.requests == 1  # downloaded once
+        assert encoder_cache.encoder_status().detector_state.startswith("yunet-2023mar")
+    finally:
+        server.close()
+
+
+def test_the_insightface_setting_without_insightface_says_what_to_do(env, monkeypatch):
+    import sys
+
+    from lib_magicnaming.webui import encoder_cache
+
+    env.shared.opts.set("magicnaming_face_detector", "insightface")
+    monkeypatch.setitem(sys.modules, "insightface", None)  # install.py could not install it
+    status = encoder_cache.encoder_status()
+    assert not status.ready and status.detector == "insightface"
+    (missing,) = [m for m in status.missing if "insightface" in m]
+    assert "install.py installs it at the next WebUI start" in missing and "'auto'" in missing
+    assert status.summary().startswith("MagicNaming encoder unavailable: package insightface")
+    with pytest.raises(EncoderError, match="package|insightface"):
+        encoder_cache.get_encoder()
+    env.shared.opts.set("magicnaming_face_detector", "auto")  # YuNet needs no package
+    assert encoder_cache.encoder_status().ready

@@ -1,12 +1,17 @@
 """Stage ``faces``: face crops with the extension's own detector and crop code, filtered by identity.
 
 1. Capture: every image of the images table goes through ``lib_magicnaming.face.capture_face`` (the same
-   insightface detector, square margin crop and size the extension uses on a user's photo; the crop settings
-   come from ``--crop-size``/``--margin``). ``--assume-cropped`` uses each image's centred square instead of
-   running a detector (synthetic or pre-cropped data). Unreadable images and images without a face are
-   skipped and reported.
-2. Identity consistency (optional, the paper's steps 5 and 7): a face-recognition model (an insightface
-   ArcFace ONNX model, e.g. the pack's ``w600k_r50.onnx``, loaded through insightface's model zoo) embeds
+   detectors, square margin crop and size the extension uses on a user's photo; the crop settings come from
+   ``--crop-size``/``--margin``). The detector is YuNet by default (``cv2.FaceDetectorYN``, MIT licence: its
+   file from ``--yunet-file``, or ``detectors/`` of ``--models-dir``, fetched there with
+   ``--allow-download``), or an insightface pack with ``--detector insightface --insightface-root``
+   (non-commercial packs). ``--assume-cropped`` uses each image's centred square instead of running a
+   detector (synthetic or pre-cropped data). Unreadable images, images without a face and faces too small
+   for a crop are skipped and reported. ``faces.json`` records the detector and crop rule, and the features
+   stage carries them into the encoder checkpoint, so the extension can say when it detects faces otherwise.
+2. Identity consistency (optional, the paper's steps 5 and 7; needs insightface): a face-recognition model
+   (an insightface ArcFace ONNX model, e.g. the pack's ``w600k_r50.onnx``, loaded through insightface's
+   model zoo) embeds
    every crop (resized to the model's input; not landmark-aligned). Per identity the reference is the
    normalised mean embedding; crops whose cosine similarity to it is below ``--consistency-threshold`` are
    dropped, then the reference is recomputed once from the kept crops and the test repeated. The threshold
@@ -20,15 +25,22 @@ consistency), ``faces.json`` (settings, counts) and ``skipped.json``.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lib_magicnaming.errors import FaceError
-from lib_magicnaming.face import DEFAULT_PACK, CropConfig, FaceDetector, capture_face
-from training.common import SkipReport, TrainingError, read_table, write_json, write_table
+from lib_magicnaming.face import CropConfig, capture_face
+from lib_magicnaming.face_detectors import (
+    DEFAULT_PACK,
+    NO_DETECTOR,
+    FaceDetector,
+    InsightFaceDetector,
+    YuNetDetector,
+)
+from training.common import SkipReport, TrainingError, read_json, read_table, write_json, write_table
 
 PAPER_DROP_AT_MOST = 5
 """The paper drops identities with 5 images or fewer."""
@@ -160,9 +172,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="images table (images stage)")
     parser.add_argument("--out", required=True, help="output folder (crops/, faces.csv, faces.json)")
     parser.add_argument(
+        "--detector", choices=("yunet", "insightface"), default="yunet",
+        help="face detector: YuNet through OpenCV (MIT; default) or an insightface pack (non-commercial)",
+    )
+    parser.add_argument("--yunet-file", help="the YuNet model file (face_detection_yunet_2023mar.onnx)")
+    parser.add_argument(
+        "--models-dir", help="WebUI models/magicnaming: the YuNet file is looked for in its detectors/"
+    )
+    parser.add_argument(
+        "--allow-download", action="store_true", help="fetch a missing YuNet file into MODELS_DIR/detectors"
+    )
+    parser.add_argument(
         "--insightface-root", help="folder holding models/<pack>/ (the WebUI's models/insightface)"
     )
-    parser.add_argument("--pack", default=DEFAULT_PACK, help="insightface pack with the detector")
+    parser.add_argument("--pack", default=DEFAULT_PACK, help="insightface pack (detector, recognition model)")
     parser.add_argument("--assume-cropped", action="store_true", help="use each image's centred square")
     parser.add_argument("--crop-size", type=int, default=CropConfig().size)
     parser.add_argument("--margin", type=float, default=CropConfig().margin)
@@ -180,16 +203,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu", action="store_true", help="run onnxruntime on the CPU only")
 
 
+def build_detector(args: argparse.Namespace) -> FaceDetector | None:
+    """The detector the arguments ask for, loaded (None with ``--assume-cropped``)."""
+    if args.assume_cropped:
+        return None
+    if args.detector == "insightface":
+        if not args.insightface_root:
+            raise TrainingError("--detector insightface needs --insightface-root (the folder holding "
+                                "models/<pack>)")
+        return InsightFaceDetector(args.insightface_root, args.pack, use_cuda=not args.cpu).load()
+    if args.yunet_file:
+        return YuNetDetector(model_path=args.yunet_file).load()
+    if not args.models_dir:
+        raise TrainingError(
+            "faces needs the YuNet face detector file: --models-dir (the WebUI's models/magicnaming; the "
+            "file is looked for in its detectors/, fetched with --allow-download) or --yunet-file; or use "
+            "--detector insightface --insightface-root, or --assume-cropped"
+        )
+    return YuNetDetector(Path(args.models_dir) / "detectors", allow_download=args.allow_download).load()
+
+
+def recorded_crop(faces_table: str | Path) -> dict | None:
+    """The crop record (``crop`` of faces.json: size, margin, rule, detector) of the faces stage that wrote
+    ``faces_table``; None for a faces table without faces.json beside it."""
+    report = Path(faces_table).parent / "faces.json"
+    if not report.is_file():
+        return None
+    crop = read_json(report, "faces report").get("crop")
+    return crop if isinstance(crop, dict) else None
+
+
 def run(args: argparse.Namespace) -> pd.DataFrame:
     """Run the ``faces`` stage; writes crops, faces.csv, faces.json and skipped.json."""
     out = Path(args.out)
     images = read_table(args.images, "images table", columns=("image_id", "name", "path"))
     crop = CropConfig(size=args.crop_size, margin=args.margin).validate()
-    detector = None
-    if not args.assume_cropped:
-        if not args.insightface_root:
-            raise TrainingError("faces needs --insightface-root (detector pack) or --assume-cropped")
-        detector = FaceDetector(args.insightface_root, args.pack, use_cuda=not args.cpu).load()
+    detector = build_detector(args)
+    crop = replace(crop, detector=NO_DETECTOR if detector is None else detector.name)
     report = SkipReport("faces")
     faces = capture_all(images, out, detector, crop, args.assume_cropped, report)
     captured = len(faces)
@@ -218,7 +268,9 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             "identities": int(faces["name"].nunique()),
             "crop": crop.to_dict(),
             "assume_cropped": bool(args.assume_cropped),
-            "detector": None if detector is None else {"pack": args.pack, "provider": detector.provider},
+            "detector": None if detector is None else {
+                "name": detector.name, "provider": detector.provider,
+            },
             "consistency": None
             if rule is None
             else {

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from lib_magicnaming.atomic import write_atomic
+from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.face import CropConfig, pixels_from_crop
 from lib_magicnaming.factory import build_encoder
 from lib_magicnaming.model import EncoderConfig, NameEncoder
@@ -38,8 +39,25 @@ from training.common import SkipReport, TrainingError, read_json, read_table, wr
 from training.distributed import Place, current_place
 
 MANIFEST = "manifest.json"
+CROP_FROM_FACES = ("margin", "rule", "detector")
+"""What the crop record takes from the faces stage (size, mean and std belong to the towers)."""
 RANDOM_TOWERS_FILE = "random_towers.safetensors"
 FACES_COLUMNS = ("image_id", "name", "crop_path")
+
+
+def crop_as_captured(crop: CropConfig, faces_table: str | Path) -> CropConfig:
+    """``crop`` with the margin, rule and detector the faces stage really used (its faces.json), so the
+    checkpoint records how its training crops were made; unchanged without a faces.json."""
+    from training.faces import recorded_crop
+
+    recorded = recorded_crop(faces_table)
+    if recorded is None:
+        return crop
+    taken = {key: recorded[key] for key in CROP_FROM_FACES if key in recorded}
+    try:
+        return CropConfig.from_dict({**crop.to_dict(), **taken})
+    except MagicNamingError as err:
+        raise TrainingError(f"the faces report beside {faces_table}: {err}") from err
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -226,6 +244,7 @@ def run(args: argparse.Namespace) -> dict:
     identity_index = {n: i for i, n in enumerate(names)}
     plan = ShardPlan(rows=len(faces), shard_size=args.shard_size)
     encoder = build_feature_encoder(args, folder, place)
+    encoder.config.crop = crop_as_captured(encoder.config.crop, args.faces)
     manifest = {
         "names": names,
         "shards": plan.count,

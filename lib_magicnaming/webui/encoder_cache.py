@@ -22,12 +22,15 @@ from lib_magicnaming.constants import SHORT_HASH_CHARS
 from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
 
-OPTIONAL_PACKAGES = {
-    "open_clip": "open_clip_torch",
-    "insightface": "insightface",
-    "onnxruntime": "onnxruntime (or onnxruntime-gpu)",
+OPTIONAL_PACKAGES = {"open_clip": "open_clip_torch"}
+"""Importable module -> what to install; the photo encoder needs them (install.py installs them)."""
+INSIGHTFACE_PACKAGES = {
+    "insightface": "insightface (the face detector setting is 'insightface': install.py installs it at the "
+                   "next WebUI start and prints what happened in the console; or choose the 'auto' face "
+                   "detector)",
+    "onnxruntime": "onnxruntime (or onnxruntime-gpu), for insightface",
 }
-"""Importable module -> what to install; the photo encoder needs all three (install.py installs them)."""
+"""Needed too when the face detector setting is 'insightface' (YuNet, the default, needs only OpenCV)."""
 
 _ENCODERS: dict[tuple, Any] = {}
 """(checkpoint sha256, device, detector pack, the other settings it was built with) -> IdentityEncoder.
@@ -43,6 +46,10 @@ class EncoderStatus:
     checkpoint: str | None = None
     checkpoint_hash: str | None = None
     device: str | None = None
+    detector: str | None = None
+    """The face detector setting (auto, yunet, insightface)."""
+    detector_state: str | None = None
+    """What detects faces (or will, on first use), or ``none: <what to do>``."""
     detector_pack: str | None = None
     detector_provider: str | None = None
     encoder_dir: str | None = None
@@ -62,16 +69,30 @@ class EncoderStatus:
         if self.missing:
             return "MagicNaming encoder unavailable: " + "; ".join(self.missing)
         state = "loaded" if self.loaded else "not loaded yet"
-        detector = self.detector_provider or "detector not loaded yet"
+        detector = self.detector_state or self.detector_provider or "detector not loaded yet"
         return (
             f"MagicNaming encoder {self.checkpoint} [{self.checkpoint_hash}] {state} "
-            f"({self.device}; {detector})"
+            f"({self.device}; face detector: {detector})"
         )
 
 
-def missing_packages() -> list[str]:
-    """Install hints for the optional packages that do not import here."""
-    return [hint for module, hint in OPTIONAL_PACKAGES.items() if importlib.util.find_spec(module) is None]
+def missing_packages(settings: MagicNamingSettings | None = None) -> list[str]:
+    """Install hints for the packages the photo encoder needs with these settings that do not import here."""
+    needed = dict(OPTIONAL_PACKAGES)
+    if settings is not None and settings.face_detector == "insightface":
+        needed.update(INSIGHTFACE_PACKAGES)
+    return [hint for module, hint in needed.items() if importlib.util.find_spec(module) is None]
+
+
+def face_detector(settings: MagicNamingSettings) -> Any:
+    """The face detector the settings pick (nothing loads or downloads until it detects)."""
+    from lib_magicnaming.face_detectors import make_detector
+
+    return make_detector(
+        settings.face_detector, detectors_dir=settings.detectors_dir,
+        allow_download=settings.download_detector, insightface_root=settings.insightface_root,
+        pack=settings.detector_pack,
+    )
 
 
 def find_encoder_checkpoint(settings: MagicNamingSettings) -> Path:
@@ -132,8 +153,8 @@ def _file_version_sha256(path: str, _size: int, _mtime_ns: int, _inode: int) -> 
     return file_sha256(path)
 
 
-def _require_packages() -> None:
-    missing = missing_packages()
+def _require_packages(settings: MagicNamingSettings) -> None:
+    missing = missing_packages(settings)
     if missing:
         raise EncoderError(
             "The MagicNaming photo encoder needs packages that are not installed: " + ", ".join(missing)
@@ -142,19 +163,20 @@ def _require_packages() -> None:
 
 
 def _encoder_key(checkpoint_sha256: str, settings: MagicNamingSettings) -> tuple:
-    return (checkpoint_sha256, resolve_device(settings.encoder_device), settings.detector_pack,
-            settings.keep_encoder_loaded, webui_lowvram(), str(settings.models_dir), settings.download_towers)
+    return (checkpoint_sha256, resolve_device(settings.encoder_device), settings.face_detector,
+            settings.detector_pack, settings.download_detector, settings.keep_encoder_loaded, webui_lowvram(),
+            str(settings.models_dir), settings.download_towers)
 
 
 def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
     """The photo encoder (an ``IdentityEncoder``; its model loads on first use) for the current settings.
 
     Raises EncoderError naming the folder to put a checkpoint in when none is installed, or the packages
-    to install when open_clip/insightface/onnxruntime are missing.
+    to install when open_clip (or, for the insightface detector, insightface/onnxruntime) is missing.
     """
     settings = settings or current_settings()
     checkpoint = find_encoder_checkpoint(settings)
-    _require_packages()
+    _require_packages(settings)
     key = _encoder_key(checkpoint_sha256(checkpoint), settings)
     with _ENCODERS_LOCK:
         encoder = _ENCODERS.get(key)
@@ -165,8 +187,7 @@ def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
             encoder = IdentityEncoder(
                 checkpoint,
                 models_dir=settings.models_dir,
-                insightface_root=settings.insightface_root,
-                pack=settings.detector_pack,
+                detector=face_detector(settings),
                 device=resolve_device(settings.encoder_device),
                 keep_loaded=settings.keep_encoder_loaded,
                 lowvram=webui_lowvram(),
@@ -182,20 +203,18 @@ def _cached_encoder(key: tuple) -> Any | None:
 
 
 def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus:
-    """Loaded or not, checkpoint name and hash, device, detector provider, and what is missing."""
-    from lib_magicnaming.face import missing_pack_message
-
+    """Loaded or not, checkpoint name and hash, device, face detector, and what is missing (never loads or
+    downloads anything)."""
     settings = settings or current_settings()
     status = EncoderStatus(
         loaded=False,
         encoder_dir=str(settings.encoder_dir),
+        detector=settings.face_detector,
         detector_pack=settings.detector_pack,
         device=resolve_device(settings.encoder_device),
-        missing=[f"package {hint}" for hint in missing_packages()],
+        missing=[f"package {hint}" for hint in missing_packages(settings)],
     )
-    if not (settings.detector_dir.is_dir() and any(settings.detector_dir.glob("*.onnx"))):
-        missing = missing_pack_message(settings.insightface_root, settings.detector_pack)
-        status.detector_provider = "none: " + missing
+    _describe_detector(status, face_detector(settings))
     try:
         checkpoint = find_encoder_checkpoint(settings)
     except EncoderError as error:
@@ -207,7 +226,14 @@ def encoder_status(settings: MagicNamingSettings | None = None) -> EncoderStatus
     encoder = _cached_encoder(_encoder_key(sha, settings))
     if encoder is not None:
         status.loaded = bool(encoder.is_loaded)
-        detector = encoder.detector
-        if detector is not None and detector.provider:
-            status.detector_provider = str(detector.provider)
+        if encoder.detector is not None:
+            _describe_detector(status, encoder.detector)
     return status
+
+
+def _describe_detector(status: EncoderStatus, detector: Any) -> None:
+    status.detector_state = detector.describe()
+    if detector.provider:
+        status.detector_provider = str(detector.provider)
+    elif status.detector_state.startswith("none:"):
+        status.detector_provider = status.detector_state

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from lib_magicnaming.errors import EncoderError, FaceError
-from lib_magicnaming.face import DEFAULT_PACK, validate_pack_name
+from lib_magicnaming.face_detectors import (
+    DEFAULT_DETECTOR,
+    DEFAULT_PACK,
+    DETECTOR_CHOICES,
+    validate_detector_choice,
+    validate_pack_name,
+)
 from lib_magicnaming.identity_library import identities_dir
 
 SECTION = ("magicnaming", "MagicNaming")
@@ -28,9 +34,14 @@ OPT_ENCODER_DEVICE = "magicnaming_encoder_device"
 OPT_KEEP_ENCODER_LOADED = "magicnaming_keep_encoder_loaded"
 OPT_DETECTOR_PACK = "magicnaming_detector_pack"
 OPT_DOWNLOAD_TOWERS = "magicnaming_download_towers"
+OPT_FACE_DETECTOR = "magicnaming_face_detector"
+"""auto | yunet | insightface. install.py reads it from the WebUI's config file: 'insightface' makes it
+install insightface at the next start."""
+OPT_DOWNLOAD_DETECTOR = "magicnaming_download_detector"
 
 OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-"""Set to 1/true/yes, either one forbids downloading tower weights whatever the setting says."""
+"""Set to 1/true/yes, either one forbids downloading tower weights and the face detector file whatever the
+settings say."""
 
 DEFAULT_FOLDER_NAME = "magicnaming"
 """Under the WebUI's models folder when the models-folder setting is blank."""
@@ -55,6 +66,10 @@ class MagicNamingSettings:
     detector_pack: str
     download_towers: bool = False
     """Fetch missing CLIP tower weights through open_clip's pretrained mechanism (never when offline)."""
+    face_detector: str = DEFAULT_DETECTOR
+    """auto, yunet or insightface (lib_magicnaming.face_detectors.make_detector)."""
+    download_detector: bool = False
+    """Fetch the YuNet file into ``detectors/`` on the first detection when it is absent (never offline)."""
 
     @property
     def identities_dir(self) -> Path:
@@ -71,6 +86,11 @@ class MagicNamingSettings:
         """Folder of the chosen insightface detector pack."""
         return self.insightface_root / "models" / self.detector_pack
 
+    @property
+    def detectors_dir(self) -> Path:
+        """Folder of the YuNet face detector file."""
+        return self.models_dir / "detectors"
+
 
 def validate_device(device: str) -> str:
     """Return ``device`` if it is auto, cpu, cuda, cuda:N or mps; raise EncoderError otherwise."""
@@ -82,8 +102,8 @@ def validate_device(device: str) -> str:
 
 
 def validate_detector_pack(pack: str) -> str:
-    """Return the setting ``pack`` stripped if it is a plain folder name (face.validate_pack_name); raise
-    EncoderError otherwise."""
+    """Return the setting ``pack`` stripped if it is a plain folder name
+    (face_detectors.validate_pack_name); raise EncoderError otherwise."""
     try:
         return validate_pack_name(pack.strip() if isinstance(pack, str) else pack)
     except FaceError:
@@ -106,8 +126,8 @@ def read_settings(opts: Any, cmd_opts: Any, models_path: str | Path) -> MagicNam
     """Resolve settings: a flag (``--magicnaming-dir``/``--magicnaming-device``) beats its setting.
 
     ``opts``/``cmd_opts`` are the WebUI's ``shared.opts``/``shared.cmd_opts`` (any object with those
-    attributes); ``models_path`` is ``modules.paths.models_path``. Raises EncoderError for a bad device or
-    detector pack, naming the value.
+    attributes); ``models_path`` is ``modules.paths.models_path``. Raises EncoderError for a bad device,
+    face detector or detector pack, naming the value.
     """
     models_path = Path(models_path)
     folder = getattr(cmd_opts, "magicnaming_dir", None) or str(_opt(opts, OPT_MODELS_DIR, "")).strip()
@@ -121,6 +141,8 @@ def read_settings(opts: Any, cmd_opts: Any, models_path: str | Path) -> MagicNam
         keep_encoder_loaded=bool(_opt(opts, OPT_KEEP_ENCODER_LOADED, False)),
         detector_pack=validate_detector_pack(str(_opt(opts, OPT_DETECTOR_PACK, DEFAULT_PACK))),
         download_towers=bool(_opt(opts, OPT_DOWNLOAD_TOWERS, True)) and not offline_by_environment(),
+        face_detector=validate_detector_choice(_opt(opts, OPT_FACE_DETECTOR, DEFAULT_DETECTOR)),
+        download_detector=bool(_opt(opts, OPT_DOWNLOAD_DETECTOR, True)) and not offline_by_environment(),
     )
 
 
@@ -155,6 +177,15 @@ def on_ui_settings() -> None:
     add(OPT_DOWNLOAD_TOWERS, shared.OptionInfo(
         True, "Download missing CLIP tower weights with open_clip (off, or HF_HUB_OFFLINE=1: only files in "
         "<folder>/towers are used)", section=SECTION))
-    add(OPT_DETECTOR_PACK, shared.OptionInfo(
-        DEFAULT_PACK, "Face detector pack (folder under models/insightface/models)",
+    add(OPT_FACE_DETECTOR, shared.OptionInfo(
+        DEFAULT_DETECTOR, "Face detector (auto: YuNet, or an installed insightface pack when YuNet's file "
+        "cannot be had; yunet: OpenCV's YuNet, MIT licence, nothing to install; insightface: an insightface "
+        "pack, non-commercial use only, installed by install.py at the next start)",
+        gr.Radio, {"choices": list(DETECTOR_CHOICES)}, section=SECTION))
+    add(OPT_DOWNLOAD_DETECTOR, shared.OptionInfo(
+        True, "Download the YuNet face detector file (227 KiB, from opencv_zoo) into <folder>/detectors on "
+        "the first face detection when it is missing (off, or HF_HUB_OFFLINE=1: put it there yourself)",
         section=SECTION))
+    add(OPT_DETECTOR_PACK, shared.OptionInfo(
+        DEFAULT_PACK, "insightface pack for the insightface face detector (folder under "
+        "models/insightface/models)", section=SECTION))

@@ -8,8 +8,7 @@ Positional order (the order of the controls ``ui()`` returns, which ``/sdapi/v1/
  2    strength    default strength of tags without one, 0..2 (default 1.0)
  3    face        optional one-off face photo, used as ``<name:face>``: a PIL image from the UI,
                   base64 text (a ``data:image/...;base64,`` prefix is allowed) from the API
- 4    face_is_crop  bool; the face photo is a face crop already: skip face detection (default false;
-                  for WebUIs without an insightface detector pack)
+ 4    face_is_crop  bool; the face photo is a face crop already: skip face detection (default false)
 ====  ==========  =====================================================================
 
 The API also accepts a single dict as the first arg: ``{"enabled": true, "mode": "in place",

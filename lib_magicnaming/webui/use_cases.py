@@ -49,6 +49,7 @@ def photo_report_json(report: PhotoReport) -> dict[str, Any]:
         "score": None if crop is None or crop.score is None else round(float(crop.score), 4),
         "box": None if crop is None or crop.box is None else [round(float(v), 1) for v in crop.box],
         "provider": None if crop is None else crop.provider,
+        "detector": None if crop is None else crop.detector,
         "distance_from_mean": report.distance_from_mean,
         "cached": report.cached,
         "notes": list(report.notes),
