@@ -92,9 +92,14 @@ class CropConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (recorded in checkpoints)."""
+        """JSON-able form (recorded in checkpoints and features manifests). Without a recorded detector and
+        with the ``box-square`` rule, ``rule`` and ``detector`` are left out: that is what files written
+        before they existed mean, and such files are written again byte for byte (a features folder of an
+        earlier version resumes)."""
         data = asdict(self)
         data["mean"], data["std"] = list(self.mean), list(self.std)
+        if self.detector is None and self.rule == BOX_SQUARE_RULE:
+            del data["rule"], data["detector"]
         return data
 
     @classmethod

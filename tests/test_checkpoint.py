@@ -107,14 +107,16 @@ V1_METADATA_OF_TINY_CONFIG = {
 """The metadata format v1 as earlier versions wrote it for tiny_config() (copied from a file they wrote)."""
 
 
-def test_metadata_is_format_v1_plus_the_crop_rule_and_detector():
-    """Format v1 as earlier versions wrote it, with two crop fields added since: the crop rule and the
-    detector that made the training crops (None: not recorded). Everything else is byte-identical."""
-    written = config_metadata(tiny_config(), {"step": 3})
-    crop = json.loads(written.pop("crop"))
-    earlier = dict(V1_METADATA_OF_TINY_CONFIG)
-    assert written == {k: v for k, v in earlier.items() if k != "crop"}
-    assert crop == {**json.loads(earlier["crop"]), "rule": "box-square", "detector": None}
+def test_metadata_is_written_as_format_v1_always_was():
+    assert config_metadata(tiny_config(), {"step": 3}) == V1_METADATA_OF_TINY_CONFIG
+
+
+def test_a_recorded_detector_is_written_with_the_crop_rule_beside_v1s_crop_fields():
+    config = tiny_config()
+    config.crop.detector = "yunet-2023mar"
+    crop = json.loads(config_metadata(config, {"step": 3})["crop"])
+    v1_crop = json.loads(V1_METADATA_OF_TINY_CONFIG["crop"])
+    assert crop == {**v1_crop, "rule": "box-square", "detector": "yunet-2023mar"}
 
 
 def test_a_checkpoint_written_by_an_earlier_version_loads(tmp_path, stats):
