@@ -47,10 +47,7 @@ def write_text_towers_json(path: Path) -> Path:
 
 
 def write_clip_spec_json(path: Path) -> Path:
-    spec = tiny_clip_spec()
-    path.write_text(
-        json.dumps({k: getattr(spec, k) for k in ("arch", "pretrained", "quick_gelu", "model_cfg")})
-    )
+    path.write_text(json.dumps(tiny_clip_spec().to_dict()))
     return path
 
 
@@ -237,7 +234,8 @@ def lfw_faces(count: int, size: int = 128) -> list[Image.Image]:
 
 
 def write_people(root: Path) -> Path:
-    """``Eileen_Collins`` (the astronaut photo, mirrored and shifted: a real name) and ``lfw_faces``."""
+    """``Eileen_Collins`` (the astronaut photo, mirrored and shifted: a real name), ``lfw_faces`` and
+    ``zz_no_face`` (one black photo: no face, so no identity)."""
     eileen = root / "Eileen_Collins"
     eileen.mkdir(parents=True)
     photo = astronaut()
@@ -248,6 +246,9 @@ def write_people(root: Path) -> Path:
     faces.mkdir()
     for k, face in enumerate(lfw_faces(3)):
         face.save(faces / f"{k}.png")
+    nobody = root / "zz_no_face"
+    nobody.mkdir()
+    Image.new("RGB", (128, 128), (0, 0, 0)).save(nobody / "dark.png")
     return root
 
 

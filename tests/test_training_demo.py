@@ -25,3 +25,11 @@ def test_demo_ends_with_a_checkpoint_the_extension_loads_and_encodes_with(tmp_pa
     other = encoder.encode_photos([draw_face(3, 500)], assume_cropped=True).embedding
     assert torch.isfinite(first).all() and not torch.allclose(first, other)
     assert (out / "run" / "eval-val.json").is_file() and (out / "run" / "loss.png").is_file()
+    likeness = json.loads((out / "likeness.json").read_text())
+    assert list(likeness["rows"]) == ["identity", "no_identity", "real_name", "references"]
+    for row in ("identity", "no_identity", "real_name"):
+        summary = likeness["rows"][row]
+        assert summary["faces_found"] == summary["images"] == 4  # 2 people x 2 prompts x 1 seed
+        assert -1.0 <= summary["face_sim"] <= 1.0 and 0.0 <= summary["clip_t"] <= 100.0
+    assert report["likeness"] == str(out / "likeness.json") and (out / "likeness.md").is_file()
+    assert len(likeness["people"]) == 2  # the held-out identity (never trained on) and a new person

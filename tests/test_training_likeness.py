@@ -105,7 +105,10 @@ def test_every_row_and_metric_is_there_and_finite(first_run):
             "a person riding a bicycle",
         )
     assert report["no_face"] == {"overall": 0, "per_person": {"Eileen Collins": 0, "lfw faces": 0}}
+    (skipped,) = report["skipped"]
+    assert skipped["item"] == "zz no face" and "no identity from the reference photos" in skipped["reason"]
     table = (first_run / "likeness.md").read_text()
+    assert "## Skipped\n\n- zz no face: no identity from the reference photos" in table
     assert "| identity (prepend) |" in table and "| references vs each other (ceiling) |" in table
     assert "| Eileen Collins | real name in the prompt (SDXL's own likeness) |" in table
     sheet = Image.open(first_run / "sheets" / "Eileen_Collins.png")
@@ -186,24 +189,16 @@ def test_missing_detector_and_recognition_model_are_named_before_any_work(inputs
 
 def test_two_torchrun_ranks_split_the_people(inputs, tmp_path):
     out = tmp_path / "ranks"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "training",
-        *argv(inputs, out, "--no-real-name"),
-    ]
+    one_prompt = write_prompts(tmp_path / "one.txt", ["a photo of {}"])
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "training"]
+    stage = argv(inputs, out, "--no-real-name", "--prompts", str(one_prompt))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(launcher + stage, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "rank 0: 4 images generated" in result.stdout and "rank 1: 4 images generated" in result.stdout
+    # people by folder: Eileen_Collins (rank 0), lfw_faces (rank 1), zz_no_face (rank 0: no identity)
+    assert "rank 0: 2 images generated" in result.stdout and "rank 1: 2 images generated" in result.stdout
     report = read_report(out)
     assert set(report["people"]) == {"Eileen Collins", "lfw faces"}
-    assert report["rows"]["identity"]["images"] == 4 and "real_name" not in report["rows"]
+    assert [s["item"] for s in report["skipped"]] == ["zz no face"]
+    assert report["rows"]["identity"]["images"] == 2 and "real_name" not in report["rows"]

@@ -13,7 +13,7 @@ extension's tower file ``<models-dir>/towers/ViT-L-14-openai.safetensors`` when 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +33,10 @@ class ClipModelSpec:
     pretrained: str = "openai"
     quick_gelu: bool = True
     model_cfg: dict | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-able form (what ``--clip-config`` reads)."""
+        return asdict(self)
 
     @property
     def file_stem(self) -> str:

@@ -50,7 +50,7 @@ from training.likeness_inputs import (
     refuse_trained_people,
     trained_names,
 )
-from training.likeness_report import REPORT_FORMAT, REPORT_VERSION, overall, write_report
+from training.likeness_report import PEOPLE_FOLDER, REPORT_FORMAT, REPORT_VERSION, overall, write_report
 from training.sdxl import DEFAULT_SAMPLER, SAMPLERS, SDXL_CONFIGS
 
 GENERATION_FILE = "generation.json"
@@ -104,11 +104,11 @@ def plan_jobs(person: Person, identity_hash: str, args, prompts: list[str], seed
 
 def generation_settings(args: argparse.Namespace) -> dict:
     """What decides an image beyond its prompt, seed and identity (recorded in generation.json)."""
-    source = Path(args.sdxl).resolve()
+    source = Path(args.sdxl)
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
     settings = {
-        "sdxl": str(source),
-        "sdxl_bytes": source.stat().st_size if source.is_file() else None,
-        "sdxl_mtime_ns": source.stat().st_mtime_ns,
+        "sdxl": source.resolve().name,
+        "sdxl_bytes": sum(p.stat().st_size for p in files),
         "sdxl_config": None,
         "text_encoders": text_encoder_source(args),
     }
@@ -145,11 +145,9 @@ def load_detector(args: argparse.Namespace, use_cuda: bool):
     return FaceDetector(args.insightface_root, args.pack, use_cuda=use_cuda).load()
 
 
-def encode_identities(people: list[Person], args, detector, device, report: SkipReport) -> tuple[dict, str]:
-    """({folder: (F_ID, short hash, notes on unusable photos)}, encoder hash) by the extension's encoder.
-
-    A person none of whose photos gives a face is reported and left out.
-    """
+def encode_identities(people: list[Person], args, detector, device) -> tuple[dict, dict, str]:
+    """By the extension's encoder: ({folder: (F_ID, short hash, notes on unusable photos)}, {folder: why
+    there is no identity}, encoder hash). A person none of whose photos gives a face has no identity."""
     from lib_magicnaming.encode import IdentityEncoder
     from lib_magicnaming.errors import MagicNamingError
 
@@ -161,24 +159,21 @@ def encode_identities(people: list[Person], args, detector, device, report: Skip
         keep_loaded=True,
         allow_download=args.allow_download,
     )
-    identities = {}
+    identities, failed = {}, {}
     try:
         for person in people:
             photos = [str(p) for p in person.photos]
             try:
                 result = encoder.encode_photos(photos, assume_cropped=args.assume_cropped, skip_failed=True)
             except MagicNamingError as exc:
-                report.add(person.name, f"no identity from the reference photos: {exc}")
+                failed[person.folder] = f"no identity from the reference photos: {exc}"
                 continue
             digest = hashlib.sha256(result.embedding.float().contiguous().numpy().tobytes()).hexdigest()[:10]
-            identities[person.folder] = (
-                result.embedding,
-                digest,
-                [r.error for r in result.per_photo if r.error],
-            )
+            notes = [r.error for r in result.per_photo if r.error]
+            identities[person.folder] = (result.embedding, digest, notes)
     finally:
         encoder.unload()
-    return identities, encoder.encoder_hash
+    return identities, failed, encoder.encoder_hash
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -287,7 +282,13 @@ def _run(args, prompts, seeds, people: list[Person], report: SkipReport, place: 
     check_generation_settings(out, generation_settings(args), place)
     mine = people[place.rank :: place.world]
     detector = load_detector(args, place.device.type == "cuda")
-    identities, encoder_hash = encode_identities(mine, args, detector, place.device, report)
+    identities, failed, encoder_hash = encode_identities(mine, args, detector, place.device)
+    for person in mine:
+        if person.folder in failed:  # recorded for rank 0's summary, whichever rank found it
+            write_json(
+                out / PEOPLE_FOLDER / f"{person.folder}.json",
+                {"name": person.name, "skipped": failed[person.folder]},
+            )
     jobs = {
         p.folder: plan_jobs(p, identities[p.folder][1], args, prompts, seeds, out)
         for p in mine
@@ -330,9 +331,11 @@ def summarise_run(
     """Read every person's results (all ranks wrote theirs) and write likeness.json and likeness.md."""
     results = {}
     for person in people:
-        path = out / "people" / f"{person.folder}.json"
-        if path.is_file() and not any(s["item"] == person.name for s in report.skipped):
-            results[person.name] = read_json(path, "person results")
+        result = read_json(out / PEOPLE_FOLDER / f"{person.folder}.json", "person results")
+        if "skipped" in result:
+            report.add(person.name, result["skipped"])
+        else:
+            results[person.name] = result
     protocol = {
         "encoder": Path(args.encoder).name,
         "encoder_hash": encoder_hash,

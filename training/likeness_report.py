@@ -20,6 +20,9 @@ ROWS = {
     "references": "references vs each other (ceiling)",
 }
 """Method rows in table order: key -> label."""
+PEOPLE_FOLDER = "people"
+"""Each rank writes ``people/<folder>.json`` for its people; rank 0 sums them up."""
+SHEETS_FOLDER = "sheets"
 REPORT_FORMAT = "magicnaming-likeness"
 REPORT_VERSION = 1
 THUMB = 128

@@ -23,7 +23,7 @@ from training.face_similarity import (
     recognition_crop,
     reference_centre,
 )
-from training.likeness_report import ROWS, person_rows, write_contact_sheet
+from training.likeness_report import PEOPLE_FOLDER, ROWS, SHEETS_FOLDER, person_rows, write_contact_sheet
 from training.prompt_conditioning import fill
 
 SCORE_BATCH = 16
@@ -117,7 +117,7 @@ def score_person(
     """Score one person, write ``people/<folder>.json`` and ``sheets/<folder>.png``; returns the result."""
     references, centre = reference_records(person.photos, scorer)
     records = image_records(jobs, prompts, args.subject, centre, scorer, out)
-    sheet = out / "sheets" / f"{person.folder}.png"
+    sheet = out / SHEETS_FOLDER / f"{person.folder}.png"
     rows = [("references", list(person.photos))]
     rows += [
         (ROWS[row], [j.path for j in jobs if j.row == row]) for row in ROWS if any(j.row == row for j in jobs)
@@ -140,5 +140,5 @@ def score_person(
     }
     if centre is None:
         result["references"]["problem"] = "no face found in any reference photo: face similarity not computed"
-    write_json(out / "people" / f"{person.folder}.json", result)
+    write_json(out / PEOPLE_FOLDER / f"{person.folder}.json", result)
     return result

@@ -26,6 +26,7 @@ different chunk counts, the shorter is padded with the encoding of the empty pro
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ PERSON_SLOT = "{}"
 """Where the person goes in a prompt template."""
 PLACEHOLDER_TOKEN = 0
 """The token id the WebUI's tokenizer writes for each slot of a textual-inversion embedding."""
+CACHE_SIZE = 64
+"""Prompt conditionings a conditioner remembers (the same prompt serves every person's plain rows)."""
 
 
 @dataclass(frozen=True)
@@ -91,14 +94,19 @@ def _end_token() -> int:
     return _tokenizer.encoder["<end_of_text>"]
 
 
-def pooled_output(tower: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """bigG's pooled vector of (B, 77) chunk tokens, as sgm's FrozenOpenCLIPEmbedder2 computes it."""
+def pooled_output(
+    tower: nn.Module, tokens: torch.Tensor, penultimate: torch.Tensor | None = None
+) -> torch.Tensor:
+    """bigG's pooled vector of (B, 77) chunk tokens, as sgm's FrozenOpenCLIPEmbedder2 computes it.
+
+    ``penultimate``: the tower's output before its last block for these tokens, when already computed.
+    """
     padded = tokens.clone()
     end = _end_token()
     for row in padded:
         first_end = int((row == end).nonzero()[0])
         row[first_end + 1 :] = 0
-    x = hidden_before_last_block(tower, tokens, pad_with_end_token=False)
+    x = hidden_before_last_block(tower, tokens, False) if penultimate is None else penultimate
     batch_first = getattr(tower.transformer, "batch_first", False)
     x = tower.transformer.resblocks[-1](x if batch_first else x.permute(1, 0, 2), attn_mask=tower.attn_mask)
     x = tower.ln_final(x if batch_first else x.permute(1, 0, 2))
@@ -110,11 +118,12 @@ def pooled_output(tower: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 class WebUIConditioner:
     """Prompt texts -> :class:`SDXLConditioning` the way the WebUI conditions SDXL, identities spliced in."""
 
-    def __init__(self, encoder: SDXLTextEncoder):
+    def __init__(self, encoder: SDXLTextEncoder, cache_size: int = CACHE_SIZE):
         if len(encoder.towers) != 2:
             raise TrainingError(f"SDXL has two text encoders, got {len(encoder.towers)}")
         self.encoder = encoder
-        self.pooling_tower = encoder.towers[-1][1]
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, SDXLConditioning] = OrderedDict()
 
     @property
     def device(self) -> torch.device:
@@ -130,22 +139,28 @@ class WebUIConditioner:
             mask[0, slots] = True
         towers = [tower for _spec, tower in self.encoder.towers]
         with _placeholder_inputs(towers, mask):
-            rows = torch.cat(
-                [
-                    hidden_before_last_block(tower, batch, spec.pad_with_end_token).float()
-                    for spec, tower in self.encoder.towers
-                ],
-                dim=-1,
-            )
-            pooled = pooled_output(self.pooling_tower, batch).float()
-        return rows[0].cpu(), pooled[0].cpu()
+            hidden = [
+                hidden_before_last_block(t, batch, spec.pad_with_end_token) for spec, t in self.encoder.towers
+            ]
+            pooled = pooled_output(towers[-1], batch, penultimate=hidden[-1])
+        rows = torch.cat([h.float() for h in hidden], dim=-1)
+        return rows[0].cpu(), pooled[0].float().cpu()
 
-    @torch.no_grad()
     def plain(self, text: str) -> SDXLConditioning:
-        """The prompt as the WebUI conditions it (no identity)."""
-        crossattn = self.encoder.encode([text])[0].float().cpu()
-        _rows, pooled = self._chunk(tokenize_line(text)[0])
-        return SDXLConditioning(crossattn, pooled)
+        """The prompt as the WebUI conditions it (no identity); the last few are remembered by text."""
+        if text in self._cache:
+            self._cache.move_to_end(text)
+            return self._cache[text]
+        chunks = tokenize_line(text)
+        rows, pooled = self._chunk(chunks[0])
+        if len(chunks) > 1:
+            rows = self.encoder.encode([text])[0].float().cpu()
+        made = SDXLConditioning(rows, pooled)
+        if self.cache_size:
+            self._cache[text] = made
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return made
 
     def negative(self, text: str) -> SDXLConditioning:
         """The negative prompt's conditioning: all zeros when it is empty (the WebUI's rule for SDXL)."""
