@@ -177,14 +177,25 @@ def test_without_diffusers_the_stage_says_what_to_install(inputs, tmp_path, monk
     assert "pip install diffusers==0.37.1 transformers==4.57.6" in capsys.readouterr().err
 
 
-def test_missing_detector_and_recognition_model_are_named_before_any_work(inputs, tmp_path, capsys):
-    args = argv(inputs, tmp_path / "out")
-    at = args.index("--insightface-root")
-    assert main(args[:at] + args[at + 2 :]) == 2
+def without(args: list[str], flag: str) -> list[str]:
+    at = args.index(flag)
+    return args[:at] + args[at + 2 :]
+
+
+def test_missing_models_are_named_before_any_work(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(without(argv(inputs, out), "--insightface-root")) == 2
     assert "need --insightface-root" in capsys.readouterr().err
-    assert main(argv(inputs, tmp_path / "out", "--insightface-root", str(tmp_path / "empty"))) == 2
+    assert main(argv(inputs, out, "--insightface-root", str(tmp_path / "empty"))) == 2
     assert "insightface pack 'buffalo_l' is not installed" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    assert main(argv(inputs, out, "--recognition-model", str(tmp_path / "arc.onnx"))) == 2
+    assert f"face-recognition model not found: {tmp_path / 'arc.onnx'}" in capsys.readouterr().err
+    detector = inputs / "insightface" / "models" / "buffalo_l" / "det_10g.onnx"
+    assert main(argv(inputs, out, "--recognition-model", str(detector))) == 2
+    assert "not an ArcFace-style face-recognition model" in capsys.readouterr().err
+    assert main(without(without(argv(inputs, out), "--clip-config"), "--clip-random")) == 2
+    assert "CLIP-T needs the whole open_clip ViT-L-14 (openai) checkpoint" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_two_torchrun_ranks_split_the_people(inputs, tmp_path):

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from lib_magicnaming.towers import KNOWN_SOURCES, TOWERS_SUBDIR
-from training.common import TrainingError
+from training.common import TrainingError, read_json
 
 CLIP_T_SCALE = 100.0
 
@@ -38,6 +38,15 @@ class ClipModelSpec:
         """JSON-able form (what ``--clip-config`` reads)."""
         return asdict(self)
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> ClipModelSpec:
+        """A spec from a JSON file (``to_dict``'s form); errors name the file."""
+        data = read_json(path, "CLIP model spec")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise TrainingError(f"{path} is not a CLIP model spec ({exc})") from exc
+
     @property
     def file_stem(self) -> str:
         """``<arch>-<pretrained>``, the extension's tower-file naming."""
@@ -45,14 +54,9 @@ class ClipModelSpec:
 
     def config(self) -> dict:
         """The open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``)."""
-        if self.model_cfg is not None:
-            return self.model_cfg
-        import open_clip
+        from training.text_encoders import _model_config  # the one rule: custom config, else open_clip's
 
-        cfg = open_clip.get_model_config(self.arch)
-        if cfg is None:
-            raise TrainingError(f"open_clip has no model config named {self.arch!r}")
-        return cfg
+        return _model_config(self)
 
 
 DEFAULT_CLIP = ClipModelSpec()
@@ -95,6 +99,29 @@ def missing_weights_message(spec: ClipModelSpec, looked_at: Path | None) -> str:
         f"towers: {where}. Get it from {source} and pass --clip-weights FILE (or put it at "
         f"<models-dir>/{TOWERS_SUBDIR}/{spec.file_stem}.safetensors), or use --allow-download."
     )
+
+
+def weights_file(
+    spec: ClipModelSpec,
+    weights: str | Path | None,
+    models_dir: str | Path | None,
+    random_seed: int | None,
+    allow_download: bool,
+) -> Path | None:
+    """The weights file to load; None for random weights or an allowed download; TrainingError naming the
+    missing file otherwise (cheap: checked before any model loads)."""
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise TrainingError(f"CLIP-T weights not found: {weights}")
+        return Path(weights)
+    if random_seed is not None:
+        return None
+    default = default_weights_file(spec, models_dir)
+    if default is not None and default.is_file():
+        return default
+    if allow_download:
+        return None
+    raise TrainingError(missing_weights_message(spec, default))
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -143,12 +170,8 @@ class ClipScorer:
     ) -> ClipScorer:
         """From ``weights``, else the extension's tower file, else open_clip's hub (allowed), else random."""
         image_size = spec.config()["vision_cfg"]["image_size"]
-        if random_seed is not None and weights is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(random_seed)
-                return cls(build_clip(spec), image_size, device, f"random {spec.arch} (seed {random_seed})")
-        path = Path(weights) if weights is not None else default_weights_file(spec, models_dir)
-        if path is not None and path.is_file():
+        path = weights_file(spec, weights, models_dir, random_seed, allow_download)
+        if path is not None:
             model = build_clip(spec)
             state = read_state(path)
             missing = [k for k in model.state_dict() if k not in state]
@@ -160,10 +183,10 @@ class ClipScorer:
                 )
             model.load_state_dict({k: state[k] for k in model.state_dict()})
             return cls(model, image_size, device, str(path))
-        if weights is not None:
-            raise TrainingError(f"CLIP-T weights not found: {path}")
-        if not allow_download:
-            raise TrainingError(missing_weights_message(spec, path))
+        if random_seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(random_seed)
+                return cls(build_clip(spec), image_size, device, f"random {spec.arch} (seed {random_seed})")
         import open_clip
 
         model = open_clip.create_model(

@@ -39,6 +39,7 @@ import torch
 
 from training.common import SkipReport, TrainingError, read_json, write_json
 from training.distributed import Place, current_place, init_process_group
+from training.face_similarity import open_detector
 from training.likeness_generate import Job, generate_missing, text_encoder_source
 from training.likeness_inputs import (
     DEFAULT_PROMPTS,
@@ -138,11 +139,7 @@ def check_generation_settings(out: Path, settings: dict, place: Place) -> None:
 
 def load_detector(args: argparse.Namespace, use_cuda: bool):
     """The extension's face detector, loaded (None with --assume-cropped)."""
-    if args.assume_cropped:
-        return None
-    from lib_magicnaming.face import FaceDetector
-
-    return FaceDetector(args.insightface_root, args.pack, use_cuda=use_cuda).load()
+    return None if args.assume_cropped else open_detector(args.insightface_root, args.pack, use_cuda=use_cuda)
 
 
 def encode_identities(people: list[Person], args, detector, device) -> tuple[dict, dict, str]:
@@ -240,16 +237,14 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[str], tuple[int, ...
     if not args.recognition_model:
         raise TrainingError("likeness needs --recognition-model FILE (an ArcFace-signature ONNX) or 'pack'")
     if not args.assume_cropped or args.recognition_model == "pack":
-        if not args.insightface_root:
-            raise TrainingError("the face detector (and --recognition-model pack) need --insightface-root")
-        from lib_magicnaming.face import FaceDetector, missing_pack_message
-
-        if not FaceDetector(args.insightface_root, args.pack).is_installed():
-            raise TrainingError(missing_pack_message(args.insightface_root, args.pack))
+        open_detector(args.insightface_root, args.pack, use_cuda=False, load=False)
     if Path(args.sdxl).is_file():
         from training.sdxl import read_configs
 
         read_configs(args.sdxl_config)
+    from training.likeness_scoring import check_metric_inputs
+
+    check_metric_inputs(args)
     return prompts, seeds
 
 

@@ -11,6 +11,7 @@ image it was making.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def generate_missing(missing: list[Job], people: dict, prompts: list[str], args,
     conditioner = WebUIConditioner(load_text_encoder(args, device))
     empty, negative = conditioner.plain(""), conditioner.negative(args.negative_prompt)
     generator = load_generator(args.sdxl, config_folder=args.sdxl_config, sampler=args.sampler, device=device)
-    key, cond, uncond = None, None, None
+    key, cond, uncond, shown = None, None, None, set()
     for job in missing:
         if key != (job.folder, job.row, job.prompt_index):
             key = (job.folder, job.row, job.prompt_index)
@@ -127,6 +128,9 @@ def generate_missing(missing: list[Job], people: dict, prompts: list[str], args,
                 conditioner, job.row, prompts[job.prompt_index], f_id, real_name, args.subject
             )
             cond, uncond = match_lengths(made, negative, empty)
+            for note in set(made.notes) - shown:  # e.g. prompt text the identity pushed out of chunk 0
+                print(f"likeness: prompt {job.prompt_index + 1} ({job.row}): {note}", file=sys.stderr)
+                shown.add(note)
         image = generator.generate(
             cond,
             uncond,

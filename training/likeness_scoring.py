@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from lib_magicnaming.face import load_image
-from training.clip_score import DEFAULT_CLIP, ClipModelSpec, ClipScorer
-from training.common import read_json, write_json
+from training.clip_score import DEFAULT_CLIP, ClipModelSpec, ClipScorer, weights_file
+from training.common import write_json
 from training.face_similarity import (
     ArcFaceModel,
     find_face,
@@ -29,20 +29,30 @@ from training.prompt_conditioning import fill
 SCORE_BATCH = 16
 
 
+def load_face_model(args: argparse.Namespace, use_cuda: bool) -> ArcFaceModel:
+    """``--recognition-model``: an ArcFace-signature ONNX file, or the insightface pack's own."""
+    if args.recognition_model == "pack":
+        return ArcFaceModel.from_pack(args.insightface_root, args.pack, use_cuda=use_cuda)
+    return ArcFaceModel(args.recognition_model, use_cuda=use_cuda)
+
+
+def clip_spec(args: argparse.Namespace) -> ClipModelSpec:
+    """``--clip-config``'s spec, else OpenAI's CLIP ViT-L/14."""
+    return ClipModelSpec.from_file(args.clip_config) if args.clip_config else DEFAULT_CLIP
+
+
+def check_metric_inputs(args: argparse.Namespace) -> None:
+    """The recognition model loads and has ArcFace's signature; CLIP-T's weights exist (before any work)."""
+    load_face_model(args, use_cuda=False)
+    weights_file(clip_spec(args), args.clip_weights, args.models_dir, args.clip_random, args.allow_download)
+
+
 class Scorer:
     """The face detector, the recognition model and the CLIP model, loaded once."""
 
     def __init__(self, args: argparse.Namespace, detector, device):
-        use_cuda = device.type == "cuda"
-        if args.recognition_model == "pack":
-            self.face_model = ArcFaceModel.from_pack(args.insightface_root, args.pack, use_cuda=use_cuda)
-        else:
-            self.face_model = ArcFaceModel(args.recognition_model, use_cuda=use_cuda)
-        spec = (
-            ClipModelSpec(**read_json(args.clip_config, "CLIP model spec"))
-            if args.clip_config
-            else DEFAULT_CLIP
-        )
+        self.face_model = load_face_model(args, device.type == "cuda")
+        spec = clip_spec(args)
         self.clip_spec = spec
         self.clip = ClipScorer.load(
             spec,
