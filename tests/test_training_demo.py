@@ -19,8 +19,9 @@ def test_demo_ends_with_a_checkpoint_the_extension_loads_and_encodes_with(tmp_pa
     checkpoint = load_encoder_checkpoint(out / "encoder.safetensors")
     assert checkpoint.namespace_stats is not None and checkpoint.training_summary["step"] == 20
     assert set(checkpoint.tower_states) == {"clip_l", "clip_g"}
-    report = json.loads((out / "demo.json").read_text())
-    assert report["embedding_shape"] == [8, 2048] and report["encoder_hash"] == checkpoint.short_hash
+    demo_report = json.loads((out / "demo.json").read_text())
+    assert demo_report["embedding_shape"] == [8, 2048]
+    assert demo_report["encoder_hash"] == checkpoint.short_hash
     encoder = IdentityEncoder(out / "encoder.safetensors", device="cpu")
     first = encoder.encode_photos([draw_face(0, 500)], assume_cropped=True).embedding
     other = encoder.encode_photos([draw_face(3, 500)], assume_cropped=True).embedding
@@ -47,3 +48,12 @@ def test_demo_ends_with_a_checkpoint_the_extension_loads_and_encodes_with(tmp_pa
         "yunet-2023mar, so its crop may frame the face a little differently than the encoder expects"
     ]
     assert identity.embedding.shape == (8, 2048) and identity.origin["encoder_hash"] == checkpoint.short_hash
+
+    likeness = json.loads((out / "likeness.json").read_text())
+    assert list(likeness["rows"]) == ["identity", "no_identity", "real_name", "references"]
+    for row in ("identity", "no_identity", "real_name"):
+        summary = likeness["rows"][row]
+        assert summary["faces_found"] == summary["images"] == 4  # 2 people x 2 prompts x 1 seed
+        assert -1.0 <= summary["face_sim"] <= 1.0 and 0.0 <= summary["clip_t"] <= 100.0
+    assert demo_report["likeness"] == str(out / "likeness.json") and (out / "likeness.md").is_file()
+    assert len(likeness["people"]) == 2  # the held-out identity (never trained on) and a new person

@@ -42,6 +42,11 @@ STAGES: list[tuple[str, str, str]] = [
         "write the extension's encoder checkpoint (format v1) with name-space stats",
     ),
     (
+        "likeness",
+        "training.likeness",
+        "does SDXL draw the person? face similarity and CLIP-T of generated images, with peers' baselines",
+    ),
+    (
         "demo",
         "training.demo",
         "tiny synthetic dataset through every stage on CPU, ending in encoder.safetensors",

@@ -12,9 +12,13 @@ What it builds in ``--out DIR``:
 * ``features/`` (features stage with two tiny random vision towers), ``run/`` (train, eval on the training
   and the held-out identities, loss plot), and ``encoder.safetensors`` (export, towers included).
 
-It ends by loading ``encoder.safetensors`` with the extension's own ``IdentityEncoder`` and encoding a new
-drawing of a training identity into an identity embedding, reporting the nearest name. With random towers
-and text encoders the numbers show the mechanics, not quality.
+It then loads ``encoder.safetensors`` with the extension's own ``IdentityEncoder`` and encodes a new
+drawing of a training identity into an identity embedding, reporting the nearest name, and ends with the
+``likeness`` stage (when diffusers is installed): new drawings of the held-out identity and of a person
+never seen (``likeness-people/``), a tiny random SDXL-shaped diffusers pipeline (``sdxl/``), prompts encoded
+by the same random text encoders as the targets, a tiny ArcFace-signature model and a tiny CLIP, giving
+``likeness/`` and a copy of its ``likeness.json`` and ``likeness.md`` in ``DIR``. With random towers, text
+encoders and SDXL the numbers show the mechanics, not quality.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -239,7 +244,10 @@ def run(args: argparse.Namespace) -> dict:
             f"{o}/encoder.safetensors",
         ]
     )
-    return encode_new_photo(out)
+    report = encode_new_photo(out)
+    report["likeness"] = run_likeness(out)
+    (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def encode_new_photo(out: Path) -> dict:
@@ -268,3 +276,47 @@ def encode_new_photo(out: Path) -> dict:
         f"into an 8 x 2048 identity; nearest name: {nearest}"
     )
     return report
+
+
+LIKENESS_PROMPTS = ["a photo of {}", "{} riding a bicycle"]
+NEW_PERSON = "Katherine Johnson"
+"""Drawn for the likeness stage only: never in the names, targets or training."""
+
+
+def run_likeness(out: Path) -> str:
+    """The likeness stage on drawings of the held-out identity and a new person; where its report went."""
+    from training.common import TrainingError
+    from training.sdxl import import_diffusers, tiny_configs, tiny_models, write_diffusers_folder
+
+    try:
+        import_diffusers()
+    except TrainingError as exc:
+        print(f"demo: likeness skipped: {exc}")
+        return f"skipped: {exc}"
+    from training.clip_score import tiny_clip_spec
+    from training.face_similarity import write_tiny_recognition_onnx
+
+    held_out = json.loads((out / "run" / "split.json").read_text())["val"][0]
+    people = out / "likeness-people"
+    for identity, name in ((DEMO_NAMES.index(held_out), held_out), (len(DEMO_NAMES), NEW_PERSON)):
+        folder = people / name.replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(3):
+            draw_face(identity, 500 + k).save(folder / f"{k}.png")
+    configs = tiny_configs()
+    write_diffusers_folder(out / "sdxl", *tiny_models(0, configs), configs["scheduler"])
+    write_tiny_recognition_onnx(out / "arcface.onnx")
+    (out / "clip.json").write_text(json.dumps(tiny_clip_spec().to_dict()))
+    (out / "likeness-prompts.txt").write_text("\n".join(LIKENESS_PROMPTS) + "\n")
+    o = str(out)
+    _stage(
+        ["likeness", "--encoder", f"{o}/encoder.safetensors", "--people", str(people), "--sdxl", f"{o}/sdxl"]
+        + ["--out", f"{o}/likeness", "--prompts", f"{o}/likeness-prompts.txt", "--seeds", "0", "--steps", "2"]
+        + ["--width", "64", "--height", "64", "--training-run", f"{o}/run", "--assume-cropped"]
+        + ["--text-towers", f"{o}/text-towers.json", "--random-text-towers", "0"]
+        + ["--recognition-model", f"{o}/arcface.onnx", "--clip-config", f"{o}/clip.json"]
+        + ["--clip-random", "0", "--device", "cpu", "--cpu-threads", "1"]
+    )
+    for name in ("likeness.json", "likeness.md"):
+        shutil.copyfile(out / "likeness" / name, out / name)
+    return str(out / "likeness.json")
