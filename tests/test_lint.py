@@ -1,5 +1,6 @@
 """Repository hygiene: ruff (configured in pyproject.toml) finds nothing; CI runs what the README says."""
 
+import importlib.metadata
 import importlib.util
 import subprocess
 import sys
@@ -36,6 +37,34 @@ def test_ci_runs_exactly_the_readmes_two_development_commands_in_a_fresh_venv():
     activate = steps.index("source .venv-ci/bin/activate")
     assert "python3 -m venv .venv-ci" in steps[:activate] and "rm -rf .venv-ci" in steps[:activate]
     assert steps[activate + 1 :] == commands
+
+
+def test_check_pins_names_each_pinned_version_that_is_not_the_one_found_first(tmp_path, monkeypatch):
+    from conftest import pin_mismatches
+
+    shadowed = tmp_path / "site"
+    module_file = shadowed / "magicnaming_pin_probe" / "__init__.py"
+    module_file.parent.mkdir(parents=True)
+    module_file.write_text('__version__ = "2.0"\n')
+    (shadowed / "magicnaming_pin_probe-1.0.dist-info").mkdir()
+    (shadowed / "magicnaming_pin_probe-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: magicnaming-pin-probe\nVersion: 1.0\n"
+    )
+    monkeypatch.syspath_prepend(str(shadowed))
+    pins = tmp_path / "pins.txt"
+    pins.write_text(
+        f"# a comment\npytest=={pytest.__version__}  # as installed\nruff==0.0.1\nno-such-package==1.0\n"
+        "magicnaming-pin-probe==1.0\n"
+    )
+    try:
+        problems = pin_mismatches(pins)
+    finally:
+        sys.modules.pop("magicnaming_pin_probe", None)  # the check imported it
+    assert problems == [
+        f"ruff==0.0.1: {importlib.metadata.version('ruff')} is installed",
+        "no-such-package==1.0: not installed",
+        f"magicnaming-pin-probe==1.0: 2.0 is imported (from {module_file})",
+    ]
 
 
 def requirement_lines(name: str) -> list[str]:
