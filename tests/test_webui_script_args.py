@@ -15,6 +15,8 @@ from lib_magicnaming.webui.script_args import ScriptSettings, decode_face, parse
 
 pytest_plugins = ["webui_standin", "webui_standin.extension"]
 
+pytestmark = pytest.mark.ui_stack
+
 
 def png_base64(color=(10, 200, 30)) -> str:
     buffer = io.BytesIO()

@@ -17,6 +17,8 @@ from lib_magicnaming.face import FaceCrop
 from lib_magicnaming.identity import IdentityLibrary, read_identity_file
 from lib_magicnaming.webui.tab import LIBRARY_HEADERS, TabActions, build_tab, describe_origin, report_markdown
 
+pytestmark = pytest.mark.ui_stack
+
 
 @pytest.fixture()
 def library(tmp_path):
