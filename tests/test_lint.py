@@ -43,7 +43,7 @@ def test_ci_runs_the_readmes_two_development_commands_in_a_fresh_venv_then_the_u
     forge = steps[activate + 3 :]
     assert forge[-2:] == [
         ".venv-ci-forge-ui/bin/python -m pip install -r requirements-forge-ui.txt",
-        ".venv-ci-forge-ui/bin/python -m pytest -m ui_stack --check-pins requirements-forge-ui.txt",
+        ".venv-ci-forge-ui/bin/python -m pytest tests -m ui_stack --check-pins requirements-forge-ui.txt",
     ]
     assert "python -m venv --without-pip .venv-ci-forge-ui" in forge
     assert "requirements-forge-ui.txt" in section and "pytest -m ui_stack" in section
