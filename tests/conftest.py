@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import ipaddress
 import os
 import socket
+import warnings
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +58,48 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--check-pins",
+        metavar="REQUIREMENTS",
+        help="stop before the tests unless every name==version of this requirements file is the version "
+        "installed and imported (CI's second environment: requirements-forge-ui.txt)",
+    )
+
+
+def pin_mismatches(requirements: Path) -> list[str]:
+    """Each ``name==version`` of ``requirements`` that is not what this interpreter finds first."""
+    problems = []
+    for line in requirements.read_text(encoding="utf-8").splitlines():
+        name, _, version = line.split("#", 1)[0].strip().partition("==")
+        if not version:
+            continue
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            problems.append(f"{name}=={version}: not installed")
+            continue
+        if installed != version:
+            problems.append(f"{name}=={version}: {installed} is installed")
+            continue
+        try:  # the module imported must be that distribution's, not one further down sys.path
+            with warnings.catch_warnings():  # pytest's filters are not set yet: no import noise
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(name.replace("-", "_"))
+        except ImportError:  # distribution and module names differ (e.g. markdown-it-py): metadata only
+            continue
+        imported = getattr(module, "__version__", version)
+        if imported != version:
+            problems.append(f"{name}=={version}: {imported} is imported (from {module.__file__})")
+    return problems
+
+
+def pytest_configure(config):
+    requirements = config.getoption("--check-pins")
+    if requirements:
+        problems = pin_mismatches(Path(requirements))
+        if problems:
+            listed = "\n  ".join(problems)
+            raise pytest.UsageError(f"this environment does not match {requirements}:\n  {listed}")

@@ -16,6 +16,8 @@ from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.identity_library import IdentityLibrary
 from lib_magicnaming.webui.api import PREFIX, ApiLimits, build_router
 
+pytestmark = pytest.mark.ui_stack
+
 
 @pytest.fixture()
 def library(tmp_path):

@@ -17,6 +17,8 @@ from webui_standin import webui  # noqa: F401 - the fixture
 from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.namespace import f_id_from_encoding
 
+pytestmark = pytest.mark.ui_stack
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

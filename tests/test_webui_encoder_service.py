@@ -19,6 +19,8 @@ from yunet_fixtures import FileServer, pin_for, yunet_for_photo
 
 from lib_magicnaming.errors import EncoderError
 
+pytestmark = pytest.mark.ui_stack
+
 ROOT = Path(__file__).resolve().parents[1]
 FACE_BOX = (180.0, 60.0, 260.0, 170.0, 0.9)  # the astronaut's face in skimage's 512 x 512 photo
 

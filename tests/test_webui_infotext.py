@@ -1,5 +1,7 @@
 """The MagicNaming infotext entry: written per image, parsed back, and pasting restores the accordion."""
 
+import pytest
+
 from lib_magicnaming.webui.infotext import (
     INFOTEXT_KEY,
     InfotextSummary,
@@ -9,6 +11,8 @@ from lib_magicnaming.webui.infotext import (
 )
 
 pytest_plugins = ["webui_standin", "webui_standin.extension"]
+
+pytestmark = pytest.mark.ui_stack
 
 
 def test_summary_round_trip_and_duplicates_once():

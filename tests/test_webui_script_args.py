@@ -7,12 +7,15 @@ import threading
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from gradio_wire import choice_values, new_session, target_ids
 from PIL import Image
 
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.webui.script_args import ScriptSettings, decode_face, parse_script_args
 
 pytest_plugins = ["webui_standin", "webui_standin.extension"]
+
+pytestmark = pytest.mark.ui_stack
 
 
 def png_base64(color=(10, 200, 30)) -> str:
@@ -159,11 +162,12 @@ def test_opening_the_accordion_or_refresh_rereads_the_saved_identities(webui):
 
     def event(trigger) -> int:
         return next(i for i, dep in enumerate(config["dependencies"])
-                    if dep["targets"] == [trigger._id] and controls.identity._id in dep["outputs"])
+                    if target_ids(dep) == [trigger._id] and controls.identity._id in dep["outputs"])
 
     names.append("bob")
-    opened = asyncio.run(blocks.process_api(event(controls.enabled), [], state={}))["data"]
-    assert opened[0]["choices"] == ["alice", "bob"]
+    opened = asyncio.run(blocks.process_api(event(controls.enabled), [], state=new_session(blocks)))["data"]
+    assert choice_values(opened[0]["choices"]) == ["alice", "bob"]
     names.append("carol")
-    refreshed = asyncio.run(blocks.process_api(event(controls.refresh), [], state={}))["data"]
-    assert refreshed[0]["choices"] == ["alice", "bob", "carol"] and refreshed[1] == "status"
+    session = new_session(blocks)
+    refreshed = asyncio.run(blocks.process_api(event(controls.refresh), [], state=session))["data"]
+    assert choice_values(refreshed[0]["choices"]) == ["alice", "bob", "carol"] and refreshed[1] == "status"
