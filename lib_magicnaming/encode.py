@@ -11,10 +11,11 @@ keeps it on its device; ``lowvram`` never keeps it and moves one tower at a time
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -241,11 +242,13 @@ class IdentityEncoder:
         *,
         assume_cropped: bool = False,
         skip_failed: bool = False,
+        model_lock: Callable[[], contextlib.AbstractContextManager] | None = None,
     ) -> EncodeResult:
         """Encode one or several photos of one person; several are averaged in name space.
 
         A photo without a usable face raises FaceError naming it, unless ``skip_failed`` (then it is reported
-        and left out; at least one photo must work).
+        and left out; at least one photo must work). ``model_lock()``, when given, is held while the towers
+        run and only then (the WebUI's queue lock): photos are decoded and their faces found before it.
         """
         if not photos:
             raise FaceError("no photos given")
@@ -264,7 +267,9 @@ class IdentityEncoder:
                 pending.append((index, key, crop))
         if pending:
             pixels = torch.stack([pixels_from_crop(crop.image, crop_config) for _, _, crop in pending])
-            for (index, key, crop), embedding in zip(pending, self.embed_pixels(pixels), strict=True):
+            with model_lock() if model_lock is not None else contextlib.nullcontext():
+                embedded = self.embed_pixels(pixels)
+            for (index, key, crop), embedding in zip(pending, embedded, strict=True):
                 embeddings[index] = embedding.clone()
                 self._cache.put(key, _CachedPhoto(embeddings[index], crop))
         if not embeddings:
