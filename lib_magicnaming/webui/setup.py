@@ -19,18 +19,22 @@ def install_conditioning_hijack() -> AttributeHijack:
 
 
 def saved_identity_names() -> list[str]:
-    """Names of the saved identities (empty when the library cannot be read: the UI must still build)."""
+    """Names of the saved identities a prompt can use (broken files left out; empty when the library cannot be
+    read: the UI must still build)."""
     try:
         from lib_magicnaming.webui import services
+        from lib_magicnaming.webui.identity_check import check_library
 
-        return [info.name for info in services.identity_library().list()]
+        return [info.name for info in check_library(services.identity_library()).usable]
     except Exception as error:  # a broken library folder must not break the txt2img tab
         log_skipped("cannot list the saved identities (the accordion and X/Y/Z plot show none)", error)
         return []
 
 
 def status_line() -> str:
-    """One line of HTML: the encoder's state and the face detector's provider."""
+    """One line of HTML: the encoder's state and the face detector's provider (no server paths)."""
+    from lib_magicnaming.webui.redact import client_message
+
     try:
         from lib_magicnaming.webui.encoder_cache import encoder_status
 
@@ -38,7 +42,7 @@ def status_line() -> str:
     except Exception as error:  # the status line reports problems, it must never raise
         log_skipped("cannot read the encoder status", error)
         text = f"MagicNaming encoder status unavailable: {error}"
-    return f"<span class='magicnaming-status'>{html.escape(text)}</span>"
+    return f"<span class='magicnaming-status'>{html.escape(client_message(text))}</span>"
 
 
 def on_script_load() -> None:
