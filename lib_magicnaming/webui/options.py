@@ -38,6 +38,9 @@ OPT_FACE_DETECTOR = "magicnaming_face_detector"
 """auto | yunet | insightface. install.py reads it from the WebUI's config file: 'insightface' makes it
 install insightface at the next start."""
 OPT_DOWNLOAD_DETECTOR = "magicnaming_download_detector"
+OPT_AUTOCOMPLETE_MATCH = "magicnaming_autocomplete_match"
+"""prefix | anywhere: how the text typed after ``<name:`` matches saved names."""
+AUTOCOMPLETE_MATCHES = ("prefix", "anywhere")
 
 OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 """Set to 1/true/yes, either one forbids downloading tower weights and the face detector file whatever the
@@ -70,6 +73,8 @@ class MagicNamingSettings:
     """auto, yunet or insightface (lib_magicnaming.face_detectors.make_detector)."""
     download_detector: bool = False
     """Fetch the YuNet file into ``detectors/`` on the first detection when it is absent (never offline)."""
+    autocomplete_match: str = AUTOCOMPLETE_MATCHES[0]
+    """How the prompt autocomplete matches typed text: at the start of names, or anywhere in them."""
 
     @property
     def identities_dir(self) -> Path:
@@ -143,7 +148,14 @@ def read_settings(opts: Any, cmd_opts: Any, models_path: str | Path) -> MagicNam
         download_towers=bool(_opt(opts, OPT_DOWNLOAD_TOWERS, True)) and not offline_by_environment(),
         face_detector=validate_detector_choice(_opt(opts, OPT_FACE_DETECTOR, DEFAULT_DETECTOR)),
         download_detector=bool(_opt(opts, OPT_DOWNLOAD_DETECTOR, True)) and not offline_by_environment(),
+        autocomplete_match=_choice(_opt(opts, OPT_AUTOCOMPLETE_MATCH, AUTOCOMPLETE_MATCHES[0]),
+                                   AUTOCOMPLETE_MATCHES),
     )
+
+
+def _choice(value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else the first (the default): a stale setting is not fatal."""
+    return value if value in choices else choices[0]
 
 
 def current_settings() -> MagicNamingSettings:
@@ -186,6 +198,9 @@ def on_ui_settings() -> None:
         True, "Download the YuNet face detector file (227 KiB, from opencv_zoo) into <folder>/detectors on "
         "the first face detection when it is missing (off, or HF_HUB_OFFLINE=1: put it there yourself)",
         section=SECTION))
+    add(OPT_AUTOCOMPLETE_MATCH, shared.OptionInfo(
+        AUTOCOMPLETE_MATCHES[0], "Prompt autocomplete of <name:...>: match saved names by their start "
+        "(prefix) or anywhere in them", gr.Radio, {"choices": list(AUTOCOMPLETE_MATCHES)}, section=SECTION))
     add(OPT_DETECTOR_PACK, shared.OptionInfo(
         DEFAULT_PACK, "insightface pack for the insightface face detector (folder under "
         "models/insightface/models)", section=SECTION))
