@@ -1,0 +1,649 @@
+"""Issue 10: no request can stall the WebUI, limits hold for every body, API callers learn what UI users see,
+and no server path reaches a client.
+
+Each failure the issue reports is a test here: a chunked body over the limit (413, nothing written), a
+100,000-character name (400 at once, the queue lock never taken), the autocomplete under ``--api-auth``, the
+API's ``info`` carrying the notes the UI shows, error bodies of every route scanned for the server's folders,
+and a bounded load test on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import io
+import json
+import threading
+import time
+import types
+
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from webuiapp_doubles import RecordingLock, make_services, random_identity
+
+from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.identity import embedding_hash
+from lib_magicnaming.identity_library import IdentityLibrary
+from lib_magicnaming.webui.api import PREFIX, build_router
+from lib_magicnaming.webui.encoder_cache import EncoderStatus
+from lib_magicnaming.webui.limits import LIMITS, Limits, TooLarge, limit_rows
+from lib_magicnaming.webui.use_cases import IdentityUseCases
+
+pytest_plugins = ["webui_standin", "webui_standin.extension"]
+pytestmark = pytest.mark.ui_stack
+
+FROM_NAMES = f"{PREFIX}/identities/from-names"
+
+
+@pytest.fixture()
+def library(tmp_path):
+    return IdentityLibrary(tmp_path / "mn" / "identities")
+
+
+def make_client(library, *, limits=LIMITS, **services_kwargs):
+    services, calls, lock = make_services(library, **services_kwargs)
+    app = FastAPI()
+    app.include_router(build_router(services, limits=limits))
+    client = TestClient(app)
+    client.encode_calls, client.lock, client.app_under_test = calls, lock, app
+    return client
+
+
+def png_bytes(size=(16, 16), color=(90, 90, 90)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_nan_identity(library: IdentityLibrary, name: str) -> None:
+    """An identity file whose header is sound (listing reads only headers) but whose embedding holds NaN."""
+    path = library.save(random_identity(name, 9)).path
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    tensors["embedding"][3, 5] = float("nan")
+    metadata["short_hash"] = embedding_hash(tensors["embedding"])
+    save_file(tensors, str(path), metadata=metadata)
+
+
+# ------------------------------------------------------------------------------------ bodies, by bytes read
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_nothing_is_written(library):
+    limits = Limits(request_bytes=64 << 10)
+    client = make_client(library, limits=limits)
+    piece = 16 << 10
+
+    def body():  # a valid JSON body of 1 MiB, sent without Content-Length
+        yield b'{"name": "big", "names": [{"name": "'
+        for _ in range(64):
+            yield b"a" * piece
+        yield b'"}]}'
+
+    response = client.post(FROM_NAMES, content=body(), headers={"content-type": "application/json"})
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"] == "request body larger than 65,536 bytes"
+    # (the TestClient hands the app the whole body; how much the server reads: the next test)
+    assert not library.folder.exists() and client.encode_calls == [] and client.lock.entered == 0
+
+
+def asgi_post(app, path: str, headers: list[tuple[bytes, bytes]], receive) -> list[dict]:
+    """POST to the ASGI ``app`` with a hand-made ``receive``; the messages it sent back."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80),
+    }
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_an_endless_chunked_body_is_cut_at_the_limit(library):
+    """A client that never stops sending: 413, after reading at most the limit and one piece more."""
+    limits = Limits(request_bytes=1 << 20)
+    client = make_client(library, limits=limits)
+    piece = 64 << 10
+    received = 0
+
+    async def endless():
+        nonlocal received
+        received += piece
+        return {"type": "http.request", "body": b" " * piece, "more_body": True}
+
+    sent = asgi_post(client.app_under_test, FROM_NAMES, [(b"transfer-encoding", b"chunked")], endless)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
+    assert received <= limits.request_bytes + piece
+    assert client.lock.entered == 0
+
+
+def test_a_content_length_over_the_limit_is_413_before_a_byte_is_read(library):
+    client = make_client(library, limits=Limits(request_bytes=1000))
+    reads = []
+
+    async def receive():
+        reads.append(1)
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    sent = asgi_post(client.app_under_test, FROM_NAMES, [(b"content-length", b"5000")], receive)
+    assert sent[0]["status"] == 413 and reads == []
+
+
+def test_a_body_within_the_limit_is_parsed_as_before(library):
+    client = make_client(library, limits=Limits(request_bytes=4096))
+
+    def body():
+        yield b'{"name": "ada", "names": '
+        yield b'[{"name": "Ada Lovelace"}]}'
+
+    response = client.post(FROM_NAMES, content=body(), headers={"content-type": "application/json"})
+    assert response.status_code == 201, response.text and library.exists("ada")
+
+
+# ---------------------------------------------------------------------- limits before any work and the lock
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"name": "x", "names": [{"name": "a" * 100_000}]}, 400, "100,000 characters long; a name may"),
+        ({"name": "x", "names": [{"name": "a" * 201}]}, 400, "at most 200"),
+        ({"name": "x", "names": [{"name": f"n{i}"} for i in range(17)]}, 413, "at most 16 names"),
+        ({"name": "x", "names": [{"name": "Ada BREAK BREAK BREAK"}]}, 400, "BREAK"),
+        ({"name": "x" * 65, "names": [{"name": "Ada"}]}, 400, "the limit is 64"),
+    ],
+)
+def test_names_over_the_limits_are_refused_at_once_without_the_lock(library, body, status, fragment):
+    client = make_client(library)
+    response = client.post(FROM_NAMES, json=body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["detail"]
+    assert len(response.json()["detail"]) < 300  # the message quotes the name shortened
+    assert client.lock.entered == 0 and client.encode_calls == [] and not library.folder.exists()
+
+
+def test_a_name_at_the_limit_is_encoded(library):
+    client = make_client(library)
+    response = client.post(FROM_NAMES, json={"name": "x", "names": [{"name": "a" * 200}] * 16})
+    assert response.status_code == 201 and client.lock.entered == 16
+
+
+def test_a_name_longer_than_one_prompt_chunk_is_refused_before_the_lock(webui, tmp_path):
+    """In the WebUI the loaded checkpoint's own tokenizer counts a name's chunks (no model work) before the
+    lock: a 200-character name of 1-letter words is 100 tokens, two chunks, of which only the start of the
+    first would make the identity."""
+
+    class CountingLock:
+        entered = 0
+
+        def __enter__(self):
+            CountingLock.entered += 1
+
+        def __exit__(self, *exc):
+            pass
+
+    webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
+    webui.shared.cmd_opts.api = True
+    webui.shared.sd_model = webui.toy.ToySDXL()
+    from modules import call_queue
+
+    call_queue.queue_lock = CountingLock()
+    webui.load_script(webui.repo_root / "scripts" / "magicnaming_app.py")
+    app = FastAPI()
+    webui.script_callbacks.app_started_callback(None, app)
+    client = TestClient(app)
+    response = client.post(FROM_NAMES, json={"name": "x", "names": [{"name": "a " * 100}]})
+    assert response.status_code == 400
+    assert "fills 2 prompt chunks of 75 tokens; a name must fit in 1" in response.json()["detail"]
+    assert CountingLock.entered == 0
+    response = client.post(FROM_NAMES, json={"name": "x", "names": [{"name": "a " * 70}, {"name": "Ada"}]})
+    assert response.status_code == 201 and CountingLock.entered == 2
+
+
+def test_each_name_is_encoded_under_its_own_hold_of_the_lock(library):
+    """A generation waiting for the lock waits for one name at most, not a whole request."""
+    held: list[list[str]] = []
+    lock = RecordingLock()
+
+    def encode(texts):
+        assert lock.lock.locked()
+        held.append(list(texts))
+        return torch.randn(len(texts), 154, 2048)  # two chunks: only the first one is kept
+
+    services, _calls, _lock = make_services(library, encode_texts=encode, lock=lock)
+    IdentityUseCases(services).create_from_names("ab", [("Ada", 1.0), ("Bob", 1.0), ("Cy", 2.0)])
+    assert held == [["Ada"], ["Bob"], ["Cy"]] and lock.entered == 3
+
+
+def test_the_tab_refuses_the_same_limits_without_the_lock(library):
+    from lib_magicnaming.webui.tab_actions import TabActions
+
+    services, calls, lock = make_services(library)
+    actions = TabActions(services)
+    message = actions.create_from_names("x", "a" * 100_000, "linear", False)
+    assert "class='error'" in message and "a name may have at most 200" in message
+    many = " + ".join(f"n{i}" for i in range(17))
+    assert "at most 16 names" in actions.create_from_names("x", many, "linear", False)
+    assert "at most 16 identities per mix" in actions.create_mix("x", many, "linear", False)
+    assert "at most 16 photos" in actions.preview_photos([png_bytes()] * 17, False)[3]
+    assert "at most 16 identity files" in actions.import_files([b"x"] * 17, "", False)
+    assert "larger than an identity file can be" in actions.import_files([bytes(5 << 20)], "", False)
+    assert lock.entered == 0 and calls == []
+
+
+def test_photos_over_the_limits_never_reach_the_encoder_or_the_lock(library):
+    encoders = []
+    client = make_client(library, encoder=lambda: encoders.append(1), limits=Limits(photo_bytes=2000))
+    photo = base64.b64encode(png_bytes()).decode()
+    body = {"name": "d", "photos": [photo] * 17}
+    response = client.post(f"{PREFIX}/identities/from-photos", json=body)
+    assert response.status_code == 413 and "at most 16 photos" in response.json()["detail"]
+    big = base64.b64encode(bytes(3000)).decode()
+    response = client.post(f"{PREFIX}/identities/from-photos", json={"name": "d", "photos": [big]})
+    assert response.status_code == 413 and "larger than 2,000 bytes" in response.json()["detail"]
+    with pytest.raises(TooLarge, match="at most 16 photos"):
+        IdentityUseCases(make_services(library)[0]).encode_photos([b"x"] * 17)
+    assert encoders == [] and client.lock.entered == 0
+
+
+def test_only_the_towers_run_under_the_queue_lock(library, tmp_path):
+    """Loading (maybe downloading) the face detector, decoding the photos and finding their faces must not
+    happen while the WebUI's queue waits: with the real encoder (tiny towers, a detector of YuNet's
+    signature), only the towers run under the lock."""
+    from encoder_fixtures import write_tiny_checkpoint
+    from skimage import data as skdata
+    from yunet_fixtures import yunet_for_photo
+
+    from lib_magicnaming.encode import IdentityEncoder
+    from lib_magicnaming.face_detectors import YuNetDetector
+
+    lock = RecordingLock()
+    events = []
+    model = yunet_for_photo(tmp_path / "yunet.onnx", [(180.0, 60.0, 260.0, 170.0, 0.9)], (512, 512))
+    detector = YuNetDetector(model_path=model)
+    for method in ("load", "detect"):
+        def watched(*args, _real=getattr(detector, method), _name=method, **kwargs):
+            events.append((_name, lock.lock.locked()))
+            return _real(*args, **kwargs)
+        setattr(detector, method, watched)
+    write_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    encoder = IdentityEncoder(tmp_path / "tiny.safetensors", detector=detector, random_towers=True)
+    real_embed = encoder.embed_pixels
+
+    def embed(pixels):
+        events.append(("towers", lock.lock.locked()))
+        return real_embed(pixels)
+
+    encoder.embed_pixels = embed
+    services, _calls, _lock = make_services(library, encoder=lambda: encoder, lock=lock)
+    photo = io.BytesIO()
+    Image.fromarray(skdata.astronaut()).save(photo, format="PNG")
+    result = IdentityUseCases(services).encode_photos([photo.getvalue()])
+    assert result.per_photo[0].face_found and lock.entered == 1
+    assert ("towers", True) in events
+    assert all(not locked for name, locked in events if name != "towers"), events
+    assert events[0] == ("load", False)
+
+
+def test_a_one_off_face_over_the_size_limit_is_refused_before_decoding():
+    # imported here, together: the WebUI stand-in's tests import lib_magicnaming.webui afresh
+    from lib_magicnaming.webui.limits import TooLarge
+    from lib_magicnaming.webui.script_args import parse_script_args
+
+    too_big = "A" * (LIMITS.photo_bytes * 4 // 3 + 8)
+    with pytest.raises(TooLarge, match="'face' argument is larger than 16 MiB"):
+        parse_script_args([True, "prepend", 1.0, too_big])
+
+
+def test_too_many_tags_in_a_prompt_stop_the_generation_before_any_identity_is_read(magicnaming):
+    prompt = " ".join(["<name:alice>"] * (LIMITS.tags_per_prompt + 1))
+    with pytest.raises(Exception, match="holds 17 <name:...> tags; at most 16 per prompt") as raised:
+        magicnaming.run(prompt)
+    assert raised.value.status_code == 413
+    p, _ = magicnaming.run(" ".join(["<name:alice>"] * LIMITS.tags_per_prompt))
+    assert "alice:" in p.extra_generation_params["MagicNaming"]
+
+
+def test_the_readme_lists_every_limit():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for row in limit_rows():
+        assert f"| {row.what} | {row.limit} | {row.applies_to} |" in readme, row
+
+
+# ----------------------------------------------------------------------------- autocomplete under --api-auth
+
+
+def test_autocomplete_works_under_api_auth_through_the_ui_and_offers_no_broken_identity(webui, tmp_path):
+    """--api-auth guards the REST list (the browser has no API credentials); the names reach the page through
+    the accordion's gradio channel instead, with broken identities left out."""
+    import gradio as gr
+    from gradio_wire import new_session, target_ids
+
+    from lib_magicnaming.webui.accordion import build_accordion
+    from lib_magicnaming.webui.autocomplete import webui_payload
+
+    webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
+    webui.shared.cmd_opts.api = True
+    webui.shared.cmd_opts.api_auth = "user:secret"
+    library = IdentityLibrary(tmp_path / "mn" / "identities")
+    for name, seed in (("alice", 1), ("nanny", 2)):
+        library.save(random_identity(name, seed))
+    write_nan_identity(library, "broken")
+
+    app = FastAPI()
+    webui.load_script(webui.repo_root / "scripts" / "magicnaming_app.py")
+    webui.script_callbacks.ui_settings_callback()
+    webui.script_callbacks.app_started_callback(None, app)
+    rest = TestClient(app)
+    assert rest.get(f"{PREFIX}/identities").status_code == 401  # not open to anyone unauthenticated
+    listed = rest.get(f"{PREFIX}/identities", auth=("user", "secret")).json()
+    assert [item["name"] for item in listed["identities"]] == ["alice", "nanny"]
+    assert [(item["name"], item["file"]) for item in listed["broken"]] == [("broken", "broken.safetensors")]
+    assert "NaN" in listed["broken"][0]["problem"] and str(tmp_path) not in json.dumps(listed)
+
+    with gr.Blocks() as blocks:
+        controls = build_accordion(lambda part: f"script_txt2img_magicnaming_{part}", lambda: [],
+                                   lambda: "status", webui_payload)
+    blocks.queue()
+    config = blocks.get_config_file()
+    by_id = {c["props"].get("elem_id"): c for c in config["components"]}
+    names_box = by_id["script_txt2img_magicnaming_names"]
+    assert names_box["props"]["visible"] is False
+    assert json.loads(names_box["props"]["value"]) == {"names": ["alice", "nanny"], "match": "prefix"}
+
+    library.save(random_identity("bob", 3))
+    button = by_id["script_txt2img_magicnaming_names_refresh"]["id"]
+    refresh = next(i for i, dep in enumerate(config["dependencies"]) if target_ids(dep) == [button])
+    output = asyncio.run(blocks.process_api(refresh, [], state=new_session(blocks)))["data"][0]
+    value = output["value"] if isinstance(output, dict) else output  # gradio 3.41 may send an update dict
+    assert json.loads(value) == {"names": ["alice", "bob", "nanny"], "match": "prefix"}
+    assert controls.names._id == names_box["id"]
+
+    webui.shared.opts.set("magicnaming_autocomplete_match", "anywhere")
+    assert json.loads(webui_payload())["match"] == "anywhere"
+
+
+# ------------------------------------------------------------------------------ notes reach the API's info
+
+
+@pytest.fixture
+def api_client(magicnaming):
+    app = FastAPI()
+    magicnaming.webui.api.Api(app, threading.Lock())
+    return TestClient(app)
+
+
+def txt2img(prompt, args):
+    return {"prompt": prompt, "negative_prompt": "", "steps": 2, "width": 64, "height": 64,
+            "alwayson_scripts": {"MagicNaming": {"args": args}}}
+
+
+def info_notes(response) -> str:
+    info = json.loads(response.json()["info"])
+    notes = info["extra_generation_params"].get("MagicNaming notes", "")
+    assert all(notes in text for text in info["infotexts"])  # each image's parameters carry them too
+    return notes
+
+
+def test_the_api_info_says_the_extension_is_off_while_the_prompt_has_tags(magicnaming, api_client):
+    response = api_client.post("/sdapi/v1/txt2img", json=txt2img("<name:alice> jogging", []))
+    assert response.status_code == 200
+    assert "MagicNaming is off, so the WebUI dropped the <name:...> tags" in info_notes(response)
+    plain = api_client.post("/sdapi/v1/txt2img", json=txt2img("jogging", []))
+    assert "MagicNaming notes" not in plain.json()["info"]
+
+
+def test_the_api_info_carries_the_text_pushed_out_of_the_first_chunk(magicnaming, api_client):
+    prompt = "<name:alice> " + " ".join(["word"] * 74)
+    response = api_client.post("/sdapi/v1/txt2img", json=txt2img(prompt, [True]))
+    assert response.status_code == 200
+    assert "the last 6 of its 74 prompt tokens were dropped" in info_notes(response)
+
+
+def test_the_api_info_carries_what_the_one_off_face_reported(magicnaming, api_client):
+    """A detector other than the one the encoder was trained with, as the UI's comment says it."""
+    note = ("this encoder was trained on crops found by yunet-2023mar; this face was found by insightface:"
+            "buffalo_l, so its crop may frame the face a little differently than the encoder expects")
+    encoder = magicnaming.encoder
+    plain = encoder.encode_photos
+
+    def with_report(photos, **kwargs):
+        result = plain(photos, **kwargs)
+        result.per_photo = [types.SimpleNamespace(notes=[note])]
+        return result
+
+    encoder.encode_photos = with_report
+    face = base64.b64encode(png_bytes((16, 16), (250, 200, 180))).decode()
+    response = api_client.post("/sdapi/v1/txt2img", json=txt2img("<name:face> skiing", [{"face": face}]))
+    assert response.status_code == 200, response.text
+    assert f"MagicNaming, the one-off face: {note}" in info_notes(response)
+
+
+# ------------------------------------------------------------------------ no server path in any error body
+
+
+def routes_of(app) -> set[tuple[str, str]]:
+    return {(method, route.path) for route in app.routes if route.path.startswith(PREFIX)
+            for method in getattr(route, "methods", ())}
+
+
+def test_no_error_body_of_any_route_names_a_server_folder(library, tmp_path):
+    folder = library.folder.parent  # <tmp>/mn: the MagicNaming folder
+    encoder_dir = folder / "encoder"
+
+    def encoder():
+        raise EncoderError(f"No MagicNaming encoder checkpoint installed: put one in {encoder_dir}")
+
+    def encode_texts(texts):
+        raise EncoderError(f"the text encoders of {tmp_path / 'webui' / 'models' / 'sdxl.safetensors'} fail")
+
+    def status():
+        return EncoderStatus(
+            loaded=False, encoder_dir=str(encoder_dir), detector_state=f"none: {folder}/x.onnx",
+            missing=[f"No checkpoint in {encoder_dir}", f"cannot read {tmp_path}/other"],
+        )
+
+    client = make_client(library, encoder=encoder, encode_texts=encode_texts, status=status)
+    library.save(random_identity("alice", 1))
+    write_nan_identity(library, "broken")
+    (library.folder / "junk.safetensors").write_bytes(b"not an identity file at all" * 4)
+    photo = base64.b64encode(png_bytes()).decode()
+    requests = {
+        ("GET", f"{PREFIX}/identities"): [None],
+        ("GET", f"{PREFIX}/identities/{{name}}"): ["nobody", "broken", "junk", ".hidden"],
+        ("DELETE", f"{PREFIX}/identities/{{name}}"): ["nobody", ".hidden"],
+        ("POST", f"{PREFIX}/identities/from-photos"): [{"name": "d", "photos": [photo]},
+                                                       {"name": "d", "photos": ["%%%"]}],
+        ("POST", f"{PREFIX}/identities/from-names"): [{"name": "d", "names": [{"name": "Ada"}]}],
+        ("POST", f"{PREFIX}/identities/mix"): [
+            {"name": "m", "identities": [{"name": "alice"}, {"name": "zed"}]},
+            {"name": "m", "identities": [{"name": "broken"}]},
+        ],
+        ("POST", f"{PREFIX}/identities/sample"): [{"name": "s", "seed": 1}],
+        ("GET", f"{PREFIX}/encoder"): [None],
+    }
+    assert set(requests) == routes_of(client.app_under_test)  # a new route must be added here
+    forms = {str(tmp_path), str(tmp_path.resolve()), "/tmp/", str(folder)}
+    errors = 0
+    for (method, path), cases in requests.items():
+        for case in cases:
+            if isinstance(case, str):
+                response = client.request(method, path.replace("{name}", case))
+            else:
+                response = client.request(method, path, json=case)
+            errors += response.status_code >= 400
+            for form in forms:
+                assert form not in response.text, (method, path, case, response.text)
+    assert errors >= 12
+    detail = client.get(f"{PREFIX}/identities/nobody").json()["detail"]
+    assert detail == "no identity named 'nobody' in <MagicNaming folder>/identities"
+    assert client.get(f"{PREFIX}/encoder").json()["encoder_dir"] == "<MagicNaming folder>/encoder"
+
+
+def test_generation_errors_name_no_server_folder(magicnaming, api_client, tmp_path):
+    def no_encoder_here():
+        raise EncoderError(f"No MagicNaming encoder checkpoint installed: put one in {tmp_path}/mn/encoder")
+
+    magicnaming.script.services = make_services(magicnaming.library, encoder=no_encoder_here)[0]
+    face = base64.b64encode(png_bytes()).decode()
+    response = api_client.post("/sdapi/v1/txt2img", json=txt2img("<name:face>", [{"face": face}]))
+    assert response.status_code == 503
+    assert str(tmp_path) not in response.text and "/tmp/" not in response.text
+    assert "put one in <temp>/" in response.json()["detail"]  # the temp folder, by name
+
+
+def test_webui_folders_are_named_relative_to_the_webui(webui, tmp_path):
+    from modules import paths
+
+    from lib_magicnaming.webui.redact import client_message
+
+    root = tmp_path / "webui"
+    paths.data_path = paths.script_path = str(root)
+    paths.models_path = str(root / "models")
+    webui.shared.cmd_opts.magicnaming_dir = None
+    text = f"no identity named 'x' in {root}/models/magicnaming/identities; see {root}/extensions/a.py."
+    assert client_message(text) == (
+        "no identity named 'x' in models/magicnaming/identities; see extensions/a.py."
+    )
+    assert client_message("cannot write /srv/elsewhere/file.txt.") == "cannot write .../file.txt."
+    assert client_message(f"cannot write {tmp_path}/x.txt").startswith("cannot write <temp>/")
+
+
+# ------------------------------------------------------------------------------------ a bounded load test
+
+
+class FifoLock:
+    """The WebUI's queue lock: waiting threads are served in arrival order (mirrors modules/fifo_lock.py of
+    v1.10.1); counts how often it was taken. Called, it is its own context manager (Services.queue_lock)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._inner_lock = threading.Lock()
+        self._pending: collections.deque[threading.Event] = collections.deque()
+        self.entered = 0
+
+    def acquire(self) -> bool:
+        with self._inner_lock:
+            if self._lock.acquire(False):
+                self.entered += 1
+                return True
+            release_event = threading.Event()
+            self._pending.append(release_event)
+        release_event.wait()
+        self._lock.acquire()
+        self.entered += 1
+        return True
+
+    def release(self) -> None:
+        with self._inner_lock:
+            if self._pending:
+                self._pending.popleft().set()
+            self._lock.release()
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __call__(self):
+        return self
+
+
+def serve(app):
+    """Run ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; returns (base URL, stop())."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+
+    def stop():
+        server.should_exit = True
+        thread.join(10)
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+def test_small_requests_keep_being_answered_while_another_client_sends_the_worst_allowed(library):
+    """Bounded in count and time: one client sends the largest requests the limits allow (16 names of 200
+    characters, each name holding the lock while the "text encoders" work; bodies over the limit, chunked;
+    a 100,000-character name), another lists identities and makes one-name identities. Every small request
+    is answered (not: how fast)."""
+    import httpx
+
+    lock = FifoLock()
+
+    def slow_encode(texts):
+        time.sleep(0.005 * len(texts[0]) / 200)  # "GPU work" proportional to the text, under the lock
+        return torch.randn(len(texts), 77, 2048)
+
+    limits = Limits(request_bytes=1 << 20)
+    services, _calls, _lock = make_services(library, encode_texts=slow_encode, lock=lock)
+    app = FastAPI()
+    app.include_router(build_router(services, limits=limits))
+    base, stop = serve(app)
+    worst_done, small_results, failures = [], [], []
+    worst_names = {"names": [{"name": "\U00010000" * 200}] * 16, "overwrite": True}
+
+    def worst_client():
+        with httpx.Client(base_url=base, timeout=60) as http:
+            for round_ in range(4):
+                worst_done.append(http.post(FROM_NAMES, json={"name": "worst", **worst_names}).status_code)
+
+                def over_limit():
+                    for _ in range(40):
+                        yield b" " * (64 << 10)
+
+                worst_done.append(http.post(FROM_NAMES, content=over_limit(),
+                                            headers={"content-type": "application/json"}).status_code)
+                huge = {"name": f"h{round_}", "names": [{"name": "a" * 100_000}]}
+                worst_done.append(http.post(FROM_NAMES, json=huge).status_code)
+
+    def small_client():
+        with httpx.Client(base_url=base, timeout=60) as http:
+            for index in range(12):
+                small_results.append(http.get(f"{PREFIX}/identities").status_code)
+                body = {"name": f"small{index}", "names": [{"name": "Ada"}]}
+                small_results.append(http.post(FROM_NAMES, json=body).status_code)
+
+    def run(target):
+        try:
+            target()
+        except Exception as error:  # noqa: BLE001 - any failure of a client is the test's failure
+            failures.append(error)
+
+    try:
+        threads = [threading.Thread(target=run, args=(fn,)) for fn in (worst_client, small_client)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not any(thread.is_alive() for thread in threads), "a client never got its answers"
+    finally:
+        stop()
+    assert failures == []
+    assert small_results == [200, 201] * 12  # every small request answered, none refused
+    assert worst_done == [201, 413, 400] * 4
+    assert lock.entered == 4 * 16 + 12
