@@ -63,7 +63,7 @@ def open_detector(insightface_root: str | Path | None, pack: str, *, use_cuda: b
     """The extension's face detector (today: the insightface pack's), loaded unless ``load`` is False; a
     TrainingError that says where to put it when it is missing. With :func:`find_face`, the one place this
     stage touches face detection."""
-    from lib_magicnaming.face_detectors import InsightFaceDetector, missing_pack_message
+    from lib_magicnaming.insightface_detector import InsightFaceDetector, missing_pack_message
 
     if not insightface_root:
         raise TrainingError("the face detector (and --recognition-model pack) need --insightface-root")

@@ -31,15 +31,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lib_magicnaming.detector_interface import NO_DETECTOR, FaceDetector
 from lib_magicnaming.errors import FaceError
 from lib_magicnaming.face import CropConfig, capture_face
-from lib_magicnaming.face_detectors import (
-    DEFAULT_PACK,
-    NO_DETECTOR,
-    FaceDetector,
-    InsightFaceDetector,
-    YuNetDetector,
-)
+from lib_magicnaming.insightface_detector import DEFAULT_PACK, InsightFaceDetector
+from lib_magicnaming.yunet_detector import YuNetDetector
 from training.common import SkipReport, TrainingError, read_json, read_table, write_json, write_table
 
 PAPER_DROP_AT_MOST = 5
