@@ -125,7 +125,7 @@ def test_missing_detector_and_small_identities_are_clear(tmp_path, capsys):
     images = str(_images(tmp_path))
     code = main(["faces", "--images", images, "--out", str(tmp_path / "f")])
     err = capsys.readouterr().err
-    assert code == 2 and "faces needs the YuNet face detector file: --models-dir" in err
+    assert code == 2 and "the YuNet face detector needs its file: --models-dir" in err
     code = main(["faces", "--images", images, "--out", str(tmp_path / "f"), "--models-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "face_detection_yunet_2023mar.onnx" in err and str(tmp_path / "detectors") in err

@@ -227,6 +227,31 @@ def test_five_landmarks_are_aligned_onto_arcfaces_template():
     assert crop.mean() < 40
 
 
+def test_yunets_landmarks_feed_the_arcface_alignment(tmp_path):
+    from likeness_fixtures import FACE_BOX, write_gated_yunet
+    from yunet_fixtures import landmarks_in
+
+    from lib_magicnaming.yunet_detector import YuNetDetector
+    from training.face_similarity import ARCFACE_TEMPLATE, find_face, recognition_crop, similarity_transform
+
+    side = 256
+    points = np.array(landmarks_in(tuple(f * side for f in FACE_BOX)))
+    photo = Image.new("RGB", (side, side), (60, 60, 60))
+    draw = ImageDraw.Draw(photo)
+    for x, y in points:
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(255, 255, 255))
+    detector = YuNetDetector(model_path=write_gated_yunet(tmp_path / "yunet.onnx")).load()
+    face = find_face(photo, detector, assume_cropped=False)
+    assert face.faces_found == 1
+    np.testing.assert_allclose(face.landmarks, points, atol=0.5)
+    matrix = similarity_transform(face.landmarks, ARCFACE_TEMPLATE)
+    landed = points @ matrix[:, :2].T + matrix[:, 2]
+    assert np.abs(landed - ARCFACE_TEMPLATE).max() < 6  # eyes, nose and mouth go to ArcFace's places
+    crop = np.asarray(recognition_crop(photo, face))
+    for x, y in landed:
+        assert crop[int(round(y)), int(round(x))].min() > 200
+
+
 def test_the_recognition_model_signature_and_pack_lookup(tmp_path):
     from encoder_fixtures import write_scrfd_onnx
 

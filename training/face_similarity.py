@@ -1,16 +1,15 @@
 """Face similarity for the likeness stage: find the face, align it, embed it with an ArcFace-style model.
 
-* Finding faces: :func:`open_detector` and :func:`find_face` are the ONE place the stage touches face
-  detection. The detector is the extension's (today ``lib_magicnaming.face.FaceDetector``: the insightface
-  pack's detector; the same object makes the identities, through ``IdentityEncoder``); ``find_face`` takes
-  the largest face of an image, as the extension's face capture does; with ``assume_cropped`` the whole
-  image is the face (drawn or pre-cropped data).
+* Finding faces: :func:`find_face` is the ONE place the stage detects faces. The detector is the
+  extension's, chosen by the options the ``faces`` stage takes too (:mod:`training.detector_options`: YuNet
+  by default, an insightface pack by choice); the same object makes the identities, through
+  ``IdentityEncoder``. ``find_face`` takes the largest face of an image, as the extension's face capture
+  does; with ``assume_cropped`` the whole image is the face (drawn or pre-cropped data).
 * Alignment to the 112 x 112 input: where the detector gives the five landmarks (eyes, nose tip, mouth
-  corners), the similarity transform (least squares, Umeyama) onto ArcFace's template (insightface's
-  ``arcface_dst``, python-package/insightface/utils/face_align.py) — the standard ArcFace protocol. Where it
-  gives a box only, the square around the box with :data:`BOX_MARGIN` each side (about the template's
-  framing). ``lib_magicnaming.face.FaceDetector.detect`` keeps no landmarks today, so its faces take the box
-  crop.
+  corners; YuNet and the insightface packs' SCRFD both do), the similarity transform (least squares,
+  Umeyama) onto ArcFace's template (insightface's ``arcface_dst``,
+  python-package/insightface/utils/face_align.py) — the standard ArcFace protocol. Where it gives a box only,
+  the square around the box with :data:`BOX_MARGIN` each side (about the template's framing).
 * The model: any ONNX with ArcFace's signature (one input N x 3 x 112 x 112 float, one output N x D, e.g.
   insightface's ``w600k_r50.onnx``), run with onnxruntime; RGB input normalised as insightface's
   ``ArcFaceONNX`` does it (model_zoo/arcface_onnx.py: (x - 127.5) / 127.5, or raw pixels when the graph's
@@ -57,20 +56,6 @@ class FoundFace:
     box: tuple[float, float, float, float] | None
     landmarks: np.ndarray | None
     faces_found: int | None
-
-
-def open_detector(insightface_root: str | Path | None, pack: str, *, use_cuda: bool, load: bool = True):
-    """The extension's face detector (today: the insightface pack's), loaded unless ``load`` is False; a
-    TrainingError that says where to put it when it is missing. With :func:`find_face`, the one place this
-    stage touches face detection."""
-    from lib_magicnaming.insightface_detector import InsightFaceDetector, missing_pack_message
-
-    if not insightface_root:
-        raise TrainingError("the face detector (and --recognition-model pack) need --insightface-root")
-    detector = InsightFaceDetector(insightface_root, pack, use_cuda=use_cuda)
-    if not detector.is_installed():
-        raise TrainingError(missing_pack_message(insightface_root, pack))
-    return detector.load() if load else detector
 
 
 def find_face(image: Image.Image, detector, assume_cropped: bool) -> FoundFace | None:

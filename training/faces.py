@@ -2,11 +2,12 @@
 
 1. Capture: every image of the images table goes through ``lib_magicnaming.face.capture_face`` (the same
    detectors, square margin crop and size the extension uses on a user's photo; the crop settings come from
-   ``--crop-size``/``--margin``). The detector is YuNet by default (``cv2.FaceDetectorYN``, MIT licence: its
-   file from ``--yunet-file``, or ``detectors/`` of ``--models-dir``, fetched there with
-   ``--allow-download``), or an insightface pack with ``--detector insightface --insightface-root``
-   (non-commercial packs). ``--assume-cropped`` uses each image's centred square instead of running a
-   detector (synthetic or pre-cropped data). Unreadable images, images without a face and faces too small
+   ``--crop-size``/``--margin``). The detector options are the ones ``likeness`` takes too
+   (:mod:`training.detector_options`): YuNet by default (``cv2.FaceDetectorYN``, MIT licence: its file from
+   ``--yunet-file``, or ``detectors/`` of ``--models-dir``, fetched there with ``--allow-download``), or an
+   insightface pack with ``--detector insightface --insightface-root`` (non-commercial packs).
+   ``--assume-cropped`` uses each image's centred square instead of running a detector (synthetic or
+   pre-cropped data). Unreadable images, images without a face and faces too small
    for a crop are skipped and reported. ``faces.json`` records the detector and crop rule, and the features
    stage carries them into the encoder checkpoint, so the extension can say when it detects faces otherwise.
 2. Identity consistency (optional, the paper's steps 5 and 7; needs insightface): a face-recognition model
@@ -34,9 +35,8 @@ import pandas as pd
 from lib_magicnaming.detector_interface import NO_DETECTOR, FaceDetector
 from lib_magicnaming.errors import FaceError
 from lib_magicnaming.face import CropConfig, capture_face
-from lib_magicnaming.insightface_detector import DEFAULT_PACK, InsightFaceDetector
-from lib_magicnaming.yunet_detector import YuNetDetector
 from training.common import SkipReport, TrainingError, read_json, read_table, write_json, write_table
+from training.detector_options import add_detector_arguments, build_detector
 
 PAPER_DROP_AT_MOST = 5
 """The paper drops identities with 5 images or fewer."""
@@ -167,22 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of the ``faces`` stage."""
     parser.add_argument("--images", required=True, help="images table (images stage)")
     parser.add_argument("--out", required=True, help="output folder (crops/, faces.csv, faces.json)")
-    parser.add_argument(
-        "--detector", choices=("yunet", "insightface"), default="yunet",
-        help="face detector: YuNet through OpenCV (MIT; default) or an insightface pack (non-commercial)",
-    )
-    parser.add_argument("--yunet-file", help="the YuNet model file (face_detection_yunet_2023mar.onnx)")
-    parser.add_argument(
-        "--models-dir", help="WebUI models/magicnaming: the YuNet file is looked for in its detectors/"
-    )
-    parser.add_argument(
-        "--allow-download", action="store_true", help="fetch a missing YuNet file into MODELS_DIR/detectors"
-    )
-    parser.add_argument(
-        "--insightface-root", help="folder holding models/<pack>/ (the WebUI's models/insightface)"
-    )
-    parser.add_argument("--pack", default=DEFAULT_PACK, help="insightface pack (detector, recognition model)")
-    parser.add_argument("--assume-cropped", action="store_true", help="use each image's centred square")
+    add_detector_arguments(parser)
     parser.add_argument("--crop-size", type=int, default=CropConfig().size)
     parser.add_argument("--margin", type=float, default=CropConfig().margin)
     parser.add_argument(
@@ -197,26 +182,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="drop identities with this many crops or fewer (paper: 5)",
     )
     parser.add_argument("--cpu", action="store_true", help="run onnxruntime on the CPU only")
-
-
-def build_detector(args: argparse.Namespace) -> FaceDetector | None:
-    """The detector the arguments ask for, loaded (None with ``--assume-cropped``)."""
-    if args.assume_cropped:
-        return None
-    if args.detector == "insightface":
-        if not args.insightface_root:
-            raise TrainingError("--detector insightface needs --insightface-root (the folder holding "
-                                "models/<pack>)")
-        return InsightFaceDetector(args.insightface_root, args.pack, use_cuda=not args.cpu).load()
-    if args.yunet_file:
-        return YuNetDetector(model_path=args.yunet_file).load()
-    if not args.models_dir:
-        raise TrainingError(
-            "faces needs the YuNet face detector file: --models-dir (the WebUI's models/magicnaming; the "
-            "file is looked for in its detectors/, fetched with --allow-download) or --yunet-file; or use "
-            "--detector insightface --insightface-root, or --assume-cropped"
-        )
-    return YuNetDetector(Path(args.models_dir) / "detectors", allow_download=args.allow_download).load()
 
 
 def recorded_crop(faces_table: str | Path) -> dict | None:
@@ -234,7 +199,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     out = Path(args.out)
     images = read_table(args.images, "images table", columns=("image_id", "name", "path"))
     crop = CropConfig(size=args.crop_size, margin=args.margin).validate()
-    detector = build_detector(args)
+    detector = build_detector(args, use_cuda=not args.cpu)
     crop = replace(crop, detector=NO_DETECTOR if detector is None else detector.name)
     report = SkipReport("faces")
     faces = capture_all(images, out, detector, crop, args.assume_cropped, report)

@@ -15,7 +15,7 @@ import numpy as np
 
 from lib_magicnaming.face import load_image
 from training.clip_score import DEFAULT_CLIP, ClipModelSpec, ClipScorer, weights_file
-from training.common import write_json
+from training.common import TrainingError, write_json
 from training.face_similarity import (
     ArcFaceModel,
     find_face,
@@ -32,6 +32,8 @@ SCORE_BATCH = 16
 def load_face_model(args: argparse.Namespace, use_cuda: bool) -> ArcFaceModel:
     """``--recognition-model``: an ArcFace-signature ONNX file, or the insightface pack's own."""
     if args.recognition_model == "pack":
+        if not args.insightface_root:
+            raise TrainingError("--recognition-model pack needs --insightface-root (holding models/<pack>)")
         return ArcFaceModel.from_pack(args.insightface_root, args.pack, use_cuda=use_cuda)
     return ArcFaceModel(args.recognition_model, use_cuda=use_cuda)
 
