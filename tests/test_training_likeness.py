@@ -26,8 +26,8 @@ from likeness_fixtures import (
 )
 from PIL import Image
 
+from training.arcface import write_tiny_recognition_onnx
 from training.cli import main
-from training.face_similarity import write_tiny_recognition_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("face_sim", "clip_t", "faces_found", "images", "no_face")

@@ -255,7 +255,7 @@ def test_yunets_landmarks_feed_the_arcface_alignment(tmp_path):
 def test_the_recognition_model_signature_and_pack_lookup(tmp_path):
     from encoder_fixtures import write_scrfd_onnx
 
-    from training.face_similarity import ArcFaceModel, write_tiny_recognition_onnx
+    from training.arcface import ArcFaceModel, write_tiny_recognition_onnx
 
     pack = tmp_path / "models" / "buffalo_l"
     write_scrfd_onnx(pack / "det_10g.onnx", [(10, 10, 50, 50, 0.9)])
@@ -274,7 +274,8 @@ def test_the_recognition_model_signature_and_pack_lookup(tmp_path):
 
 
 def test_reference_ceiling_is_each_reference_against_the_others():
-    from training.face_similarity import leave_one_out, reference_centre
+    from training.arcface import reference_centre
+    from training.face_similarity import leave_one_out
 
     embeddings = np.eye(3)
     assert leave_one_out(embeddings) == pytest.approx([0.0, 0.0, 0.0])

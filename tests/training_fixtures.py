@@ -75,42 +75,6 @@ def write_encoder_config(path: Path, crop_size: int = TINY_CROP) -> Path:
     return path
 
 
-def write_arcface_onnx(path: Path, size: int = 112, cells: int = 4) -> Path:
-    """A tiny recognition model with insightface's ArcFace signature ((N, 3, 112, 112) -> one (N, D) output).
-
-    insightface's model zoo routes a square input >= 112 (multiple of 16) with one output to ArcFaceONNX.
-    The "embedding" is the mean colour of each cell of a ``cells`` x ``cells`` grid: it tells the drawn
-    identities apart, which is all the consistency filter needs.
-    """
-    import onnx
-    from onnx import TensorProto, helper
-
-    kernel = size // cells
-    nodes = [
-        helper.make_node(
-            "AveragePool",
-            ["input.1"],
-            ["pooled"],
-            kernel_shape=[kernel, kernel],
-            strides=[kernel, kernel],
-            name="pool",
-        ),
-        helper.make_node("Flatten", ["pooled"], ["fc1"], axis=1, name="flatten"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_arcface",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", 3 * cells * cells])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
-
-
 def write_image_folder(root: Path, layout: dict[str, list[int]], size: int = 64) -> Path:
     """``root/<Name>/<k>.png`` drawn faces; ``layout``: folder name -> drawn identity of each image."""
     for name, identities in layout.items():

@@ -293,8 +293,8 @@ def run_likeness(out: Path) -> str:
     except TrainingError as exc:
         print(f"demo: likeness skipped: {exc}")
         return f"skipped: {exc}"
+    from training.arcface import write_tiny_recognition_onnx
     from training.clip_score import tiny_clip_spec
-    from training.face_similarity import write_tiny_recognition_onnx
 
     held_out = json.loads((out / "run" / "split.json").read_text())["val"][0]
     people = out / "likeness-people"
