@@ -26,15 +26,14 @@ keyed by the identity's hash, so changed photos or another encoder make new imag
 settings are recorded in ``generation.json`` and a rerun with different ones is refused), ``people/*.json``,
 ``sheets/<person>.png`` (contact sheet: references, then each row), ``likeness.json`` and ``likeness.md``.
 Under torchrun the people are split across ranks (rank r takes people r, r + world, ...); rank 0 writes the
-summary once all are done. Progress: a tqdm bar on a terminal, plain lines in logs.
+summary once all are done. Progress (:mod:`training.progress`): a tqdm bar on a terminal, plain lines in
+logs.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -54,35 +53,11 @@ from training.likeness_inputs import (
     trained_names,
 )
 from training.likeness_report import PEOPLE_FOLDER, REPORT_FORMAT, REPORT_VERSION, overall, write_report
+from training.progress import Progress
 from training.sdxl import DEFAULT_SAMPLER, SAMPLERS, SDXL_CONFIGS
 
 GENERATION_FILE = "generation.json"
 GENERATION_KEYS = ("steps", "cfg_scale", "width", "height", "sampler", "negative_prompt", "subject")
-PLAIN_PROGRESS_EVERY_S = 30.0
-
-
-class Progress:
-    """A tqdm bar on a terminal (rank 0 only); plain lines at most every 30 s when output goes to a log."""
-
-    def __init__(self, total: int, desc: str, place: Place):
-        from tqdm import tqdm
-
-        interactive = place.is_main and sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=desc, disable=not interactive, leave=False)
-        self.plain, self.desc, self.total = place.is_main and not interactive, desc, total
-        self.done, self.last = 0, None
-
-    def update(self) -> None:
-        self.done += 1
-        self.bar.update(1)
-        now = time.monotonic()
-        due = self.last is None or now - self.last >= PLAIN_PROGRESS_EVERY_S or self.done == self.total
-        if self.plain and due:
-            self.last = now
-            print(f"likeness: {self.desc} {self.done}/{self.total}", file=sys.stderr)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def rows_for(person: Person, args: argparse.Namespace) -> list[str]:
@@ -288,7 +263,7 @@ def _run(args, prompts, seeds, people: list[Person], report: SkipReport, place: 
     missing = [job for person_jobs in jobs.values() for job in person_jobs if not job.path.is_file()]
     made = 0
     if missing:
-        progress = Progress(len(missing), "generate", place)
+        progress = Progress(len(missing), "generate", place, stage="likeness")
         people_inputs = {
             p.folder: (identities[p.folder][0], p.real_name) for p in mine if p.folder in identities
         }
@@ -297,7 +272,7 @@ def _run(args, prompts, seeds, people: list[Person], report: SkipReport, place: 
     from training.likeness_scoring import Scorer, score_person
 
     scorer = Scorer(args, detector, place.device)
-    progress = Progress(len(jobs), "score", place)
+    progress = Progress(len(jobs), "score", place, stage="likeness")
     for person in mine:
         if person.folder in jobs:
             _embedding, digest, notes = identities[person.folder]
