@@ -17,7 +17,7 @@ from likeness_fixtures import (
     write_tiny_sdxl_folder,
 )
 from PIL import Image, ImageDraw
-from test_training_text_encoders import _hf_clip_text_state
+from training_fixtures import hf_clip_text_state
 
 from lib_magicnaming.constants import CHUNK_ROWS, ID_TOKENS, SDXL_CONTEXT_WIDTH
 from training.common import SkipReport, TrainingError
@@ -155,7 +155,7 @@ def test_a_webui_single_file_checkpoint_loads_like_the_models_it_was_made_from(t
     unet, vae = tiny_models(5, configs)
     small = [tiny_spec(SDXL_CLIP_L, width=32, layers=2), tiny_spec(SDXL_CLIP_G, width=48, layers=2)]
     clip_l, clip_g = (load_text_tower(spec, random_seed=9 + i) for i, spec in enumerate(small))
-    text = {SDXL_CLIP_L_PREFIX + k: v for k, v in _hf_clip_text_state(clip_l).items()}
+    text = {SDXL_CLIP_L_PREFIX + k: v for k, v in hf_clip_text_state(clip_l).items()}
     text.update({SDXL_CLIP_G_PREFIX + k: v for k, v in clip_g.state_dict().items()})
     path = write_tiny_sdxl_file(tmp_path / "sdxl.safetensors", unet, vae, text)
     assert "input_blocks.4.1.proj_in.weight" in ldm_unet_state(unet.state_dict())
@@ -192,7 +192,7 @@ def test_a_diffusers_folder_brings_its_own_text_encoders(tmp_path):
     small = [tiny_spec(SDXL_CLIP_L, width=32, layers=2), tiny_spec(SDXL_CLIP_G, width=48, layers=2)]
     towers = [load_text_tower(spec, random_seed=3 + i) for i, spec in enumerate(small)]
     for sub, tower in zip(("text_encoder", "text_encoder_2"), towers, strict=True):
-        tensors = {"text_model." + k: v.contiguous() for k, v in _hf_clip_text_state(tower).items()}
+        tensors = {"text_model." + k: v.contiguous() for k, v in hf_clip_text_state(tower).items()}
         if sub == "text_encoder_2":
             tensors["text_projection.weight"] = tower.text_projection.detach().T.contiguous()
         (tmp_path / sub).mkdir()

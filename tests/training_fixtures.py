@@ -83,3 +83,35 @@ def write_image_folder(root: Path, layout: dict[str, list[int]], size: int = 64)
         for k, identity in enumerate(identities):
             draw_face(identity, k, size).save(folder / f"{k:03d}.png")
     return root
+
+
+def hf_clip_text_state(tower) -> dict[str, torch.Tensor]:
+    """open_clip text tower -> Hugging Face CLIPTextModel names (as SDXL checkpoints store CLIP-L)."""
+    state, out = tower.state_dict(), {}
+    out["embeddings.token_embedding.weight"] = state["token_embedding.weight"]
+    out["embeddings.position_embedding.weight"] = state["positional_embedding"]
+    out["embeddings.position_ids"] = torch.arange(77)[None]
+    out["final_layer_norm.weight"], out["final_layer_norm.bias"] = (
+        state["ln_final.weight"],
+        state["ln_final.bias"],
+    )
+    for i in range(len(tower.transformer.resblocks)):
+        src, dst = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = state[f"{src}attn.in_proj_{kind}"].chunk(3)
+            out.update(
+                {
+                    f"{dst}self_attn.q_proj.{kind}": q,
+                    f"{dst}self_attn.k_proj.{kind}": k,
+                    f"{dst}self_attn.v_proj.{kind}": v,
+                }
+            )
+            for hf, oc in (
+                ("self_attn.out_proj", "attn.out_proj"),
+                ("layer_norm1", "ln_1"),
+                ("layer_norm2", "ln_2"),
+                ("mlp.fc1", "mlp.c_fc"),
+                ("mlp.fc2", "mlp.c_proj"),
+            ):
+                out[f"{dst}{hf}.{kind}"] = state[f"{src}{oc}.{kind}"]
+    return out
