@@ -49,6 +49,15 @@ def validate_pack_name(pack: Any) -> str:
     return pack
 
 
+def onnx_providers(use_cuda: bool) -> list[str]:
+    """Providers to ask of onnxruntime: CUDA first when wanted and onnxruntime offers it, CPU always."""
+    import onnxruntime
+
+    if use_cuda and CUDA_PROVIDER in onnxruntime.get_available_providers():
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
 def insightface_installed() -> bool:
     """Whether insightface and an onnxruntime build are installed (without importing them)."""
     return all(importlib.util.find_spec(module) is not None for module in ("insightface", "onnxruntime"))
@@ -112,13 +121,8 @@ class InsightFaceDetector:
         return self.is_installed() and insightface_installed()
 
     def requested_providers(self) -> list[str]:
-        """Providers asked of onnxruntime: CUDA first when allowed and available, CPU always."""
-        import onnxruntime
-
-        available = onnxruntime.get_available_providers()
-        if self.use_cuda and CUDA_PROVIDER in available:
-            return [CUDA_PROVIDER, CPU_PROVIDER]
-        return [CPU_PROVIDER]
+        """Providers asked of onnxruntime (:func:`onnx_providers`)."""
+        return onnx_providers(self.use_cuda)
 
     def load(self) -> InsightFaceDetector:
         """Create the onnxruntime session now (idempotent); DetectorUnavailable if the pack or insightface is

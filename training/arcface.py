@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lib_magicnaming.insightface_detector import onnx_providers
 from training.common import TrainingError
 
 logger = logging.getLogger("magicnaming")
@@ -34,15 +35,6 @@ PACK_MODEL_HINTS = ("w600k", "arcface", "glint", "r50", "r100")
 """Pack files tried first as the recognition model."""
 DEFAULT_BATCH = 32
 """Crops per onnxruntime call when the model's batch dimension is not fixed."""
-
-
-def onnx_providers(use_cuda: bool) -> list[str]:
-    """CUDA first when wanted and onnxruntime has it, CPU always."""
-    import onnxruntime
-
-    if use_cuda and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
 
 
 def uses_raw_pixels(path: Path) -> bool:

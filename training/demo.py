@@ -214,29 +214,13 @@ def run(args: argparse.Namespace) -> dict:
             "1",
         ]
     )
+    trained = ["--run", f"{o}/run", "--features", f"{o}/features", "--targets", f"{o}/targets.safetensors"]
     for split in ("train", "val"):
-        _stage(
-            [
-                "eval",
-                "--run",
-                f"{o}/run",
-                "--features",
-                f"{o}/features",
-                "--targets",
-                f"{o}/targets.safetensors",
-                "--split",
-                split,
-            ]
-        )
+        _stage(["eval", *trained, "--split", split])
     _stage(
         [
             "export",
-            "--run",
-            f"{o}/run",
-            "--features",
-            f"{o}/features",
-            "--targets",
-            f"{o}/targets.safetensors",
+            *trained,
             "--rank",
             "4",
             "--include-towers",
