@@ -5,18 +5,18 @@
 
 ``names``: identities from names hold the queue lock for one name at a time while the loaded checkpoint's
 SDXL text encoders run (lib_magicnaming/webui/use_cases.py), and every name fits one 77-token chunk
-(``Limits.name_chunks``, counted by the WebUI's tokenizer before the lock), so the longest hold is one
-chunk; a request has at most ``Limits.names_per_identity`` names. Also shown: the longest hold if the
-WebUI's tokenizer could not be reached and only the character limit held (the ``Limits.name_text_chars``
-characters that tokenise into the most chunks). Measured with SDXL's two text
-encoders built at their real size with random weights (open_clip ViT-L/14 and ViT-bigG/14 text towers,
-float32, encoded the WebUI's way by ``training.text_encoders.SDXLTextEncoder``), or the tests' one-layer
-towers with ``--size tiny``.
+(``Limits.name_chunks``, counted before the lock by the WebUI's tokenizer, or by CLIP's own where that
+cannot be reached), so the longest hold is one chunk; a request has at most ``Limits.names_per_identity``
+names. Shown first: how many chunks the ``Limits.name_text_chars`` characters that tokenise worst would
+make (all refused before the lock). Measured with SDXL's two text encoders built at their real size with
+random weights (open_clip ViT-L/14 and ViT-bigG/14 text towers, float32, encoded the WebUI's way by
+``training.text_encoders.SDXLTextEncoder``), or the tests' one-layer towers with ``--size tiny``.
 
-``photos``: a photo request holds the lock once, for every photo: decoding each (at most
-``Limits.photo_pixels`` pixels in at most ``Limits.photo_bytes``), face detection on a copy of at most 640 px
-(its cost does not depend on the photo's size), and the towers (``bench/encode.py``: seconds per photo on
-CPU). This part measures decoding the largest photo the limits allow and shrinking it for detection.
+``photos``: a photo request holds the lock once, while the towers run for all its face crops
+(``bench/encode.py``: seconds per photo on CPU); decoding each photo (at most ``Limits.photo_pixels`` pixels
+in at most ``Limits.photo_bytes``), face detection on a copy of at most 640 px and reading the encoder from
+disk happen before the lock. This part measures decoding the largest photo the limits allow and shrinking it
+for detection: time a request spends before it waits for the lock.
 
 Prints one line per figure.
 """
@@ -65,12 +65,11 @@ def names_part(size: str, repeats: int) -> None:
         tokenize_line,
     )
 
-    chunks = {label: len(tokenize_line(text)) for label, text in WORST_NAME_CANDIDATES.items()}
-    for label, count in chunks.items():
-        print(f"name of {LIMITS.name_text_chars} {label}: {count} chunk(s)")
-    worst_label = max(chunks, key=chunks.get)
-    worst = WORST_NAME_CANDIDATES[worst_label]
-    check_name_texts([worst] * LIMITS.names_per_identity)  # within the character limits
+    for label, text in WORST_NAME_CANDIDATES.items():
+        check_name_texts([text])  # within the character limits
+        count = len(tokenize_line(text))
+        verdict = "allowed" if count <= LIMITS.name_chunks else "refused before the lock"
+        print(f"name of {LIMITS.name_text_chars} {label}: {count} chunk(s), {verdict}")
     if size == "real":
         specs = [SDXL_CLIP_L, SDXL_CLIP_G]
     else:
@@ -86,9 +85,6 @@ def names_part(size: str, repeats: int) -> None:
           "= the longest single hold of the queue lock")
     count = LIMITS.names_per_identity
     print(f"worst allowed request ({count} names): {hold * count:.1f} s in {count} holds of the lock")
-    fallback = statistics.median(timed(lambda: encoder.encode([worst]), 1))
-    print(f"where the WebUI's tokenizer cannot be reached (only the character limits hold): {worst_label}, "
-          f"{chunks[worst_label]} chunks: {fallback:.2f} s per hold (1 run)")
 
 
 def largest_photo() -> bytes:
@@ -124,7 +120,7 @@ def photos_part(repeats: int) -> None:
     print(f"shrink to 640 px for detection: {shrink:.3f} s median of {repeats}")
     per_photo = decode + shrink
     print(f"worst allowed request ({LIMITS.photos} such photos): {per_photo * LIMITS.photos:.1f} s of "
-          "decoding in one hold of the lock, plus detection and the towers per photo (bench/encode.py)")
+          "decoding before the lock; under it, the towers for every crop (bench/encode.py)")
 
 
 def main() -> None:

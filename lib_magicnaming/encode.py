@@ -177,8 +177,10 @@ class IdentityEncoder:
         """Whether the towers and head are in memory."""
         return self._model is not None
 
-    def load(self) -> NameEncoder:
-        """Build the model now (CPU memory, ``self.dtype`` towers); idempotent."""
+    def load(self, *, to_device: bool = True) -> NameEncoder:
+        """Build the model now (CPU memory, ``self.dtype`` towers); idempotent. With ``keep_loaded`` it then
+        goes to its device, unless ``to_device`` is False (built before the WebUI's queue lock is taken: the
+        device is left alone until the lock is held)."""
         with self._lock:
             if self._model is None:
                 model = self.checkpoint.build_model(
@@ -188,8 +190,8 @@ class IdentityEncoder:
                 model.towers.to(self.dtype)
                 self._model = model.eval()
                 self.stats.loads += 1
-                if self.keep_loaded:
-                    self._model.to(self.device)
+            if self.keep_loaded and to_device:
+                self._model.to(self.device)
             return self._model
 
     def unload(self) -> None:
@@ -249,7 +251,8 @@ class IdentityEncoder:
 
         A photo without a usable face raises FaceError naming it, unless ``skip_failed`` (then it is reported
         and left out; at least one photo must work). ``model_lock()``, when given, is held while the towers
-        run and only then (the WebUI's queue lock): photos are decoded and their faces found before it.
+        run and only then (the WebUI's queue lock): photos are decoded, their faces found and the model read
+        from disk (its tower weights fetched when allowed) before it.
         """
         if not photos:
             raise FaceError("no photos given")
@@ -268,6 +271,8 @@ class IdentityEncoder:
                 pending.append((index, key, crop))
         if pending:
             pixels = torch.stack([pixels_from_crop(crop.image, crop_config) for _, _, crop in pending])
+            if model_lock is not None:
+                self.load(to_device=False)
             with model_lock() if model_lock is not None else contextlib.nullcontext():
                 embedded = self.embed_pixels(pixels)
             for (index, key, crop), embedding in zip(pending, embedded, strict=True):

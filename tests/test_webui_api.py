@@ -7,15 +7,14 @@ import io
 
 import pytest
 import torch
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from PIL import Image
-from webuiapp_doubles import make_services, no_encoder, random_identity, text_encoding
+from webuiapp_doubles import make_api_client as make_client
+from webuiapp_doubles import random_identity, text_encoding
 
 from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.identity_library import IdentityLibrary
-from lib_magicnaming.webui.api import PREFIX, build_router
-from lib_magicnaming.webui.limits import LIMITS, Limits
+from lib_magicnaming.webui.api import PREFIX
+from lib_magicnaming.webui.limits import Limits
 
 pytestmark = pytest.mark.ui_stack
 
@@ -23,16 +22,6 @@ pytestmark = pytest.mark.ui_stack
 @pytest.fixture()
 def library(tmp_path):
     return IdentityLibrary(tmp_path / "identities")
-
-
-def make_client(library, *, encoder=no_encoder, api_auth=None, limits=LIMITS, encode_texts=None):
-    services, calls, lock = make_services(library, encoder=encoder, encode_texts=encode_texts)
-    app = FastAPI()
-    app.include_router(build_router(services, api_auth=api_auth, limits=limits))
-    client = TestClient(app)
-    client.encode_calls = calls
-    client.lock = lock
-    return client
 
 
 def png_base64(image: Image.Image) -> str:

@@ -3,7 +3,7 @@
 The identity use cases (:mod:`.use_cases`, behind the tab and the REST API), the REST API's body guard
 (:mod:`.request_body`) and the generation path (:mod:`.generation`) check their input against
 :data:`LIMITS` before any costly work and before the WebUI's queue lock is taken, so no request can hold
-the lock for more than its limited input costs. :data:`LIMIT_ROWS` is the table the README lists in full
+the lock for more than its limited input costs. :func:`limit_rows` is the table the README lists in full
 (a test keeps the two the same).
 
 A limit that is exceeded raises :class:`TooLarge` (HTTP 413) where the input is too big or too many, or a
@@ -16,10 +16,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lib_magicnaming.constants import CHUNK_TEXT_TOKENS
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.face import DEFAULT_MAX_PIXELS
 from lib_magicnaming.identity_file import MAX_FILE_BYTES
 from lib_magicnaming.tags import NAME_MAX_CHARS, TAG_WORD
+from lib_magicnaming.webui.log import logger
 
 _TAG_START_RE = re.compile(rf"<{TAG_WORD}:", re.IGNORECASE | re.ASCII)
 _BREAK_RE = re.compile(r"\bBREAK\b")
@@ -116,15 +118,28 @@ def check_name_texts(names: Sequence[str], limits: Limits = LIMITS) -> None:
             )
 
 
+def clip_token_chunks(text: str) -> int | None:
+    """The 75-token chunks CLIP's tokenizer makes of ``text`` (open_clip's: the vocabulary of both SDXL text
+    encoders), without the WebUI's emphasis and textual-inversion parsing, which only ever shorten a name;
+    None when open_clip cannot be imported. Tokenizing only: no model work."""
+    try:
+        from open_clip.tokenizer import _tokenizer
+    except ImportError as error:
+        logger.warning("cannot count a name's tokens without open_clip: %s", error)
+        return None
+    return max(1, -(-len(_tokenizer.encode(text)) // CHUNK_TEXT_TOKENS))
+
+
 def check_name_chunks(names: Sequence[str], count_chunks, limits: Limits = LIMITS) -> None:
     """Each name tokenises into at most ``name_chunks`` 77-token chunks, as ``count_chunks(text)`` (the loaded
-    checkpoint's tokenizer) counts them; nothing is checked where it cannot tell (None)."""
-    if count_chunks is None:
-        return
+    checkpoint's tokenizer) counts them, or :func:`clip_token_chunks` where that cannot tell (None): so
+    encoding one name costs one chunk of the text encoders whatever the WebUI."""
     for index, text in enumerate(names):
         if not isinstance(text, str) or not text.strip():
             continue
-        chunks = count_chunks(text.strip())
+        chunks = count_chunks(text.strip()) if count_chunks is not None else None
+        if chunks is None:
+            chunks = clip_token_chunks(text.strip())
         if chunks is not None and chunks > limits.name_chunks:
             raise MagicNamingError(
                 f"name {index + 1} ({_excerpt(text)}) fills {chunks} prompt chunks of 75 tokens; a name must "
