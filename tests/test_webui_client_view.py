@@ -87,6 +87,7 @@ def test_autocomplete_works_under_api_auth_through_the_ui_and_offers_no_broken_i
     by_id = {c["props"].get("elem_id"): c for c in config["components"]}
     names_box = by_id["script_txt2img_magicnaming_names"]
     assert names_box["props"]["visible"] is False
+    assert controls.names.do_not_save_to_config  # modules/ui_loadsave.py skips it: no stale list restored
     assert json.loads(names_box["props"]["value"]) == {"names": ["alice", "nanny"], "match": "prefix"}
 
     library.save(random_identity("bob", 3))

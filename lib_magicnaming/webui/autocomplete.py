@@ -49,6 +49,7 @@ def build_names_channel(gr: Any, elem_id: Callable[[str], str], names: Callable[
     """The hidden textbox holding :func:`payload` and the hidden button that refills it, in the current
     Blocks; returns (textbox, button)."""
     textbox = gr.Textbox(value=names(), visible=False, elem_id=elem_id("names"))
+    textbox.do_not_save_to_config = True  # the WebUI's ui-config.json must never restore a stale list
     button = gr.Button(visible=False, elem_id=elem_id("names_refresh"))
     button.click(fn=names, inputs=[], outputs=[textbox])
     return textbox, button
