@@ -86,13 +86,13 @@ class EncoderCheckpoint:
 
     def build_model(
         self, *, models_dir: str | os.PathLike | None = None, allow_download: bool = False,
-        random_towers: bool = False,
+        random_towers: bool = False, tower_dtype: torch.dtype = torch.float32,
     ) -> NameEncoder:
         """Rebuild the encoder this checkpoint describes (head loaded; towers as factory.build_encoder)."""
         return build_encoder(
             self.config, head_state=self.head_state, tower_states=self.tower_states,
             models_dir=None if models_dir is None else str(models_dir),
-            allow_download=allow_download, random_towers=random_towers,
+            allow_download=allow_download, random_towers=random_towers, tower_dtype=tower_dtype,
         )
 
 

@@ -10,7 +10,9 @@ code. Nothing is ever downloaded unless the caller allows it, and never at impor
 Weights fingerprint: an encoder records, per tower, the :class:`TowerFingerprint` of the weights it was
 trained with (``TowerSpec.weights_sha256`` / ``param_count``), and loading checks the user's tower against it.
 The fingerprint is of the tower's state dict, not of a file, so equivalent files match: ``.safetensors`` or
-``.bin``, whole CLIP or vision tower alone, float32 or float16 storage. See :func:`tower_fingerprint`.
+``.bin``, whole CLIP or vision tower alone, float32 or float16 storage. See :func:`tower_fingerprint`. Hashing
+bigG takes seconds, so the fingerprint of a tower file is remembered per version of the file (path, size,
+mtime, inode), like the encoder checkpoint's hash: a file is hashed once per process, not at every load.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.lru import LRUCache
 from lib_magicnaming.model import TowerSpec, freeze, tower_model_config
 
 TOWERS_SUBDIR = "towers"
@@ -193,7 +196,7 @@ FINGERPRINT_RULE = b"magicnaming-tower-weights-v1\n"
 """Starts every fingerprint's hashed bytes; a changed rule gets a new tag, so old records never match it."""
 FINGERPRINT_DTYPE = torch.float16
 """Floating-point tensors are hashed as float16 (see tower_fingerprint)."""
-FINGERPRINT_THREADS = 4
+FINGERPRINT_THREADS = max(1, min(8, os.cpu_count() or 1))
 """Tensors hashed at once by default (hashlib and torch's casts release the GIL)."""
 
 
@@ -262,53 +265,101 @@ def with_fingerprint(spec: TowerSpec, fingerprint: TowerFingerprint) -> TowerSpe
 def check_tower_weights(spec: TowerSpec, tower: nn.Module, source: str) -> None:
     """Raise EncoderError if ``spec`` records a fingerprint and ``tower``'s weights (from ``source``, e.g.
     the file's path) do not have it; nothing to check when none is recorded."""
+    check_state_weights(spec, tower.state_dict(), source)
+
+
+def check_state_weights(spec: TowerSpec, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """:func:`check_tower_weights` for a tower's state dict."""
     expected = recorded_fingerprint(spec)
     if expected is None:
         return
-    found = tower_fingerprint(tower.state_dict())
+    found = tower_fingerprint(state)
     if found != expected:
-        raise EncoderError(
-            f"{source}: different weights than the encoder was trained with. Tower {spec.name} "
-            f"({spec.arch} / {spec.pretrained}) expects {expected.describe()}, found {found.describe()}. "
-            "Use the weights the encoder was trained with (the file format and float32/float16 storage "
-            "may differ; the values may not)."
-        )
+        raise EncoderError(weights_mismatch_message(spec, source, expected, found))
 
 
-def load_tower_file(spec: TowerSpec, path: str | os.PathLike, *, verify: bool = True) -> nn.Module:
-    """Build ``spec``'s tower and load its weights from ``path`` (float32, frozen, eval).
+def weights_mismatch_message(
+    spec: TowerSpec, source: str, expected: TowerFingerprint, found: TowerFingerprint
+) -> str:
+    """The error for tower weights whose fingerprint is not the one ``spec`` records."""
+    return (
+        f"{source}: different weights than the encoder was trained with. Tower {spec.name} "
+        f"({spec.arch} / {spec.pretrained}) expects {expected.describe()}, found {found.describe()}. "
+        "Use the weights the encoder was trained with (the file format and float32/float16 storage "
+        "may differ; the values may not)."
+    )
 
-    With ``verify`` (the default) the weights must have the fingerprint ``spec`` records, if any; it is
-    computed from the tensors just loaded (the file is read once).
+
+def file_version(path: str | os.PathLike) -> tuple[str, int, int, int]:
+    """(resolved path, size, mtime_ns, inode): any write to the file or its replacement changes it."""
+    path = Path(path)
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+_FILE_FINGERPRINTS: LRUCache[tuple[str, int, int, int], TowerFingerprint] = LRUCache(16)
+"""file_version -> fingerprint of the tower weights in that version of the file (shared, like the memo of the
+checkpoint's hash: an entry is only ever right for the exact bytes it names)."""
+
+
+def tower_file_fingerprint(
+    path: str | os.PathLike, state: Mapping[str, torch.Tensor] | None = None
+) -> TowerFingerprint:
+    """The fingerprint of the tower weights in ``path``, computed once per version of the file.
+
+    ``state``: the file's tower state dict when the caller has just read it (not read again); otherwise the
+    file is read when its fingerprint is not yet known.
+    """
+    version = file_version(path)
+    known = _FILE_FINGERPRINTS.get(version)
+    if known is None:
+        known = tower_fingerprint(state if state is not None else read_tower_state(path))
+        _FILE_FINGERPRINTS.put(version, known)
+    return known
+
+
+def load_tower_file(
+    spec: TowerSpec, path: str | os.PathLike, *, verify: bool = True, dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """Build ``spec``'s tower and load its weights from ``path`` (``dtype``, frozen, eval).
+
+    The file's tensors become the tower's own when they already have ``dtype`` (float16 files for float16
+    towers: no conversion, no second copy). With ``verify`` (the default) the weights must have the
+    fingerprint ``spec`` records, if any; it is computed from the tensors just read (the file is read once),
+    and only for a version of the file not hashed before in this process.
     """
     path = Path(path)
     spec.validate()
     state = read_tower_state(path)
-    tower, on_meta = _build_empty(spec)
+    tower, on_meta = build_empty_tower(spec, dtype)
     try:
         load_state_strict(tower, state, f"tower file {path.name}", assign=on_meta)
     except EncoderError as err:
         raise EncoderError(f"{err} (is it an open_clip {spec.arch} checkpoint?)") from err
+    expected = recorded_fingerprint(spec)
+    if verify and expected is not None:
+        found = tower_file_fingerprint(path, state)
+        if found != expected:
+            raise EncoderError(weights_mismatch_message(spec, str(path), expected, found))
     del state
-    if verify:
-        check_tower_weights(spec, tower, str(path))
     return freeze(tower)
 
 
-def _build_empty(spec: TowerSpec) -> tuple[nn.Module, bool]:
-    """The tower without allocated weights when torch allows it, and whether it is on the meta device.
+def build_empty_tower(spec: TowerSpec, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, bool]:
+    """The tower without allocated weights when torch allows it (in ``dtype``), and whether it is on the
+    meta device.
 
     A meta-device tower takes the file's tensors as its own (``assign``): no seconds spent on random
     initialisation, and the weights are held once, not twice (ViT-bigG/14: 7 GB instead of 14 GB at load).
     """
     try:
         with torch.device("meta"):
-            tower = build_tower_module(spec)
+            tower = build_tower_module(spec).to(dtype)
     except (TypeError, AttributeError, RuntimeError, NotImplementedError):
-        return build_tower_module(spec), False
+        return build_tower_module(spec).to(dtype), False
     saved = set(tower.state_dict())
     if any(name not in saved for name, _ in tower.named_buffers()):
-        return build_tower_module(spec), False  # a buffer the file would not fill: initialise for real
+        return build_tower_module(spec).to(dtype), False  # a buffer the file would not fill: initialise
     return tower, True
 
 
@@ -343,21 +394,23 @@ def load_tower(
     allow_download: bool = False,
     cache_dir: str | os.PathLike | None = None,
     verify: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
-    """``spec``'s tower with real weights: the local file if present, else open_clip when allowed.
+    """``spec``'s tower with real weights (in ``dtype``): the local file if present, else open_clip when
+    allowed.
 
     ``verify=False`` skips the weights-fingerprint check (see :func:`check_tower_weights`). Raises
     EncoderError naming the exact file to create (and where to get it) when offline with no file.
     """
     path = find_tower_file(spec, models_dir)
     if path is not None:
-        return load_tower_file(spec, path, verify=verify)
+        return load_tower_file(spec, path, verify=verify, dtype=dtype)
     if not allow_download:
         raise EncoderError(missing_tower_message(spec, models_dir))
     tower = download_tower(spec, cache_dir)
     if verify:
         check_tower_weights(spec, tower, f"open_clip's {spec.arch} / {spec.pretrained} weights")
-    return tower
+    return tower.to(dtype)
 
 
 def _accepts(function, name: str) -> bool:

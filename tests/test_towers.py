@@ -180,6 +180,45 @@ def test_one_changed_weight_is_rejected(tmp_path, spec, source):
     assert_same_tower(load_tower(recorded, tmp_path, verify=False), source)
 
 
+def test_a_tower_file_is_hashed_once_per_version_of_the_file(tmp_path, spec, source, monkeypatch):
+    """Loading the same file again (a second encoder, a replaced one) does not hash bigG again; any new
+    version of the file (size, mtime, inode) is hashed, so changed weights are still refused."""
+    import os
+
+    recorded = fingerprinted(spec, source)
+    path = write_full_clip(source, towers_dir(tmp_path) / f"{spec.file_stem}.safetensors")
+    hashed = []
+    real = towers_module.tower_fingerprint
+    monkeypatch.setattr(towers_module, "tower_fingerprint", lambda state: hashed.append(1) or real(state))
+    load_tower(recorded, tmp_path)
+    assert_same_tower(load_tower(recorded, tmp_path), source)
+    assert len(hashed) == 1
+    with torch.no_grad():
+        source.conv1.weight[0, 0, 0, 0] += 0.01
+    write_full_clip(source, path)
+    os.utime(path, ns=(1, 1))  # a rewrite within one clock tick could keep the mtime; make it differ
+    with pytest.raises(EncoderError, match="different weights than the encoder was trained with"):
+        load_tower(recorded, tmp_path)
+    assert len(hashed) == 2
+
+
+def test_a_float16_file_becomes_a_float16_tower_without_a_copy(tmp_path, spec, fp16_exact_source,
+                                                               monkeypatch):
+    """The towers run in float16 on a GPU: a float16 file's tensors are the tower's own (no float32 round
+    trip, held once), and its fingerprint is the float32 weights' one."""
+    recorded = fingerprinted(spec, fp16_exact_source)
+    path = write_vision_only_fp16(fp16_exact_source, towers_dir(tmp_path) / f"{spec.file_stem}.safetensors")
+    state = read_tower_state(path)
+    monkeypatch.setattr(towers_module, "read_tower_state", lambda _path: state)
+    tower = load_tower(recorded, tmp_path, dtype=torch.float16)
+    assert {p.dtype for p in tower.parameters()} == {torch.float16}
+    assert tower.conv1.weight.data_ptr() == state["conv1.weight"].data_ptr()
+    for key, value in tower.state_dict().items():
+        assert torch.equal(value.float(), fp16_exact_source.state_dict()[key])
+    as_bf16 = load_tower(recorded, tmp_path, dtype=torch.bfloat16)  # converted, still checked as stored
+    assert {p.dtype for p in as_bf16.parameters()} == {torch.bfloat16}
+
+
 def test_fingerprint_follows_the_documented_rule(source):
     """Recomputed here from the rule in tower_fingerprint's docstring, independently of its code."""
     state = {"b": torch.tensor([[1.0, -2.5]]), "a": torch.arange(3, dtype=torch.int64)}
