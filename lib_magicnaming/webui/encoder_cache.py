@@ -1,11 +1,13 @@
 """The photo encoder as the WebUI serves it: found from the settings, built once, cached, and its status.
 
 :func:`get_encoder` is the one place that builds an ``IdentityEncoder`` from the settings (the tab, the REST
-API and the AlwaysOn script reach it through :class:`.services.Services`). The encoder alone decides when its
-model leaves the GPU (after each call unless "keep loaded"; never kept under --lowvram/--medvram): nothing
-here or in its callers unloads it. The only state shared between requests is :data:`_ENCODERS`, a cache keyed
-by the encoder checkpoint's content hash (plus the device and detector it was built for): a changed file is
-a new key, so a stale encoder is never served; and the memo of that hash per version of the file
+API and the AlwaysOn script reach it through :class:`.services.Services`). The encoder alone decides where
+its weights live between calls (in RAM, copied to the GPU for each call, unless "keep loaded" keeps them on
+the GPU; never kept there under --lowvram/--medvram): its callers never unload it. This cache owns it: when
+a changed checkpoint or setting makes a new one, the old one is unloaded (RAM, pinned RAM, GPU memory and
+CUDA graphs freed). The only state shared between requests is :data:`_ENCODERS`, keyed by the encoder
+checkpoint's content hash (plus the device, detector and settings it was built for): a changed file is a new
+key, so a stale encoder is never served; and the memo of that hash per version of the file
 (:func:`checkpoint_sha256`). :func:`encoder_status` says what the encoder needs and has.
 """
 
@@ -165,7 +167,7 @@ def _require_packages(settings: MagicNamingSettings) -> None:
 def _encoder_key(checkpoint_sha256: str, settings: MagicNamingSettings) -> tuple:
     return (checkpoint_sha256, resolve_device(settings.encoder_device), settings.face_detector,
             settings.detector_pack, settings.download_detector, settings.keep_encoder_loaded, webui_lowvram(),
-            str(settings.models_dir), settings.download_towers)
+            str(settings.models_dir), settings.download_towers, settings.pin_encoder_memory)
 
 
 def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
@@ -183,7 +185,9 @@ def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
         if encoder is None:
             from lib_magicnaming.encode import IdentityEncoder
 
-            _ENCODERS.clear()  # one encoder at a time: a replaced checkpoint or setting frees the old one
+            for replaced in _ENCODERS.values():  # one encoder at a time: the replaced one frees everything
+                replaced.unload()
+            _ENCODERS.clear()
             encoder = IdentityEncoder(
                 checkpoint,
                 models_dir=settings.models_dir,
@@ -191,6 +195,7 @@ def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
                 device=resolve_device(settings.encoder_device),
                 keep_loaded=settings.keep_encoder_loaded,
                 lowvram=webui_lowvram(),
+                pin_memory=settings.pin_encoder_memory,
                 allow_download=settings.download_towers,
             )
             _ENCODERS[key] = encoder
