@@ -229,11 +229,16 @@ def tower_fingerprint(
     """
     keys = sorted(state)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        entries = list(pool.map(lambda key: _entry_digest(key, state[key]), keys))
+        entries = dict(zip(keys, pool.map(lambda key: _entry_digest(key, state[key]), keys), strict=True))
+    return _fingerprint_of(entries, {k: int(state[k].numel()) for k in keys})
+
+
+def _fingerprint_of(entries: Mapping[str, bytes], counts: Mapping[str, int]) -> TowerFingerprint:
+    """Combine per-key entry digests (any order given) into the fingerprint."""
     digest = hashlib.sha256(FINGERPRINT_RULE)
-    for entry in entries:
-        digest.update(entry)
-    return TowerFingerprint(digest.hexdigest(), sum(int(state[k].numel()) for k in keys))
+    for key in sorted(entries):
+        digest.update(entries[key])
+    return TowerFingerprint(digest.hexdigest(), sum(counts.values()))
 
 
 def _entry_digest(key: str, tensor: torch.Tensor) -> bytes:
@@ -302,46 +307,47 @@ _FILE_FINGERPRINTS: LRUCache[tuple[str, int, int, int], TowerFingerprint] = LRUC
 checkpoint's hash: an entry is only ever right for the exact bytes it names)."""
 
 
-def tower_file_fingerprint(
-    path: str | os.PathLike, state: Mapping[str, torch.Tensor] | None = None
-) -> TowerFingerprint:
-    """The fingerprint of the tower weights in ``path``, computed once per version of the file.
-
-    ``state``: the file's tower state dict when the caller has just read it (not read again); otherwise the
-    file is read when its fingerprint is not yet known.
-    """
-    version = file_version(path)
-    known = _FILE_FINGERPRINTS.get(version)
-    if known is None:
-        known = tower_fingerprint(state if state is not None else read_tower_state(path))
-        _FILE_FINGERPRINTS.put(version, known)
-    return known
-
-
 def load_tower_file(
     spec: TowerSpec, path: str | os.PathLike, *, verify: bool = True, dtype: torch.dtype = torch.float32
 ) -> nn.Module:
     """Build ``spec``'s tower and load its weights from ``path`` (``dtype``, frozen, eval).
 
-    The file's tensors become the tower's own when they already have ``dtype`` (float16 files for float16
-    towers: no conversion, no second copy). With ``verify`` (the default) the weights must have the
-    fingerprint ``spec`` records, if any; it is computed from the tensors just read (the file is read once),
-    and only for a version of the file not hashed before in this process.
+    Each tensor is copied once, straight into ``dtype`` (a float16 file for float16 towers: no float32 round
+    trip), into memory the tower owns: safetensors maps the file, and a tower left on that mapping would
+    break if the file were rewritten in place while the WebUI runs (and keeps it locked on Windows). With
+    ``verify`` (the default) the weights must have the fingerprint ``spec`` records, if any: computed from the
+    file's values once per version of the file in this process (remembered by :func:`file_version`), each
+    tensor hashed as it is copied, ``FINGERPRINT_THREADS`` tensors at once (hashing adds little to reading).
     """
     path = Path(path)
     spec.validate()
     state = read_tower_state(path)
     tower, on_meta = build_empty_tower(spec, dtype)
+    expected = recorded_fingerprint(spec) if verify else None
+    version = file_version(path)
+    known = None if expected is None else _FILE_FINGERPRINTS.get(version)
+    hash_now = expected is not None and known is None
+    exact = dtype in (torch.float16, torch.float32)  # copies that hash as the file does (the rule: float16)
+
+    def take(key: str) -> tuple[torch.Tensor, bytes | None]:
+        tensor = state[key]
+        owned = tensor.to(dtype if tensor.is_floating_point() else tensor.dtype, copy=True)
+        return owned, _entry_digest(key, owned if exact else tensor) if hash_now else None
+
+    keys = list(state)
+    with ThreadPoolExecutor(max_workers=FINGERPRINT_THREADS) as pool:
+        taken = dict(zip(keys, pool.map(take, keys), strict=True))
+    owned = {key: tensor for key, (tensor, _) in taken.items()}
     try:
-        load_state_strict(tower, state, f"tower file {path.name}", assign=on_meta)
+        load_state_strict(tower, owned, f"tower file {path.name}", assign=on_meta)
     except EncoderError as err:
         raise EncoderError(f"{err} (is it an open_clip {spec.arch} checkpoint?)") from err
-    expected = recorded_fingerprint(spec)
-    if verify and expected is not None:
-        found = tower_file_fingerprint(path, state)
-        if found != expected:
-            raise EncoderError(weights_mismatch_message(spec, str(path), expected, found))
-    del state
+    if hash_now:
+        digests = {key: digest for key, (_, digest) in taken.items()}
+        known = _fingerprint_of(digests, {key: int(tensor.numel()) for key, tensor in owned.items()})
+        _FILE_FINGERPRINTS.put(version, known)
+    if expected is not None and known != expected:
+        raise EncoderError(weights_mismatch_message(spec, str(path), expected, known))
     return freeze(tower)
 
 

@@ -13,7 +13,6 @@ key, so a stale encoder is never served; and the memo of that hash per version o
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import threading
 from dataclasses import asdict, dataclass, field
@@ -139,20 +138,11 @@ def webui_lowvram() -> bool:
 
 
 def checkpoint_sha256(path: Path) -> str:
-    """The checkpoint file's sha256, hashed once per version of the file (path, size, mtime, inode).
+    """The checkpoint file's sha256, hashed once per version of the file (path, size, mtime, inode;
+    ``checkpoint.remembered_file_sha256``): every use of the encoder and every status line asks for it."""
+    from lib_magicnaming.checkpoint import remembered_file_sha256
 
-    Every use of the encoder and every status line asks for it; a checkpoint with its towers inside is
-    gigabytes, which took seconds to hash each time. Any write to the file changes its mtime or size.
-    """
-    stat = path.stat()
-    return _file_version_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-
-
-@functools.lru_cache(maxsize=8)
-def _file_version_sha256(path: str, _size: int, _mtime_ns: int, _inode: int) -> str:
-    from lib_magicnaming.checkpoint import file_sha256
-
-    return file_sha256(path)
+    return remembered_file_sha256(path)
 
 
 def _require_packages(settings: MagicNamingSettings) -> None:
