@@ -126,25 +126,24 @@ class WeightPlacement:
         return sum(t.numel() * t.element_size() for t in self._unique_masters())
 
     def _pin(self) -> None:
-        masters = self._unique_masters()
-        offsets, end = {}, 0
-        for master in masters:
-            offsets[id(master)] = _aligned(end)
-            end = offsets[id(master)] + master.numel() * master.element_size()
-        buffer = PinnedHostBuffer(end)
         slots_of: dict[int, list[_Slot]] = {}
         for slot in self._slots:
             slots_of.setdefault(id(slot.master), []).append(slot)
-        pinned = {}
-        for master in masters:
-            view = self._view(buffer.bytes, master, offsets[id(master)])
-            view.copy_(master)
-            pinned[id(master)] = _like(master, view)
-            for slot in slots_of[id(master)]:  # the unpinned tensor goes now: never all weights held twice
-                self._point(slot, pinned[id(master)])
-        self._offsets = {id(tensor): offsets[old] for old, tensor in pinned.items()}
-        for slot in self._slots:
-            slot.master = pinned[id(slot.master)]
+        offsets, end = [], 0
+        for slots in slots_of.values():
+            offsets.append(_aligned(end))
+            end = offsets[-1] + slots[0].master.numel() * slots[0].master.element_size()
+        buffer = PinnedHostBuffer(end)
+        self._offsets = {}
+        for slots, offset in zip(slots_of.values(), offsets, strict=True):
+            master = slots[0].master
+            pinned = _like(master, self._view(buffer.bytes, master, offset))
+            pinned.data.copy_(master)
+            for slot in slots:  # the unpinned tensor goes now: all weights are never held twice
+                slot.master = pinned
+                self._point(slot, pinned)
+            self._offsets[id(pinned)] = offset
+            del master
         self._pinned = buffer
 
     @staticmethod
