@@ -161,12 +161,14 @@ def test_cuda_bf16_fused_forward_at_real_layer_shapes(spec):
         low = tower.to(torch.bfloat16)
         own = low(x.bfloat16()).float()
         fused = fused_forward(low, x.bfloat16()).float()
-        blocks = CompiledBlocks()
-        compiled = fused_forward(low, x.bfloat16(), blocks).float()
-    assert blocks.failed is None
     assert relative_error(fused, reference) < 2e-2
     assert relative_error(fused, reference) < 1.5 * relative_error(own, reference) + 2e-3
-    assert relative_error(compiled, reference) < 1.5 * relative_error(own, reference) + 2e-3
+    if spec is CLIP_L_TOWER:  # compiling takes a while; bench/features.py compares bigG's compiled blocks
+        blocks = CompiledBlocks()
+        with torch.inference_mode():
+            compiled = fused_forward(low, x.bfloat16(), blocks).float()
+        assert blocks.failed is None
+        assert relative_error(compiled, reference) < 1.5 * relative_error(own, reference) + 2e-3
 
 
 def test_the_block_function_is_pure():
