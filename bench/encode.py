@@ -11,22 +11,28 @@ fingerprints, then every figure goes through ``IdentityEncoder``:
 
 * cold load: ``IdentityEncoder.load()`` from those files (the first load in the process hashes the tower
   files to check their fingerprint; a second encoder, e.g. after a settings change, finds it remembered),
-  next to a plain ``safetensors.torch.load_file`` of the same files;
+  next to a plain read of the same files into memory (``safetensors.torch.load_file``, which only maps the
+  file, then a copy of each tensor: the bytes read once, as the encoder must);
 * offloaded encode (the default, "keep loaded" off): weights copied from RAM to the GPU for the call and
-  dropped, pageable and pinned (``pin_memory``), and one tower at a time (``lowvram``); GPU memory held after;
+  dropped, pageable and pinned (``pin_memory``), and one tower at a time (``lowvram``); peak GPU memory
+  during it and GPU memory held after; plain copies of the same bytes between host and GPU (pageable and
+  pinned) for comparison;
 * warm encode (``keep_loaded``): ``embed_pixels`` on CPU pixels (graph replay, the host-to-device copy
   included) and ``encode_photos`` of a 224 px PNG crop (hashing, decoding, ``pixels_from_crop`` included),
   each against the same model run eagerly; the model called directly on pixels already on the GPU;
   throughput at ``--batch``; peak GPU memory.
 
-``tiny`` uses the tests' towers (any device). Figures are medians over ``--repeats`` runs after ``--warmup``.
-Prints one line per figure. ``--cuda-graph`` is accepted for earlier command lines (graphs are now the
-product's own path and always timed on CUDA).
+``tiny`` uses the tests' towers (any device); ``clip_l`` the real ViT-L/14 tower alone; ``--load-only`` stops
+after the cold-load figures (``--size clip_l --device cpu --dtype float16 --load-only``: the load path a GPU
+user's float16 towers take, measurable on a CPU). Figures are medians over ``--repeats`` runs after
+``--warmup``. Prints one line per figure. ``--cuda-graph`` is accepted for earlier command lines (graphs
+are now the product's own path and always timed on CUDA).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import os
 import platform
@@ -42,8 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from lib_magicnaming.checkpoint import save_encoder_checkpoint  # noqa: E402
+from lib_magicnaming.constants import CLIP_L_WIDTH  # noqa: E402
 from lib_magicnaming.encode import IdentityEncoder  # noqa: E402
-from lib_magicnaming.model import EncoderConfig, HeadConfig, NameHead, init_head_  # noqa: E402
+from lib_magicnaming.model import CLIP_L_TOWER, EncoderConfig, HeadConfig, NameHead, init_head_  # noqa: E402
 from lib_magicnaming.towers import (  # noqa: E402
     build_tower_module,
     tower_fingerprint,
@@ -56,6 +63,8 @@ def make_config(size: str) -> EncoderConfig:
     """The benchmarked architecture (towers without fingerprints yet)."""
     if size == "real":
         return EncoderConfig(head=HeadConfig(hidden_dim=2048))
+    if size == "clip_l":
+        return EncoderConfig(towers=[copy.deepcopy(CLIP_L_TOWER)], head=HeadConfig(in_dim=CLIP_L_WIDTH))
     from encoder_fixtures import tiny_config
 
     return tiny_config()
@@ -130,7 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", choices=("tiny", "real"), default="tiny")
+    parser.add_argument("--size", choices=("tiny", "clip_l", "real"), default="tiny",
+                        help="clip_l: the real ViT-L/14 tower alone (small enough for a CPU load figure)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch", type=int, default=8, help="batch size for the throughput figure")
     parser.add_argument(
@@ -144,6 +154,7 @@ def main() -> None:
     parser.add_argument("--offload-repeats", type=int, default=3, help="repeats of each offloaded encode")
     parser.add_argument("--cuda-graph", action="store_true", help="accepted; graphs are always timed on CUDA")
     parser.add_argument("--folder", help="where to write the tower files (default: a temporary folder)")
+    parser.add_argument("--load-only", action="store_true", help="stop after the cold-load figures")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -176,11 +187,10 @@ def run(folder: Path, args: argparse.Namespace, device: torch.device, dtype) -> 
     report(f"setup: tower files written ({written / 1e9:.2f} GB float16)", time.perf_counter() - start, "s")
     files = sorted(towers_dir(folder).glob("*.safetensors")) + [checkpoint]
 
-    def plain_read():
-        return [load_file(str(path)) for path in files]
+    def plain_read():  # load_file maps the file and reads nothing: each tensor is copied out of the mapping
+        return [[t.clone() for t in load_file(str(path)).values()] for path in files]
 
-    reads = timed(plain_read, device, 1, 2)
-    report("plain safetensors read of the same files (page cache)", statistics.median(reads), "s")
+    plain_read()  # the files into the page cache (just written: usually there already)
 
     def cold_load(**options) -> tuple[IdentityEncoder, float]:
         encoder = IdentityEncoder(checkpoint, models_dir=folder, device=device, dtype=dtype, **options)
@@ -189,20 +199,32 @@ def run(folder: Path, args: argparse.Namespace, device: torch.device, dtype) -> 
         sync(device)
         return encoder, time.perf_counter() - begin
 
-    first, seconds = cold_load()
-    report("cold load, first in the process (fingerprints hashed)", seconds, "s")
-    report("  x plain read", seconds / statistics.median(reads), "x")
+    first, first_seconds = cold_load()
     first.unload()
-    encoder, seconds = cold_load()
-    report("cold load, fingerprints remembered", seconds, "s")
-    report("  x plain read", seconds / statistics.median(reads), "x")
+    reads, loads = [], []
+    for _ in range(3):  # interleaved, so that load on a shared machine hits both alike
+        reads.append(timed(plain_read, device, 0, 1)[0])
+        encoder, seconds = cold_load()
+        loads.append(seconds)
+        encoder.unload()
+    read = statistics.median(reads)
+    report("plain read of the same files into memory, median of 3", read, "s")
+    report("cold load, first in the process (fingerprints hashed)", first_seconds, "s")
+    report("  x plain read", first_seconds / read, "x")
+    report("cold load, fingerprints remembered, median of 3", statistics.median(loads), "s")
+    report("  x plain read", statistics.median(loads) / read, "x")
+    encoder, _ = cold_load()
     model = encoder.load()
     report("parameters (towers + head)", sum(p.numel() for p in model.parameters()) / 1e6, "M")
+    if args.load_only:
+        return
 
     one = torch.randn(1, 3, 224, 224)
     if cuda:
         offloaded(encoder, one, args, device)
         encoder.unload()
+        raw_copies(written, device)
+        torch.cuda.empty_cache()  # the copies' GPU buffer, freed on return
         pinned, seconds = cold_load(pin_memory=True)
         report("cold load with a pinned master (copy + cudaHostRegister)", seconds, "s")
         times = timed(lambda: pinned.embed_pixels(one), device, 1, args.offload_repeats)
@@ -227,6 +249,23 @@ def offloaded(encoder: IdentityEncoder, one: torch.Tensor, args: argparse.Namesp
     report("offloaded encode (keep loaded off), pageable master, median", median_ms(times), "ms")
     report("  peak GPU memory during it", (torch.cuda.max_memory_allocated(device) - before) / 2**20, "MiB")
     report("  GPU memory held after it", (torch.cuda.memory_allocated(device) - before) / 2**20, "MiB")
+
+
+def raw_copies(nbytes: int, device: torch.device) -> None:
+    """Plain copies of the tower files' size, the bounds an offload works against: GPU -> new pageable host
+    memory (what ``module.to("cpu")`` does), pageable -> GPU, and pinned memory both ways."""
+    gpu = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    pageable = torch.zeros(nbytes, dtype=torch.uint8)  # touched, as a master in RAM is
+    pinned = torch.zeros(nbytes, dtype=torch.uint8, pin_memory=True)
+    copies = {
+        "GPU -> new pageable host memory": lambda: gpu.to("cpu"),
+        "pageable host -> GPU": lambda: gpu.copy_(pageable),
+        "pinned host -> GPU": lambda: gpu.copy_(pinned, non_blocking=True),
+        "GPU -> pinned host": lambda: pinned.copy_(gpu, non_blocking=True),
+    }
+    for label, copy_once in copies.items():
+        times = timed(copy_once, device, 1, 3)
+        report(f"copy {nbytes / 1e9:.2f} GB, {label}, median", median_ms(times), "ms")
 
 
 def warm(cold_load, one: torch.Tensor, args: argparse.Namespace, device: torch.device) -> None:
