@@ -4,9 +4,13 @@
 #
 #     OUT=/tmp/gpu-check bash bench/gpu_check.sh
 #
-# open_clip must be importable. Where it is not (the lent GPU machines have torch but no open_clip and no
-# package registry), wheels in .whl/ are installed into a temporary folder first; shared/docs/gpu-check.md
-# says how to download them (open_clip_torch==2.20.0, ftfy, wcwidth) on a machine with package access.
+# open_clip must be importable. Where it is not (a GPU machine with torch but no open_clip and no package
+# registry), wheels in .whl/ are installed into a temporary folder first. Download them beforehand on a
+# machine with package access, for the GPU machine's Python (here 3.12), and take .whl/ along:
+#
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#       open_clip_torch==2.20.0 ftfy==6.3.1 wcwidth
 #
 # Each step runs under its own time limit and its output goes to $OUT/<step>.log, so one failing or slow step
 # never loses the others. The last lines printed are a summary of every step's exit status and seconds.
