@@ -27,6 +27,7 @@ OPT_MODELS_DIR = "magicnaming_models_dir"
 OPT_ENCODER_CHECKPOINT = "magicnaming_encoder_checkpoint"
 OPT_ENCODER_DEVICE = "magicnaming_encoder_device"
 OPT_KEEP_ENCODER_LOADED = "magicnaming_keep_encoder_loaded"
+OPT_PIN_ENCODER_MEMORY = "magicnaming_pin_encoder_memory"
 OPT_DETECTOR_PACK = "magicnaming_detector_pack"
 OPT_DOWNLOAD_TOWERS = "magicnaming_download_towers"
 OPT_FACE_DETECTOR = "magicnaming_face_detector"
@@ -59,6 +60,8 @@ class MagicNamingSettings:
     encoder_device: str
     keep_encoder_loaded: bool
     detector_pack: str
+    pin_encoder_memory: bool = False
+    """Keep the encoder's CPU copy of its weights in page-locked RAM (faster copies to the GPU per encode)."""
     download_towers: bool = False
     """Fetch missing CLIP tower weights through open_clip's pretrained mechanism (never when offline)."""
     face_detector: str = DEFAULT_DETECTOR
@@ -134,6 +137,7 @@ def read_settings(opts: Any, cmd_opts: Any, models_path: str | Path) -> MagicNam
         encoder_checkpoint=str(_opt(opts, OPT_ENCODER_CHECKPOINT, "")).strip(),
         encoder_device=validate_device(str(device)),
         keep_encoder_loaded=bool(_opt(opts, OPT_KEEP_ENCODER_LOADED, False)),
+        pin_encoder_memory=bool(_opt(opts, OPT_PIN_ENCODER_MEMORY, False)),
         detector_pack=validate_detector_pack(str(_opt(opts, OPT_DETECTOR_PACK, DEFAULT_PACK))),
         download_towers=bool(_opt(opts, OPT_DOWNLOAD_TOWERS, True)) and not offline_by_environment(),
         face_detector=validate_detector_choice(_opt(opts, OPT_FACE_DETECTOR, DEFAULT_DETECTOR)),
@@ -167,8 +171,13 @@ def on_ui_settings() -> None:
         "auto", "Photo encoder device (auto: the WebUI's device, CPU under --lowvram/--medvram; "
         "--magicnaming-device overrides)", gr.Radio, {"choices": list(DEVICE_CHOICES)}, section=SECTION))
     add(OPT_KEEP_ENCODER_LOADED, shared.OptionInfo(
-        False, "Keep the photo encoder loaded between uses (off: its memory is freed after each use; "
-        "never kept on the GPU under --lowvram/--medvram)", section=SECTION))
+        False, "Keep the photo encoder on the GPU between uses (on: about 4.4 GB of VRAM held, a photo "
+        "encodes in milliseconds; off: its weights wait in RAM and are copied to the GPU for each use, which "
+        "frees that VRAM again; never kept on the GPU under --lowvram/--medvram)", section=SECTION))
+    add(OPT_PIN_ENCODER_MEMORY, shared.OptionInfo(
+        False, "Pin the photo encoder's weights in RAM (faster copies to the GPU when it is not kept there: "
+        "about 0.1 s instead of 0.6 s per use; locks about 4.4 GB of RAM the system cannot page out)",
+        section=SECTION))
     add(OPT_DOWNLOAD_TOWERS, shared.OptionInfo(
         True, "Download missing CLIP tower weights with open_clip (off, or HF_HUB_OFFLINE=1: only files in "
         "<folder>/towers are used)", section=SECTION))
