@@ -63,3 +63,8 @@ class DetectorUnavailable(EncoderError, FaceError):
 
 class NamespaceError(MagicNamingError):
     """Bad input to name-space math: weights, a weighted-names text, embeddings that cannot be mixed."""
+
+
+class NamespaceFileError(EncoderError):
+    """A name-space statistics file (``lib_magicnaming.namespace_cache``) that is damaged, of another
+    version or kind, or cannot be written. A problem of the server's files, not of the request (HTTP 503)."""
