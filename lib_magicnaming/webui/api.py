@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.webui.api_sampling import add_sampling_routes
 from lib_magicnaming.webui.http_status import http_status
-from lib_magicnaming.webui.sampling import NOT_MEASURED_NOTE, SamplingUseCases
+from lib_magicnaming.webui.sampling import CHECKPOINT_SOURCE, NOT_MEASURED_NOTE, SamplingUseCases
 from lib_magicnaming.webui.services import Services
 from lib_magicnaming.webui.use_cases import IdentityUseCases, photo_report_json
 
@@ -95,7 +95,7 @@ class SampleRequest(BaseModel):
     seed: int = 0
     scale: float = 1.0
     overwrite: bool = False
-    source: str = Field("checkpoint", description="checkpoint (the loaded SDXL's name space) or encoder")
+    source: str = Field(CHECKPOINT_SOURCE, description="checkpoint (the loaded SDXL's name space) or encoder")
     thumbnail: Optional[str] = Field(None, description="base64 image, e.g. the chosen candidate's portrait")
 
 

@@ -17,7 +17,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from lib_magicnaming.webui.portraits import MAX_PORTRAITS, PortraitSettings
-from lib_magicnaming.webui.sampling import DEFAULT_CANDIDATES, SamplingUseCases
+from lib_magicnaming.webui.sampling import CHECKPOINT_SOURCE, DEFAULT_CANDIDATES, SamplingUseCases
 from lib_magicnaming.webui.services import Services
 
 _DEFAULT = PortraitSettings()
@@ -42,7 +42,7 @@ class CandidatesRequest(PortraitOptions):
     seed: int = 0
     count: int = Field(DEFAULT_CANDIDATES, description=f"1 to {MAX_PORTRAITS}")
     scale: float = 1.0
-    source: str = Field("checkpoint", description="checkpoint (the loaded SDXL's name space) or encoder")
+    source: str = Field(CHECKPOINT_SOURCE, description="checkpoint (the loaded SDXL's name space) or encoder")
 
 
 class PortraitRequest(PortraitOptions):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from lib_magicnaming.errors import IdentityError, IdentityExists, MagicNamingError
 from lib_magicnaming.tags import validate_identity_name
 from lib_magicnaming.webui.encoder_cache import EncoderStatus
+from lib_magicnaming.webui.sampling import CHECKPOINT_SOURCE, SamplingUseCases
 from lib_magicnaming.webui.services import Services
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ class IdentityUseCases:
         return self.create_from_encoded(name, result, overwrite=overwrite), result
 
     def create_sampled(
-        self, name: str, seed: int, scale: float = 1.0, *, source: str = "checkpoint",
+        self, name: str, seed: int, scale: float = 1.0, *, source: str = CHECKPOINT_SOURCE,
         overwrite: bool = False, thumbnail: Any = None, progress: Progress = no_progress,
     ) -> IdentityInfo:
         """Save a fictional person (:meth:`.sampling.SamplingUseCases.sample`): from the loaded checkpoint's
@@ -183,7 +184,6 @@ class IdentityUseCases:
         caller's mistake, HTTP 400, not "encoder unavailable"). ``thumbnail``: usually the chosen candidate's
         portrait."""
         from lib_magicnaming.identity import Identity
-        from lib_magicnaming.webui.sampling import SamplingUseCases
 
         library = self._library_for_new(name, overwrite)
         sampled = SamplingUseCases(self.services).sample(seed, scale, source, progress)
