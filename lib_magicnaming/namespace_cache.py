@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
 
@@ -60,6 +59,7 @@ from lib_magicnaming.namespace import (
     sample_namespace,
 )
 from lib_magicnaming.nearest import NEAREST_COUNT, NameIndex, NearestName
+from lib_magicnaming.safetensors_bytes import save_reproducible
 
 logger = logging.getLogger("magicnaming")
 
@@ -204,7 +204,7 @@ def encode_namespace_file(namespace: CheckpointNamespace) -> bytes:
         "seconds": str(namespace.seconds),
         "content_sha256": _content_sha256(tensors),
     }
-    return safetensors.torch.save(tensors, metadata=metadata)
+    return save_reproducible(tensors, metadata)
 
 
 def read_namespace_file(path: str | os.PathLike) -> CheckpointNamespace:
