@@ -146,6 +146,25 @@ def test_same_seed_and_source_give_identical_file_bytes_even_measured_again(stan
     assert other.json()["identity"]["short_hash"] != first.json()["identity"]["short_hash"]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_cache_file_is_refused_and_measured_again(standin, damage, caplog):
+    first = standin.client.post(f"{PREFIX}/identities/sample", json={"name": "one", "seed": 5}).json()
+    (path,) = (standin.folder / "namespace").iterdir()
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        del data[-1000:]
+    else:
+        data[-5] ^= 0x40  # one bit of one F_ID
+    path.write_bytes(bytes(data))
+    namespace_cache._LOADED = namespace_cache.LRUCache(2)
+    second = standin.client.post(f"{PREFIX}/identities/sample", json={"name": "two", "seed": 5})
+    assert second.status_code == 201, second.text
+    assert "refused the name-space file" in caplog.text and path.name in caplog.text
+    assert standin.shared.sd_model.encoded_texts == NAMES + NAMES  # measured again
+    assert second.json()["identity"]["short_hash"] == first["identity"]["short_hash"]
+    assert namespace_cache.read_namespace_file(path).names == tuple(NAMES)  # a sound file replaced it
+
+
 def test_bad_sample_requests_are_named(standin):
     post = standin.client.post
     assert post(f"{PREFIX}/identities/sample", json={"name": "x", "source": "elsewhere"}).status_code == 400
