@@ -68,3 +68,8 @@ class NamespaceError(MagicNamingError):
 class NamespaceFileError(EncoderError):
     """A name-space statistics file (``lib_magicnaming.namespace_cache``) that is damaged, of another
     version or kind, or cannot be written. A problem of the server's files, not of the request (HTTP 503)."""
+
+
+class Interrupted(EncoderError):
+    """Long work outside a generation (measuring a name space) stopped by the WebUI's Interrupt; nothing of it
+    was kept. Not the request's fault (HTTP 503: try again)."""

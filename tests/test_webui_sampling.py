@@ -165,6 +165,37 @@ def test_a_damaged_cache_file_is_refused_and_measured_again(standin, damage, cap
     assert namespace_cache.read_namespace_file(path).names == tuple(NAMES)  # a sound file replaced it
 
 
+def test_measuring_shows_progress_as_the_webui_does_and_stops_on_interrupt(standin, monkeypatch):
+    model, state = standin.shared.sd_model, standin.shared.state
+    console = io.StringIO()
+    monkeypatch.setattr(standin.shared, "progress_print_out", console)
+    seen = []
+    encode = model.get_learned_conditioning
+
+    def watched(batch):
+        seen.append((state.job, state.job_count, state.job_no, state.textinfo))
+        if len(seen) == 2 and interrupt:
+            state.interrupt()  # as POST /sdapi/v1/interrupt does while the first names are encoded
+        return encode(batch)
+
+    monkeypatch.setattr(model, "get_learned_conditioning", watched)
+    interrupt = True
+    response = standin.client.post(f"{PREFIX}/identities/sample", json={"name": "cut", "seed": 1})
+    assert response.status_code == 503 and "interrupted" in response.json()["detail"]
+    assert not (standin.folder / "namespace").exists() or not any((standin.folder / "namespace").iterdir())
+    assert standin.client.get(f"{PREFIX}/identities").json() == {"identities": []}
+    assert state.job == "" and state.job_count == 0  # the job ended
+
+    seen.clear()
+    interrupt = False
+    response = standin.client.post(f"{PREFIX}/namespace")
+    assert response.status_code == 200, response.text
+    job = "MagicNaming: measuring the name space"
+    assert seen[0] == (job, 20, 0, None) and seen[1] == (job, 20, 16, "Encoding listed names: 16 / 20")
+    assert "20/20" in console.getvalue() and job in console.getvalue()  # tqdm's bar on the console
+    assert state.job == "" and state.job_count == 0
+
+
 def test_bad_sample_requests_are_named(standin):
     post = standin.client.post
     assert post(f"{PREFIX}/identities/sample", json={"name": "x", "source": "elsewhere"}).status_code == 400

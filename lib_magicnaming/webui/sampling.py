@@ -2,21 +2,22 @@
 
 The loaded checkpoint's name space (:mod:`lib_magicnaming.namespace_cache`) is the default source of
 fictional people: it is measured on first use (never at start-up) under the WebUI's queue lock, with the
-checkpoint's own text encoders (``Services.encode_texts``, the path that makes identities from names), and
-read from its cache file afterwards. An encoder checkpoint's statistics are the other source. A sampled
-identity's origin records its source (checkpoint hash + names-list hash, or encoder hash), seed and scale; the
-same seed, scale and source give the same person. :meth:`SamplingUseCases.candidates` draws N of them as
-portraits in one batch through the WebUI's txt2img (:mod:`.portraits`) so the user picks one; any saved
-identity can be drawn the same way and the portrait made its thumbnail. :meth:`SamplingUseCases.nearest`
-names the listed people closest to an identity, from the cached name space only (it never starts the
-measurement).
+checkpoint's own text encoders (``Services.encode_texts``, the path that makes identities from names), its
+progress shown as a WebUI job (``Services.job``: shared.state, a console bar, the tab's bar; the WebUI's
+Interrupt stops it), and read from its cache file afterwards. An encoder checkpoint's statistics are the
+other source. A sampled identity's origin records its source (checkpoint hash + names-list hash, or encoder
+hash), seed and scale; the same seed, scale and source give the same person.
+:meth:`SamplingUseCases.candidates` draws N of them as portraits in one batch through the WebUI's txt2img
+(:mod:`.portraits`) so the user picks one; any saved identity can be drawn the same way and the portrait made
+its thumbnail. :meth:`SamplingUseCases.nearest` names the listed people closest to an identity, from the
+cached name space only (it never starts the measurement).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ import torch
 
 from lib_magicnaming.errors import EncoderError, IdentityError, MagicNamingError
 from lib_magicnaming.nearest import NEAREST_COUNT, NearestName
+from lib_magicnaming.webui.job_progress import Progress, no_progress
 from lib_magicnaming.webui.log import logger
 from lib_magicnaming.webui.portraits import MAX_PORTRAITS, DrawJob, PortraitSettings
 from lib_magicnaming.webui.services import Services
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
     from lib_magicnaming.identity_file import IdentityInfo
     from lib_magicnaming.namespace_cache import CheckpointNamespace
 
-Progress = Callable[..., Any]
-
 CHECKPOINT_SOURCE = "checkpoint"
 ENCODER_SOURCE = "encoder"
 SOURCES = (CHECKPOINT_SOURCE, ENCODER_SOURCE)
@@ -43,10 +43,8 @@ SOURCES = (CHECKPOINT_SOURCE, ENCODER_SOURCE)
 CANDIDATE_NAME = "candidate-{number}"
 """The tag name of the n-th candidate in its portrait's prompt (it lives on the processing object only)."""
 DEFAULT_CANDIDATES = 4
-
-
-def _no_progress(*_args: Any, **_kwargs: Any) -> None:
-    pass
+NAMESPACE_JOB = "MagicNaming: measuring the name space"
+"""The WebUI job (shared.state, console bar) of measuring a checkpoint's name space, one step a name."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ class SamplingUseCases:
         except EncoderError:
             return None
 
-    def namespace(self, progress: Progress = _no_progress) -> CheckpointNamespace:
+    def namespace(self, progress: Progress = no_progress) -> CheckpointNamespace:
         """The loaded checkpoint's name space: from its cache file, or measured now (once) under the queue
         lock and cached. EncoderError when no SDXL checkpoint is loaded or the names list is unusable."""
         cache = self.services.namespace_cache()
@@ -159,9 +157,10 @@ class SamplingUseCases:
             "minutes on a CPU, seconds on a GPU; the WebUI's queue waits)",
             checkpoint.title, checkpoint.short_hash, len(names_list.names), names_list.label,
         )
-        namespace = compute_checkpoint_namespace(
-            self.services.encode_texts, names_list, checkpoint, progress=progress
-        )
+        with self.services.job(NAMESPACE_JOB, len(names_list.names), progress) as report:
+            namespace = compute_checkpoint_namespace(
+                self.services.encode_texts, names_list, checkpoint, progress=report
+            )
         path = cache.save(namespace)
         logger.warning("measured the name space of %s in %.1f s; cached in %s", checkpoint.title,
                        namespace.seconds, path)
@@ -185,7 +184,7 @@ class SamplingUseCases:
 
     def sample(
         self, seed: int, scale: float = 1.0, source: str = CHECKPOINT_SOURCE,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
     ) -> Sampled:
         """One fictional person from ``source``; the same seed, scale and source give the same values."""
         seed, scale, source = check_seed(seed), check_scale(scale), check_source(source)
@@ -208,7 +207,7 @@ class SamplingUseCases:
 
     def candidates(
         self, seed: int, count: int = DEFAULT_CANDIDATES, scale: float = 1.0, source: str = CHECKPOINT_SOURCE,
-        portrait: PortraitSettings = PortraitSettings(), progress: Progress = _no_progress,
+        portrait: PortraitSettings = PortraitSettings(), progress: Progress = no_progress,
     ) -> list[Candidate]:
         """``count`` people (seeds ``seed`` .. ``seed + count - 1``) drawn as portraits in one batch."""
         seed, scale, source = check_seed(seed), check_scale(scale), check_source(source)
@@ -222,7 +221,7 @@ class SamplingUseCases:
         return [Candidate(person, image) for person, image in zip(people, images, strict=True)]
 
     def draw_portrait(
-        self, name: str, portrait: PortraitSettings = PortraitSettings(), progress: Progress = _no_progress
+        self, name: str, portrait: PortraitSettings = PortraitSettings(), progress: Progress = no_progress
     ) -> tuple[Image, IdentityInfo]:
         """A portrait of the saved identity ``name``, and its header (the short hash it was drawn from)."""
         portrait.validate()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
 from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.webui.encoder_cache import EncoderStatus, encoder_status, get_encoder
+from lib_magicnaming.webui.job_progress import Progress, caller_progress_only, webui_job
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ class Services:
     draw: Callable[[DrawJob], list] = no_drawing
     """Draws portraits through the WebUI's txt2img (:func:`.portraits.webui_draw`); the caller holds the
     queue lock."""
+    job: Callable[[str, int, Progress], AbstractContextManager[Progress]] = caller_progress_only
+    """``job(name, steps, progress)`` -> the progress to report each step of long work with, shown where the
+    WebUI shows its own jobs (:func:`.job_progress.webui_job`); the caller holds the queue lock."""
 
 
 def identity_library(settings: MagicNamingSettings | None = None) -> IdentityLibrary:
@@ -179,4 +183,5 @@ def webui_services() -> Services:
         names_list=webui_names_list,
         namespace_cache=webui_namespace_cache,
         draw=webui_draw,
+        job=webui_job,
     )

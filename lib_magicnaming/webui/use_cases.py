@@ -14,13 +14,14 @@ and its events to calls; neither adds rules of its own.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lib_magicnaming.errors import IdentityError, IdentityExists, MagicNamingError
 from lib_magicnaming.tags import validate_identity_name
 from lib_magicnaming.webui.encoder_cache import EncoderStatus
+from lib_magicnaming.webui.job_progress import Progress, no_progress
 from lib_magicnaming.webui.sampling import CHECKPOINT_SOURCE, SamplingUseCases
 from lib_magicnaming.webui.services import Services
 
@@ -30,12 +31,7 @@ if TYPE_CHECKING:
     from lib_magicnaming.identity_file import IdentityInfo
     from lib_magicnaming.identity_library import IdentityLibrary
 
-Progress = Callable[..., Any]
 WeightedNames = Sequence[tuple[str, float]]
-
-
-def no_progress(*_args: Any, **_kwargs: Any) -> None:
-    """The progress callback when none is given (gr.Progress must not be tested for truth: it has a len)."""
 
 
 def photo_report_json(report: PhotoReport) -> dict[str, Any]:
