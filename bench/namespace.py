@@ -3,6 +3,7 @@
     python bench/namespace.py                      # real-size SDXL text encoders, 64 names, CPU
     python bench/namespace.py --names 0            # every name of the shipped list (1,232)
     python bench/namespace.py --size tiny --names 0
+    python bench/namespace.py --device cuda --dtype float16 --names 0   # a GPU, as the WebUI runs it
 
 ``--size real`` builds SDXL's two text encoders at their real size (OpenAI CLIP ViT-L/14 text, 123 M
 parameters; OpenCLIP ViT-bigG/14 text, 695 M) from open_clip's configs with random weights (no downloads), and
@@ -61,12 +62,12 @@ def flops_per_name() -> float:
     return total
 
 
-def encoder(size: str, device: str) -> SDXLTextEncoder:
+def encoder(size: str, device: str, dtype: torch.dtype) -> SDXLTextEncoder:
     specs = [SDXL_CLIP_L, SDXL_CLIP_G]
     if size == "tiny":
         specs = [tiny_spec(SDXL_CLIP_L, width=CLIP_L_WIDTH, layers=1),
                  tiny_spec(SDXL_CLIP_G, width=CLIP_G_WIDTH, layers=1)]
-    towers = [(spec, random_text_tower(spec, seed)) for seed, spec in enumerate(specs)]
+    towers = [(spec, random_text_tower(spec, seed).to(dtype)) for seed, spec in enumerate(specs)]
     return SDXLTextEncoder(towers, device)
 
 
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--names", type=int, default=64, help="names to encode (0: the whole list)")
     parser.add_argument("--batch-size", type=int, default=ENCODE_BATCH)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="the towers' weights (the WebUI runs them in float16 on a GPU)")
     parser.add_argument("--cpu-threads", type=int, help="torch CPU threads")
     args = parser.parse_args()
     if args.cpu_threads:
@@ -86,10 +89,11 @@ def main() -> None:
     count = len(shipped.names) if args.names <= 0 else min(args.names, len(shipped.names))
     names = shipped.names[:count]
     subset = type(shipped)(names, names_list_hash(names), shipped.label)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}, "
+          f"{args.dtype}")
 
     started = time.perf_counter()
-    text = encoder(args.size, args.device)
+    text = encoder(args.size, args.device, getattr(torch, args.dtype))
     print(f"text encoders built in {time.perf_counter() - started:.1f} s ({args.size} size, random weights)")
     text.encode(["warm up"])
 
