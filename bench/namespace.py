@@ -37,6 +37,7 @@ from lib_magicnaming.namespace_cache import (  # noqa: E402
     NamespaceCache,
     SourceCheckpoint,
     compute_checkpoint_namespace,
+    forget_loaded_files,
 )
 from training.text_encoders import (  # noqa: E402
     SDXL_CLIP_G,
@@ -120,9 +121,7 @@ def main() -> None:
         started = time.perf_counter()
         path = cache.save(namespace)
         written = time.perf_counter() - started
-        from lib_magicnaming import namespace_cache
-
-        namespace_cache._LOADED = namespace_cache.LRUCache(2)
+        forget_loaded_files()
         started = time.perf_counter()
         cache.load(SourceCheckpoint("0" * 10, "bench"), subset)
         print(f"cache file {path.stat().st_size / 2**20:.1f} MiB for {count} names: written in {written:.2f} "

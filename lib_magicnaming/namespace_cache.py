@@ -308,6 +308,11 @@ _LOADED: LRUCache[tuple, CheckpointNamespace] = LRUCache(_MEMO_CAPACITY)
 """Files read, by (path, size, mtime, inode): a changed file is a new key, so nothing stale is served."""
 
 
+def forget_loaded_files() -> None:
+    """Drop the name spaces kept in memory: the next load reads its file again (as after a restart)."""
+    _LOADED.clear()
+
+
 def _file_version(path: Path) -> tuple | None:
     try:
         status = path.stat()

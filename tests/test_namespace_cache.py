@@ -55,9 +55,9 @@ class CountingEncoder:
 
 
 @pytest.fixture(autouse=True)
-def fresh_memo(monkeypatch):
+def fresh_memo():
     """Every test starts with nothing read: files are read from disk, as after a restart."""
-    monkeypatch.setattr(namespace_cache, "_LOADED", namespace_cache.LRUCache(2))
+    namespace_cache.forget_loaded_files()
 
 
 @pytest.fixture()
@@ -146,7 +146,7 @@ def test_computed_once_then_read_from_its_file(tmp_path, names_list):
     path = cache.save(compute_checkpoint_namespace(encoder, names_list, CHECKPOINT))
     assert path == tmp_path / "namespace" / f"0123456789-{names_list.short_hash}.safetensors"
 
-    namespace_cache._LOADED = namespace_cache.LRUCache(2)  # as after a restart: nothing in memory
+    namespace_cache.forget_loaded_files()  # as after a restart: nothing in memory
     again = NamespaceCache(tmp_path / "namespace").load(CHECKPOINT, names_list)
     assert again is not None and again.names == tuple(NAMES) and encoder.names_encoded == 36
     assert again.sample(7, 0.8).equal(compute_checkpoint_namespace(CountingEncoder(), names_list,
@@ -201,7 +201,7 @@ def test_a_damaged_file_is_refused_deleted_and_computed_again(tmp_path, names_li
     path.write_bytes(damaged(path.read_bytes()))
     with pytest.raises(NamespaceFileError, match=problem):
         read_namespace_file(path)
-    namespace_cache._LOADED = namespace_cache.LRUCache(2)
+    namespace_cache.forget_loaded_files()
     with caplog.at_level(logging.WARNING, logger="magicnaming"):
         assert cache.load(CHECKPOINT, names_list) is None
     assert "refused the name-space file" in caplog.text and not path.exists()

@@ -40,7 +40,7 @@ ALAN = {"name": "alan", "names": [{"name": "Alan Turing"}]}
 def standin(webui, tmp_path, monkeypatch):  # noqa: F811 - the fixture above
     """The stand-in with both MagicNaming scripts loaded, no encoder installed, a 20-name list chosen in
     Settings, the toy SDXL loaded, the txt2img runner (with the Seed section) built, and the REST API."""
-    monkeypatch.setattr(namespace_cache, "_LOADED", namespace_cache.LRUCache(2))
+    namespace_cache.forget_loaded_files()
     webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
     webui.shared.cmd_opts.magicnaming_device = None
     webui.shared.cmd_opts.api = True
@@ -108,7 +108,7 @@ def test_sample_with_no_encoder_measures_the_checkpoint_once_then_reads_its_file
     files = sorted((standin.folder / "namespace").iterdir())
     assert [f.name for f in files] == [f"{checkpoint_hash}-{standin.names_list.short_hash}.safetensors"]
 
-    namespace_cache._LOADED = namespace_cache.LRUCache(2)  # nothing in memory: the second call reads the file
+    namespace_cache.forget_loaded_files()  # nothing in memory: the second call reads the file
     again = standin.client.post(f"{PREFIX}/identities/sample", json={"name": "nova2", "seed": 7}).json()
     assert model.encoded_texts == NAMES  # nothing encoded again
     assert again["identity"]["short_hash"] == response.json()["identity"]["short_hash"]
@@ -136,7 +136,7 @@ def test_same_seed_and_source_give_identical_file_bytes_even_measured_again(stan
     standin.client.delete(f"{PREFIX}/identities/twin")
     for path in (standin.folder / "namespace").iterdir():
         path.unlink()  # measured again from scratch
-    namespace_cache._LOADED = namespace_cache.LRUCache(2)
+    namespace_cache.forget_loaded_files()
     standin.client.post(f"{PREFIX}/identities/sample", json=body)
     again, created_again = file_bytes_and_created(library / "twin.safetensors")
     assert len(created) == len(created_again) and created.encode() in content
@@ -156,7 +156,7 @@ def test_a_damaged_cache_file_is_refused_and_measured_again(standin, damage, cap
     else:
         data[-5] ^= 0x40  # one bit of one F_ID
     path.write_bytes(bytes(data))
-    namespace_cache._LOADED = namespace_cache.LRUCache(2)
+    namespace_cache.forget_loaded_files()
     second = standin.client.post(f"{PREFIX}/identities/sample", json={"name": "two", "seed": 5})
     assert second.status_code == 201, second.text
     assert "refused the name-space file" in caplog.text and path.name in caplog.text
