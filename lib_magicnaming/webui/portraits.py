@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 from lib_magicnaming.errors import EncoderError, MagicNamingError
-from lib_magicnaming.tags import DEFAULT_STRENGTH, identity_key
-from lib_magicnaming.webui.markers import PREPEND
+from lib_magicnaming.tags import identity_key
 
 PORTRAIT_PROMPT = "portrait photo of {tag}, plain background"
 PORTRAIT_NEGATIVE_PROMPT = "blurry, lowres, deformed, text, watermark"
@@ -105,13 +104,12 @@ def magicnaming_script(runner: Any) -> Any:
 
 def script_args_for_portraits(runner: Any, script: Any) -> list[Any]:
     """Every script's args at its UI default (as the WebUI's API fills args a request leaves out), no
-    selectable script, and MagicNaming on with its default mode and strength and no face."""
+    selectable script, and MagicNaming on, its other args None: their defaults (:mod:`.script_args`)."""
     inputs = list(getattr(runner, "inputs", None) or [None])
     args = [getattr(control, "value", None) for control in inputs]
     args[0] = 0
-    ours = [True, PREPEND, DEFAULT_STRENGTH, None, False]
     width = script.args_to - script.args_from
-    args[script.args_from : script.args_to] = (ours + [None] * width)[:width]
+    args[script.args_from : script.args_to] = [True] + [None] * (width - 1)
     return args
 
 
