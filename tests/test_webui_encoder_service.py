@@ -98,7 +98,7 @@ def test_no_face_is_422_naming_the_photo(env, astronaut_png):
 
 
 def test_sample_route(env):
-    body = {"name": "nobody", "seed": 7, "scale": 0.5}
+    body = {"name": "nobody", "seed": 7, "scale": 0.5, "source": "encoder"}
     response = env.client.post("/magicnaming/v1/identities/sample", json=body)
     assert response.status_code == 201, response.text
     assert response.json()["identity"]["origin"] == {
@@ -172,6 +172,7 @@ def test_missing_package_is_named(env, monkeypatch):
 
 def test_tab_preview_then_save(env, astronaut_png):
     from lib_magicnaming.webui import services
+    from lib_magicnaming.webui.sample_actions import SampleActions
     from lib_magicnaming.webui.tab_actions import TabActions
 
     install_pack(env.insightface_root, [FACE_BOX], (512, 512))
@@ -186,7 +187,8 @@ def test_tab_preview_then_save(env, astronaut_png):
     assert "Saved astro" in actions.save_photos(preview, "astro", False)
     saved = services.identity_library().load("astro")
     assert saved.thumbnail is not None and saved.origin["photo_hashes"] == preview.photo_hashes
-    assert "Saved dice" in actions.create_sampled("dice", 3, 1.0, False)
+    sample = SampleActions(services.webui_services())
+    assert "Saved dice" in sample.create_sampled("dice", 3, 1.0, False, "encoder checkpoint", None)
 
 
 def test_checkpoint_hash_is_computed_once_per_version_of_the_file(tmp_path, monkeypatch):

@@ -34,6 +34,8 @@ OPT_FACE_DETECTOR = "magicnaming_face_detector"
 """auto | yunet | insightface. install.py reads it from the WebUI's config file: 'insightface' makes it
 install insightface at the next start."""
 OPT_DOWNLOAD_DETECTOR = "magicnaming_download_detector"
+OPT_NAMES_LIST = "magicnaming_names_list"
+"""The names list that measures the loaded checkpoint's name space (blank: the shipped list)."""
 
 OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 """Set to 1/true/yes, either one forbids downloading tower weights and the face detector file whatever the
@@ -68,6 +70,8 @@ class MagicNamingSettings:
     """auto, yunet or insightface (lib_magicnaming.face_detectors.make_detector)."""
     download_detector: bool = False
     """Fetch the YuNet file into ``detectors/`` on the first detection when it is absent (never offline)."""
+    names_list: str = ""
+    """A names-list file (lib_magicnaming.names_list); blank: the list shipped with the extension."""
 
     @property
     def identities_dir(self) -> Path:
@@ -88,6 +92,16 @@ class MagicNamingSettings:
     def detectors_dir(self) -> Path:
         """Folder of the YuNet face detector file."""
         return self.models_dir / "detectors"
+
+    @property
+    def namespace_dir(self) -> Path:
+        """Folder of the name-space statistics of loaded checkpoints (lib_magicnaming.namespace_cache)."""
+        return self.models_dir / "namespace"
+
+    @property
+    def names_list_path(self) -> Path | None:
+        """The names-list file the setting names, or None for the shipped list."""
+        return Path(self.names_list).expanduser() if self.names_list else None
 
 
 def validate_device(device: str) -> str:
@@ -142,6 +156,7 @@ def read_settings(opts: Any, cmd_opts: Any, models_path: str | Path) -> MagicNam
         download_towers=bool(_opt(opts, OPT_DOWNLOAD_TOWERS, True)) and not offline_by_environment(),
         face_detector=validate_detector_choice(_opt(opts, OPT_FACE_DETECTOR, DEFAULT_DETECTOR)),
         download_detector=bool(_opt(opts, OPT_DOWNLOAD_DETECTOR, True)) and not offline_by_environment(),
+        names_list=str(_opt(opts, OPT_NAMES_LIST, "")).strip(),
     )
 
 
@@ -190,6 +205,10 @@ def on_ui_settings() -> None:
         True, "Download the YuNet face detector file (227 KiB, from opencv_zoo) into <folder>/detectors on "
         "the first face detection when it is missing (off, or HF_HUB_OFFLINE=1: put it there yourself)",
         section=SECTION))
+    add(OPT_NAMES_LIST, shared.OptionInfo(
+        "", "Names list for Sample and \"closest to\" (a UTF-8 text file, one well-known name per line, # "
+        "for comments; blank: the list shipped with the extension). Its names measure the loaded "
+        "checkpoint's name space once per checkpoint and list, in <folder>/namespace", section=SECTION))
     add(OPT_DETECTOR_PACK, shared.OptionInfo(
         DEFAULT_PACK, "insightface pack for the insightface face detector (folder under "
         "models/insightface/models)", section=SECTION))
