@@ -25,6 +25,7 @@ from webuiapp_doubles import make_services, png_bytes, random_identity
 from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.identity import embedding_hash
 from lib_magicnaming.identity_library import IdentityLibrary
+from lib_magicnaming.namespace_cache import NamespaceCache
 from lib_magicnaming.webui.api import PREFIX
 from lib_magicnaming.webui.encoder_cache import EncoderStatus
 
@@ -170,7 +171,15 @@ def test_no_error_body_of_any_route_names_a_server_folder(library, tmp_path):
             missing=[f"No checkpoint in {encoder_dir}", f"cannot read {tmp_path}/other"],
         )
 
-    client = make_client(library, encoder=encoder, encode_texts=encode_texts, status=status)
+    def loaded_checkpoint(**_kwargs):
+        raise EncoderError(f"cannot hash {tmp_path}/webui/models/Stable-diffusion/sdxl.safetensors")
+
+    def draw(job):
+        raise EncoderError(f"the WebUI could not draw: {folder}/namespace/x.bin is locked")
+
+    client = make_client(library, encoder=encoder, encode_texts=encode_texts, status=status,
+                         loaded_checkpoint=loaded_checkpoint, draw=draw,
+                         namespace_cache=lambda: NamespaceCache(folder / "namespace"))
     library.save(random_identity("alice", 1))
     write_nan_identity(library, "broken")
     (library.folder / "junk.safetensors").write_bytes(b"not an identity file at all" * 4)
@@ -187,6 +196,12 @@ def test_no_error_body_of_any_route_names_a_server_folder(library, tmp_path):
             {"name": "m", "identities": [{"name": "broken"}]},
         ],
         ("POST", f"{PREFIX}/identities/sample"): [{"name": "s", "seed": 1}],
+        ("POST", f"{PREFIX}/identities/sample/candidates"): [
+            {"count": 9}, {"size": 128, "steps": 1}, {"source": "encoder", "size": 128, "steps": 1},
+        ],
+        ("POST", f"{PREFIX}/identities/{{name}}/portrait"): ["nobody", "alice", "broken", "junk"],
+        ("GET", f"{PREFIX}/namespace"): [None],  # 200, its status line naming the checkpoint's problem
+        ("POST", f"{PREFIX}/namespace"): [None],
         ("GET", f"{PREFIX}/encoder"): [None],
     }
     assert set(requests) == routes_of(client.app_under_test)  # a new route must be added here
@@ -201,10 +216,16 @@ def test_no_error_body_of_any_route_names_a_server_folder(library, tmp_path):
             errors += response.status_code >= 400
             for form in forms:
                 assert form not in response.text, (method, path, case, response.text)
-    assert errors >= 12
+    assert errors >= 20
     detail = client.get(f"{PREFIX}/identities/nobody").json()["detail"]
     assert detail == "no identity named 'nobody' in <MagicNaming folder>/identities"
     assert client.get(f"{PREFIX}/encoder").json()["encoder_dir"] == "<MagicNaming folder>/encoder"
+    status_line = client.get(f"{PREFIX}/namespace").json()["status"]
+    assert status_line.startswith("Name space: cannot hash <temp>/") and "sdxl.safetensors" in status_line
+    measure = client.post(f"{PREFIX}/namespace").json()["detail"]
+    assert measure.startswith("cannot hash <temp>/") and measure.endswith("Stable-diffusion/sdxl.safetensors")
+    drawn = client.post(f"{PREFIX}/identities/alice/portrait").json()["detail"]
+    assert drawn == "the WebUI could not draw: <MagicNaming folder>/namespace/x.bin is locked"
 
 
 def test_generation_errors_name_no_server_folder(magicnaming, api_client, tmp_path):

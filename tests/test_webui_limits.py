@@ -2,18 +2,16 @@
 
 Each failure the issue reports is a test here: a chunked body over the limit (413, nothing written), a
 100,000-character name (400 at once, the queue lock never taken), the limits checked before any work and
-before the lock (only the model work under it, one name per hold), and a bounded load test on 127.0.0.1.
-What clients see (autocomplete, notes, no server paths): test_webui_client_view.py.
+before the lock (only the model work under it, one name per hold), for the identity routes and for Sample's
+(candidates, portraits, the names list that measures the name space). The bounded load test on 127.0.0.1:
+test_webui_load.py. What clients see (autocomplete, notes, no server paths): test_webui_client_view.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import io
-import threading
-import time
 
 import pytest
 import torch
@@ -294,136 +292,103 @@ def test_too_many_tags_in_a_prompt_stop_the_generation_before_any_identity_is_re
     assert "alice:" in p.extra_generation_params["MagicNaming"]
 
 
+# ------------------------------------------------------------------ Sample: candidates, portraits, names list
+
+
+def sampling_services(library, tmp_path, names: list[str], **more):
+    """Services whose loaded checkpoint is a toy one (the doubles' text encoders), with ``names`` as the
+    names list and a name-space cache under ``tmp_path``; ``draw`` records its jobs and whether the lock was
+    held. Returns (services, encode calls, lock, drawn jobs)."""
+    from lib_magicnaming.names_list import parse_names
+    from lib_magicnaming.namespace_cache import NamespaceCache, SourceCheckpoint
+
+    lock = RecordingLock()
+    drawn = []
+
+    def draw(job):
+        drawn.append((len(job.identities), job.settings.size, lock.lock.locked()))
+        return [Image.new("RGB", (8, 8))] * len(job.identities)
+
+    services, calls, _lock = make_services(
+        library, lock=lock, draw=draw, names_list=lambda: parse_names("\n".join(names), "people.txt"),
+        loaded_checkpoint=lambda **_kwargs: SourceCheckpoint("0123456789", "toy-sdxl"),
+        namespace_cache=lambda: NamespaceCache(tmp_path / "namespace"), **more,
+    )
+    return services, calls, lock, drawn
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"count": 9}, 413, "at most 8 candidates at a time, not 9"),
+        ({"count": 100_000}, 413, "at most 8 candidates"),
+        ({"count": 0}, 400, "draw 1 to 8 candidates"),
+        ({"size": 2048}, 400, "a multiple of 64 from 64 to 1024, not 2048"),
+        ({"steps": 51}, 400, "1 to 50 steps, not 51"),
+    ],
+)
+def test_candidates_over_the_limits_are_refused_before_any_work_and_the_lock(
+    library, tmp_path, body, status, fragment
+):
+    services, calls, lock, drawn = sampling_services(library, tmp_path, ["Ada Lovelace", "Alan Turing"])
+    client = TestClient(FastAPI())
+    client.app.include_router(build_router(services))
+    response = client.post(f"{PREFIX}/identities/sample/candidates", json=body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["detail"]
+    assert lock.entered == 0 and calls == [] and drawn == [] and not (tmp_path / "namespace").exists()
+
+
+def test_a_portrait_over_the_limits_is_refused_before_the_lock(library, tmp_path):
+    from webuiapp_doubles import random_identity
+
+    library.save(random_identity("alice", 1))
+    services, _calls, lock, drawn = sampling_services(library, tmp_path, ["Ada Lovelace", "Alan Turing"])
+    client = TestClient(FastAPI())
+    client.app.include_router(build_router(services))
+    response = client.post(f"{PREFIX}/identities/alice/portrait", json={"size": 4096, "steps": 500})
+    assert response.status_code == 400 and "not 4096" in response.json()["detail"]
+    assert lock.entered == 0 and drawn == []
+    response = client.post(f"{PREFIX}/identities/alice/portrait", json={"size": 64, "steps": 1})
+    assert response.status_code == 200 and drawn == [(1, 64, True)] and lock.entered == 1
+
+
+def test_candidates_at_the_limit_measure_once_and_draw_one_batch_under_the_lock(library, tmp_path):
+    names = ["Ada Lovelace", "Alan Turing", "Marie Curie", "Frida Kahlo"]
+    services, calls, lock, drawn = sampling_services(library, tmp_path, names)
+    client = TestClient(FastAPI())
+    client.app.include_router(build_router(services))
+    body = {"count": LIMITS.candidates, "size": 64, "steps": 1}
+    response = client.post(f"{PREFIX}/identities/sample/candidates", json=body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["candidates"]) == 8 and drawn == [(8, 64, True)]
+    assert calls == [names] and lock.entered == 2  # one hold measures the list, one draws the batch
+
+
+def test_a_listed_name_longer_than_one_prompt_chunk_is_refused_before_the_lock(library, tmp_path):
+    """Measuring costs one chunk of the text encoders per listed name: a list whose name fills two chunks
+    (CLIP's tokenizer counts, no WebUI one here) is a setup problem named before the queue lock."""
+    names = ["Ada Lovelace", "a " * 100, "Alan Turing"]
+    services, calls, lock, _drawn = sampling_services(library, tmp_path, names)
+    client = TestClient(FastAPI())
+    client.app.include_router(build_router(services))
+    for method, path, body in (("POST", "/namespace", None), ("POST", "/identities/sample", {"name": "s"})):
+        response = client.request(method, f"{PREFIX}{path}", json=body)
+        assert response.status_code == 503, response.text
+        detail = response.json()["detail"]
+        assert "names-list setting: names list people.txt: name 2 ('a a a a" in detail
+        assert "fills 2 prompt chunks of 75 tokens" in detail
+    assert lock.entered == 0 and calls == [] and not library.folder.exists()
+    counted = []
+    services, calls, lock, _drawn = sampling_services(
+        library, tmp_path, names, count_chunks=lambda text: counted.append(text) or 1)
+    assert IdentityUseCases(services).create_sampled("s", 1).origin["kind"] == "sampled"
+    assert counted == [name.strip() for name in names] and lock.entered == 1  # the loaded model's count
+
+
 def test_the_readme_lists_every_limit():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     for row in limit_rows():
         assert f"| {row.what} | {row.limit} | {row.applies_to} |" in readme, row
-
-
-# ------------------------------------------------------------------------------------ a bounded load test
-
-
-class FifoLock:
-    """The WebUI's queue lock: waiting threads are served in arrival order (mirrors modules/fifo_lock.py of
-    v1.10.1); counts how often it was taken. Called, it is its own context manager (Services.queue_lock)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._inner_lock = threading.Lock()
-        self._pending: collections.deque[threading.Event] = collections.deque()
-        self.entered = 0
-
-    def acquire(self) -> bool:
-        with self._inner_lock:
-            if self._lock.acquire(False):
-                self.entered += 1
-                return True
-            release_event = threading.Event()
-            self._pending.append(release_event)
-        release_event.wait()
-        self._lock.acquire()
-        self.entered += 1
-        return True
-
-    def release(self) -> None:
-        with self._inner_lock:
-            if self._pending:
-                self._pending.popleft().set()
-            self._lock.release()
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-    def __call__(self):
-        return self
-
-
-def serve(app):
-    """Run ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; returns (base URL, stop())."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-
-    def stop():
-        server.should_exit = True
-        thread.join(10)
-
-    return f"http://127.0.0.1:{port}", stop
-
-
-def test_small_requests_keep_being_answered_while_another_client_sends_the_worst_allowed(library):
-    """Bounded in count and time: one client sends the largest requests the limits allow (16 names of 200
-    characters, each name holding the lock while the "text encoders" work; bodies over the limit, chunked;
-    a 100,000-character name; a name of 200 characters that tokenises into 11 chunks), another lists
-    identities and makes one-name identities. Every small request is answered (not: how fast)."""
-    import httpx
-
-    lock = FifoLock()
-
-    def slow_encode(texts):
-        time.sleep(0.005 * len(texts[0]) / 200)  # "GPU work" proportional to the text, under the lock
-        return torch.randn(len(texts), 77, 2048)
-
-    limits = Limits(request_bytes=1 << 20)
-    services, _calls, _lock = make_services(library, encode_texts=slow_encode, lock=lock)
-    app = FastAPI()
-    app.include_router(build_router(services, limits=limits))
-    base, stop = serve(app)
-    worst_done, small_results, failures = [], [], []
-    worst_names = {"names": [{"name": "a" * 200}] * 16, "overwrite": True}
-
-    def worst_client():
-        with httpx.Client(base_url=base, timeout=60) as http:
-            for round_ in range(4):
-                worst_done.append(http.post(FROM_NAMES, json={"name": "worst", **worst_names}).status_code)
-
-                def over_limit():
-                    for _ in range(40):
-                        yield b" " * (64 << 10)
-
-                worst_done.append(http.post(FROM_NAMES, content=over_limit(),
-                                            headers={"content-type": "application/json"}).status_code)
-                huge = {"name": f"h{round_}", "names": [{"name": "a" * 100_000}]}
-                worst_done.append(http.post(FROM_NAMES, json=huge).status_code)
-                many_chunks = {"name": f"c{round_}", "names": [{"name": "\U00010000" * 200}]}
-                worst_done.append(http.post(FROM_NAMES, json=many_chunks).status_code)
-
-    def small_client():
-        with httpx.Client(base_url=base, timeout=60) as http:
-            for index in range(12):
-                small_results.append(http.get(f"{PREFIX}/identities").status_code)
-                body = {"name": f"small{index}", "names": [{"name": "Ada"}]}
-                small_results.append(http.post(FROM_NAMES, json=body).status_code)
-
-    def run(target):
-        try:
-            target()
-        except Exception as error:  # noqa: BLE001 - any failure of a client is the test's failure
-            failures.append(error)
-
-    try:
-        threads = [threading.Thread(target=run, args=(fn,)) for fn in (worst_client, small_client)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-        assert not any(thread.is_alive() for thread in threads), "a client never got its answers"
-    finally:
-        stop()
-    assert failures == []
-    assert small_results == [200, 201] * 12  # every small request answered, none refused
-    assert worst_done == [201, 413, 400, 400] * 4
-    assert lock.entered == 4 * 16 + 12

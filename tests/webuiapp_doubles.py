@@ -65,9 +65,10 @@ def missing_encoder_status() -> EncoderStatus:
 
 
 def make_services(
-    library, *, encoder=no_encoder, encode_texts=None, lock=None, status=missing_encoder_status
+    library, *, encoder=no_encoder, encode_texts=None, lock=None, status=missing_encoder_status, **more
 ):
-    """(Services over ``library``, the list of text batches encoded, the queue lock)."""
+    """(Services over ``library``, the list of text batches encoded, the queue lock); ``more``: other
+    Services fields (the loaded checkpoint, names list, name-space cache, portrait drawing, ...)."""
     lock = lock or RecordingLock()
     calls: list[list[str]] = []
 
@@ -81,6 +82,7 @@ def make_services(
         encoder_status=status,
         encode_texts=encode_texts or encode,
         queue_lock=lock,
+        **more,
     )
     return services, calls, lock
 

@@ -31,11 +31,13 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, Field
 
 from lib_magicnaming.errors import MagicNamingError
+from lib_magicnaming.webui.api_sampling import add_sampling_routes
 from lib_magicnaming.webui.http_status import INTERNAL_ERROR, http_status
 from lib_magicnaming.webui.limits import LIMITS, Limits, size_text
 from lib_magicnaming.webui.log import logger
 from lib_magicnaming.webui.redact import client_message, client_messages, magicnaming_folder_of
 from lib_magicnaming.webui.request_body import size_limited_route
+from lib_magicnaming.webui.sampling import CHECKPOINT_SOURCE, NOT_MEASURED_NOTE, SamplingUseCases
 from lib_magicnaming.webui.services import Services
 from lib_magicnaming.webui.use_cases import IdentityUseCases, photo_report_json
 
@@ -82,12 +84,15 @@ class MixRequest(BaseModel):
 
 
 class SampleRequest(BaseModel):
-    """Create a fictional identity sampled from the encoder's name-space statistics."""
+    """Create a fictional identity sampled from a name space: the loaded SDXL checkpoint's (default), measured
+    on first use, or the encoder checkpoint's."""
 
     name: str
     seed: int = 0
     scale: float = 1.0
     overwrite: bool = False
+    source: str = Field(CHECKPOINT_SOURCE, description="checkpoint (the loaded SDXL's name space) or encoder")
+    thumbnail: Optional[str] = Field(None, description="base64 image, e.g. the chosen candidate's portrait")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -134,6 +139,20 @@ def decode_photo(text: str, index: int, limits: Limits = LIMITS) -> bytes:
             status_code=413, detail=f"photo {index + 1}: larger than {size_text(limits.photo_bytes)}"
         )
     return data
+
+
+def decode_thumbnail(text: str, limits: Limits = LIMITS) -> Any:
+    """Base64 image -> a PIL image for a thumbnail; 400/413 naming the problem as for a photo."""
+    from lib_magicnaming.errors import FaceError
+    from lib_magicnaming.face import load_image
+
+    try:
+        return load_image(decode_photo(text, 0, limits))
+    except HTTPException as error:
+        error.detail = str(error.detail).replace("photo 1", "thumbnail", 1)
+        raise
+    except FaceError as error:
+        raise HTTPException(status_code=400, detail=f"thumbnail: {error}") from error
 
 
 def thumbnail_base64(image: Any) -> str | None:
@@ -219,6 +238,7 @@ def build_router(services: Services, *, api_auth: str | None = None, limits: Lim
     )
 
     cases = IdentityUseCases(services, limits)
+    sampling = SamplingUseCases(services, limits)
 
     @contextmanager
     def errors_as_http() -> Iterator[None]:
@@ -243,11 +263,15 @@ def build_router(services: Services, *, api_auth: str | None = None, limits: Lim
 
     @router.get("/identities/{name}")
     def get_identity(name: str) -> dict[str, Any]:
-        """One identity's metadata and its thumbnail (PNG base64, or null)."""
+        """One identity's metadata, its thumbnail (PNG base64, or null) and the listed names nearest to it in
+        the loaded checkpoint's measured name space (null, with a note, while it is not measured)."""
         with errors_as_http():
             identity = cases.load(name)
             info = cases.info(name)
-        return {**info_json(info), "thumbnail": thumbnail_base64(identity.thumbnail)}
+        nearest = sampling.nearest(identity.embedding)
+        closest = {"nearest_names": None, "nearest_names_note": NOT_MEASURED_NOTE} if nearest is None else {
+            "nearest_names": nearest.to_dict()}
+        return {**info_json(info), "thumbnail": thumbnail_base64(identity.thumbnail), **closest}
 
     @router.delete("/identities/{name}")
     def delete_identity(name: str) -> dict[str, Any]:
@@ -287,9 +311,13 @@ def build_router(services: Services, *, api_auth: str | None = None, limits: Lim
 
     @router.post("/identities/sample", status_code=201)
     def create_sampled(request: SampleRequest) -> dict[str, Any]:
-        """Sample a fictional identity from the encoder checkpoint's name-space statistics."""
+        """Sample a fictional identity (same seed, scale and source: same person) and save it."""
+        thumbnail = None
+        if request.thumbnail:
+            thumbnail = decode_thumbnail(request.thumbnail, limits)
         return created(lambda: cases.create_sampled(
-            request.name, request.seed, request.scale, overwrite=request.overwrite
+            request.name, request.seed, request.scale, source=request.source, overwrite=request.overwrite,
+            thumbnail=thumbnail,
         ))
 
     @router.get("/encoder")
@@ -298,6 +326,7 @@ def build_router(services: Services, *, api_auth: str | None = None, limits: Lim
         (folders named relative to the MagicNaming or WebUI folder)."""
         return status_json(cases.encoder_status().to_dict(), _magicnaming_folder(services))
 
+    add_sampling_routes(router, sampling, info_json, errors_as_http, thumbnail_base64)
     return router
 
 

@@ -20,8 +20,10 @@ from lib_magicnaming.constants import CHUNK_TEXT_TOKENS
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.face import DEFAULT_MAX_PIXELS
 from lib_magicnaming.identity_file import MAX_FILE_BYTES
+from lib_magicnaming.names_list import MAX_NAME_CHARS, MAX_NAMES
 from lib_magicnaming.tags import NAME_MAX_CHARS, TAG_WORD
 from lib_magicnaming.webui.log import logger
+from lib_magicnaming.webui.portraits import MAX_PORTRAITS, SIZE_RANGE, STEPS_RANGE
 
 _TAG_START_RE = re.compile(rf"<{TAG_WORD}:", re.IGNORECASE | re.ASCII)
 _BREAK_RE = re.compile(r"\bBREAK\b")
@@ -37,7 +39,7 @@ class Limits:
     """The limits (defaults: :data:`LIMITS`). Tests pass smaller ones."""
 
     identity_name_chars: int = NAME_MAX_CHARS
-    name_text_chars: int = 200
+    name_text_chars: int = MAX_NAME_CHARS
     name_chunks: int = 1
     names_per_identity: int = 16
     mix_items: int = 16
@@ -48,6 +50,7 @@ class Limits:
     import_files: int = 16
     identity_file_bytes: int = MAX_FILE_BYTES
     tags_per_prompt: int = 16
+    candidates: int = MAX_PORTRAITS
 
 
 LIMITS = Limits()
@@ -89,6 +92,14 @@ def limit_rows(limits: Limits = LIMITS) -> list[LimitRow]:
         LimitRow("Identity file size", size_text(limits.identity_file_bytes), "each imported identity file"),
         LimitRow("`<name:...>` tags per prompt", str(limits.tags_per_prompt),
                  "each prompt, negative prompt and hires prompt of a generation"),
+        LimitRow("Candidates drawn at a time", str(limits.candidates),
+                 "`sample/candidates`, the tab's *Sample*"),
+        LimitRow("Portrait size and steps", f"{SIZE_RANGE[0]}-{SIZE_RANGE[1]} px (a multiple of 64), "
+                 f"{STEPS_RANGE[0]}-{STEPS_RANGE[1]} steps",
+                 "`sample/candidates`, `{name}/portrait`, the tab"),
+        LimitRow("Names list (the names-list setting)", f"{MAX_NAMES:,} names of at most {MAX_NAME_CHARS} "
+                 f"characters, {limits.name_chunks} prompt chunk each", "measuring the loaded checkpoint's "
+                 "name space (the first Sample from it), checked before the queue lock"),
     ]
 
 
@@ -145,6 +156,15 @@ def check_name_chunks(names: Sequence[str], count_chunks, limits: Limits = LIMIT
                 f"name {index + 1} ({_excerpt(text)}) fills {chunks} prompt chunks of 75 tokens; a name must "
                 f"fit in {limits.name_chunks} (only the start of the first one makes the identity)"
             )
+
+
+def check_candidates(count: object, limits: Limits = LIMITS) -> int:
+    """``count`` candidates to draw: a whole number from 1 (MagicNamingError) to ``candidates`` (TooLarge)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise MagicNamingError(f"draw 1 to {limits.candidates} candidates at a time, not {count!r}")
+    if count > limits.candidates:
+        raise TooLarge(f"at most {limits.candidates} candidates at a time, not {count}")
+    return count
 
 
 def check_mix_items(count: int, limits: Limits = LIMITS) -> None:

@@ -13,6 +13,7 @@ pre-tokenizer does (letters, single digits, punctuation runs), one id per piece,
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import zlib
 from dataclasses import dataclass
@@ -101,8 +102,13 @@ class ToyConditioner(torch.nn.Module):
 
 @dataclass(frozen=True)
 class CheckpointInfo:
+    """modules/sd_models.py's CheckpointInfo as it is once the checkpoint has loaded (hashed: ``sha256`` set,
+    ``sd_model.sd_model_hash`` its first 10 characters). Here the "file" is the model's name."""
+
     name_for_extra: str
     title: str
+    sha256: str | None = None
+    filename: str = ""
 
 
 def _size_embedding(values: torch.Tensor, dims: int = 256) -> torch.Tensor:
@@ -130,8 +136,9 @@ class ToySDXL(torch.nn.Module):
             clip_l = ToyTower(768, "clip_l", seed=1, return_pooled=False)
             self.conditioner = ToyConditioner([clip_l, clip_g])
             self.cond_stage_model = self.conditioner
-        self.sd_checkpoint_info = CheckpointInfo(name, f"{name}.safetensors")
-        self.sd_model_hash = "0123456789"
+        sha256 = hashlib.sha256(name.encode()).hexdigest()
+        self.sd_checkpoint_info = CheckpointInfo(name, f"{name}.safetensors [{sha256[:10]}]", sha256)
+        self.sd_model_hash = sha256[:10]
         self.encoded_texts: list[str] = []
 
     @contextlib.contextmanager
