@@ -325,6 +325,30 @@ def test_the_tab_opens_on_names_without_an_encoder_and_photos_says_what_it_needs
     assert "not measured yet" in by_id["magicnaming_namespace_status"]["props"]["value"]
 
 
+def _restore_saved_ui_settings(blocks, saved: dict) -> None:
+    """What A1111 v1.10.1's modules/ui_loadsave.py (UiLoadsave.add_block -> add_component -> apply_field) does
+    at start to a ``gr.Tabs`` with an elem_id under the tab "magicnaming": a value saved in ui-config.json
+    replaces the built ``selected``, unless the block carries ``do_not_save_to_config``."""
+    import gradio as gr
+
+    for block in blocks.blocks.values():
+        if isinstance(block, gr.Tabs) and block.elem_id is not None:
+            if getattr(block, "do_not_save_to_config", False):
+                continue
+            value = saved.get(f"magicnaming/Tabs@{block.elem_id}/selected")
+            if value is not None:
+                block.selected = value
+
+
+def test_the_starting_section_is_not_restored_from_the_webuis_ui_config(standin):
+    """Found in the real A1111: ui-config.json kept "photos" from a start with an encoder, so the tab opened on
+    From photos after the encoder was removed."""
+    blocks = _tab(standin)
+    _restore_saved_ui_settings(blocks, {"magicnaming/Tabs@magicnaming_tabs/selected": "photos"})
+    by_id = {c["props"].get("elem_id"): c for c in blocks.get_config_file()["components"]}
+    assert by_id["magicnaming_tabs"]["props"]["selected"] == "names"
+
+
 def test_the_tab_draws_candidates_picks_one_and_saves_it_with_its_portrait(standin):
     from lib_magicnaming.identity_library import IdentityLibrary
 
