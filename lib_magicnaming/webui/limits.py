@@ -23,11 +23,17 @@ from lib_magicnaming.identity_file import MAX_FILE_BYTES
 from lib_magicnaming.names_list import MAX_NAME_CHARS, MAX_NAMES
 from lib_magicnaming.tags import NAME_MAX_CHARS, TAG_WORD
 from lib_magicnaming.webui.log import logger
-from lib_magicnaming.webui.portraits import MAX_PORTRAITS, SIZE_RANGE, STEPS_RANGE
 
 _TAG_START_RE = re.compile(rf"<{TAG_WORD}:", re.IGNORECASE | re.ASCII)
 _BREAK_RE = re.compile(r"\bBREAK\b")
 """The WebUI's chunk separator: in a name's text each one would cost a whole 77-token chunk of encoding."""
+
+
+MAX_PORTRAITS = 8
+"""Portraits drawn in one batch (the candidates of one Sample)."""
+PORTRAIT_SIZE_RANGE = (64, 1024)
+"""A portrait's side in pixels (a multiple of 64)."""
+PORTRAIT_STEPS_RANGE = (1, 50)
 
 
 class TooLarge(MagicNamingError):
@@ -94,8 +100,8 @@ def limit_rows(limits: Limits = LIMITS) -> list[LimitRow]:
                  "each prompt, negative prompt and hires prompt of a generation"),
         LimitRow("Candidates drawn at a time", str(limits.candidates),
                  "`sample/candidates`, the tab's *Sample*"),
-        LimitRow("Portrait size and steps", f"{SIZE_RANGE[0]}-{SIZE_RANGE[1]} px (a multiple of 64), "
-                 f"{STEPS_RANGE[0]}-{STEPS_RANGE[1]} steps",
+        LimitRow("Portrait size and steps", "{}-{} px (a multiple of 64), {}-{} steps".format(
+                 *PORTRAIT_SIZE_RANGE, *PORTRAIT_STEPS_RANGE),
                  "`sample/candidates`, `{name}/portrait`, the tab"),
         LimitRow("Names list (the names-list setting)", f"{MAX_NAMES:,} names of at most {MAX_NAME_CHARS} "
                  f"characters, {limits.name_chunks} prompt chunk each", "measuring the loaded checkpoint's "
