@@ -112,7 +112,7 @@ def find_encoder_checkpoint(settings: MagicNamingSettings) -> Path:
         raise EncoderError(
             "No MagicNaming encoder checkpoint installed: put a *.safetensors encoder checkpoint in "
             f"{folder} "
-            "(identities from names and mixes work without one)"
+            "(identities from names, mixes and Sample work without one)"
         )
     return candidates[0]
 
