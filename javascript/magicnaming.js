@@ -1,11 +1,13 @@
 // MagicNaming: autocomplete of <name:...> with saved identity names in the prompt boxes, and inserting a
 // tag at the cursor (used by the accordion's identity dropdown). The pure text functions at the top are
 // exported for node tests; the DOM part only runs inside the WebUI (onUiLoaded exists there).
+// The names come through the UI's own gradio channel, not the REST API (which --api-auth guards and the
+// browser has no credentials for): the accordion's hidden textbox script_<tab>_magicnaming_names holds them
+// as JSON {"names": [...], "match": "prefix"|"anywhere"}, and its hidden button ..._names_refresh refills it.
 (function (root) {
     "use strict";
 
     var TAG_OPEN = "<name:";
-    var LIST_URL = "/magicnaming/v1/identities";
     var NAME_CHARS = /^[A-Za-z0-9_.\-]*$/;
     var PARTIAL_TAG = /<name:([A-Za-z0-9_.\-]{0,64})$/i;
     var PROMPT_IDS = ["txt2img_prompt", "txt2img_neg_prompt", "img2img_prompt", "img2img_neg_prompt"];
@@ -21,16 +23,36 @@
         return {start: cursor - match[0].length, prefix: match[1]};
     }
 
-    // Names starting with the prefix first, then names containing it; case-insensitive, at most `limit`.
-    function matchingNames(names, prefix, limit) {
+    // Names starting with the prefix (case-insensitive), at most `limit`; with match "anywhere", names
+    // containing it follow them.
+    function matchingNames(names, prefix, limit, match) {
         var wanted = prefix.toLowerCase();
         var starts = [], contains = [];
         names.forEach(function (name) {
             var key = name.toLowerCase();
             if (key.indexOf(wanted) === 0) starts.push(name);
-            else if (wanted && key.indexOf(wanted) > 0) contains.push(name);
+            else if (match === "anywhere" && wanted && key.indexOf(wanted) > 0) contains.push(name);
         });
         return starts.concat(contains).slice(0, limit || MAX_SUGGESTIONS);
+    }
+
+    // The accordion's names textbox value -> {names, match}; nothing usable -> no names.
+    function parseNames(text) {
+        try {
+            var body = JSON.parse(text || "{}");
+            var names = Array.isArray(body.names) ? body.names.filter(function (name) {
+                return typeof name === "string" && NAME_CHARS.test(name) && name.length > 0;
+            }) : [];
+            return {names: names, match: body.match === "anywhere" ? "anywhere" : "prefix"};
+        } catch (error) {
+            return {names: [], match: "prefix"};
+        }
+    }
+
+    // "txt2img"/"img2img" for a prompt box's element id, or null.
+    function tabOfPrompt(elementId) {
+        var match = /^(txt2img|img2img)_(neg_)?prompt$/.exec(elementId || "");
+        return match ? match[1] : null;
     }
 
     function tagFor(name, strength) {
@@ -71,12 +93,13 @@
 
     var api = {
         tabOfDropdown: tabOfDropdown,
+        tabOfPrompt: tabOfPrompt,
+        parseNames: parseNames,
         partialTagAt: partialTagAt,
         matchingNames: matchingNames,
         completeTagAt: completeTagAt,
         insertTagAt: insertTagAt,
         tagFor: tagFor,
-        LIST_URL: LIST_URL,
     };
     if (typeof module !== "undefined" && module.exports) module.exports = api;
     root.magicnaming = api;
@@ -85,23 +108,24 @@
 
     // ------------------------------------------------------------------------------------ WebUI glue
 
-    var namesCache = {names: [], fetched: 0, pending: null};
+    var refreshed = {};
     var lastPrompt = null;
 
-    function fetchNames() {
+    // The names the accordion of `tabname` holds now.
+    function currentNames(tabname) {
+        var box = root.gradioApp().querySelector("#script_" + tabname + "_magicnaming_names textarea") ||
+            root.gradioApp().querySelector("#script_" + tabname + "_magicnaming_names input");
+        return parseNames(box ? box.value : "");
+    }
+
+    // Ask the server to refill the names (a gradio event of the UI), at most once per NAMES_TTL_MS.
+    function refreshNames(tabname) {
         var now = Date.now();
-        if (now - namesCache.fetched < NAMES_TTL_MS) return Promise.resolve(namesCache.names);
-        if (namesCache.pending) return namesCache.pending;
-        namesCache.pending = fetch(LIST_URL, {credentials: "same-origin"})
-            .then(function (response) { return response.ok ? response.json() : {identities: []}; })
-            .then(function (body) {
-                namesCache.names = (body.identities || []).map(function (item) { return item.name; });
-                namesCache.fetched = Date.now();
-                return namesCache.names;
-            })
-            .catch(function () { return namesCache.names; })
-            .finally(function () { namesCache.pending = null; });
-        return namesCache.pending;
+        if (now - (refreshed[tabname] || 0) < NAMES_TTL_MS) return;
+        var button = root.gradioApp().querySelector("#script_" + tabname + "_magicnaming_names_refresh");
+        if (!button) return;
+        refreshed[tabname] = now;
+        button.click();
     }
 
     function setValue(textarea, text, cursor) {
@@ -119,7 +143,7 @@
         return popup;
     }
 
-    function attach(textarea, popup) {
+    function attach(textarea, popup, tabname) {
         var state = {items: [], index: 0};
 
         function close() { popup.style.display = "none"; state.items = []; }
@@ -145,16 +169,15 @@
             popup.style.display = state.items.length ? "block" : "none";
         }
 
-        textarea.addEventListener("focus", function () { lastPrompt = textarea; fetchNames(); });
+        textarea.addEventListener("focus", function () { lastPrompt = textarea; refreshNames(tabname); });
         textarea.addEventListener("blur", close);
         textarea.addEventListener("input", function () {
             var partial = partialTagAt(textarea.value, textarea.selectionStart);
             if (!partial) { close(); return; }
-            fetchNames().then(function (names) {
-                state.items = matchingNames(names, partial.prefix);
-                state.index = 0;
-                render();
-            });
+            var known = currentNames(tabname);
+            state.items = matchingNames(known.names, partial.prefix, MAX_SUGGESTIONS, known.match);
+            state.index = 0;
+            render();
         });
         textarea.addEventListener("keydown", function (event) {
             if (!state.items.length) return;
@@ -241,7 +264,7 @@
         root.gradioApp().addEventListener("keydown", onDropdownChoice, true);
         PROMPT_IDS.forEach(function (id) {
             var textarea = root.gradioApp().querySelector("#" + id + " textarea");
-            if (textarea) attach(textarea, popup);
+            if (textarea) attach(textarea, popup, tabOfPrompt(id));
         });
     });
 })(typeof window !== "undefined" ? window : globalThis);

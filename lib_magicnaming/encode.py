@@ -14,10 +14,11 @@ live on the GPU instead (RAM freed) and the warm encode is replayed from CUDA gr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -195,10 +196,12 @@ class IdentityEncoder:
             return None
         return str(next(self._model.parameters()).device.type)
 
-    def load(self) -> NameEncoder:
+    def load(self, *, to_device: bool = True) -> NameEncoder:
         """Build the model now (towers in ``self.dtype``, head float32); idempotent.
 
-        The weights go to CPU memory (pinned with ``pin_memory``), or, with ``keep_loaded``, to the device.
+        The weights go to CPU memory (pinned with ``pin_memory``), or, with ``keep_loaded``, to the device,
+        unless ``to_device`` is False (built before the WebUI's queue lock is taken: the device is left alone
+        until the lock is held).
         """
         with self._lock:
             if self._model is None:
@@ -208,13 +211,13 @@ class IdentityEncoder:
                 ).eval()
                 pin = self.pin_memory and not self.keep_loaded
                 parts = {name: model.towers[name] for name in model.towers} | {"head": model.head}
-                placements = {name: WeightPlacement(part, pin=pin) for name, part in parts.items()}
-                if self.keep_loaded:
-                    for placement in placements.values():
-                        placement.move_for_good(self.device)
-                    placements = {}
-                self._model, self._placements = model, placements
+                self._placements = {name: WeightPlacement(part, pin=pin) for name, part in parts.items()}
+                self._model = model
                 self.stats.loads += 1
+            if self.keep_loaded and to_device and self._placements:
+                for placement in self._placements.values():
+                    placement.move_for_good(self.device)
+                self._placements = {}
             return self._model
 
     def unload(self) -> None:
@@ -287,11 +290,14 @@ class IdentityEncoder:
         *,
         assume_cropped: bool = False,
         skip_failed: bool = False,
+        model_lock: Callable[[], contextlib.AbstractContextManager] | None = None,
     ) -> EncodeResult:
         """Encode one or several photos of one person; several are averaged in name space.
 
         A photo without a usable face raises FaceError naming it, unless ``skip_failed`` (then it is reported
-        and left out; at least one photo must work).
+        and left out; at least one photo must work). ``model_lock()``, when given, is held while the towers
+        run and only then (the WebUI's queue lock): photos are decoded, their faces found and the model read
+        from disk (its tower weights fetched when allowed) before it.
         """
         if not photos:
             raise FaceError("no photos given")
@@ -310,7 +316,11 @@ class IdentityEncoder:
                 pending.append((index, key, crop))
         if pending:
             pixels = torch.stack([pixels_from_crop(crop.image, crop_config) for _, _, crop in pending])
-            for (index, key, crop), embedding in zip(pending, self.embed_pixels(pixels), strict=True):
+            if model_lock is not None:
+                self.load(to_device=False)
+            with model_lock() if model_lock is not None else contextlib.nullcontext():
+                embedded = self.embed_pixels(pixels)
+            for (index, key, crop), embedding in zip(pending, embedded, strict=True):
                 embeddings[index] = embedding.clone()
                 self._cache.put(key, _CachedPhoto(embeddings[index], crop))
         if not embeddings:

@@ -5,7 +5,7 @@ Thin on purpose: the work lives in lib_magicnaming.webui (generation, conditioni
 
 from modules import scripts
 
-from lib_magicnaming.webui import generation, infotext, setup
+from lib_magicnaming.webui import autocomplete, generation, infotext, setup
 from lib_magicnaming.webui.accordion import build_accordion
 
 setup.on_script_load()
@@ -24,7 +24,9 @@ class MagicNamingScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        controls = build_accordion(self.elem_id, setup.saved_identity_names, setup.status_line)
+        controls = build_accordion(
+            self.elem_id, setup.saved_identity_names, setup.status_line, autocomplete.webui_payload
+        )
         self.infotext_fields = infotext.paste_fields(controls.enabled, controls.mode, controls.strength)
         self.paste_field_names = [infotext.INFOTEXT_KEY]
         return controls.args

@@ -7,14 +7,14 @@ import io
 
 import pytest
 import torch
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from PIL import Image
-from webuiapp_doubles import make_services, no_encoder, random_identity, text_encoding
+from webuiapp_doubles import make_api_client as make_client
+from webuiapp_doubles import random_identity, text_encoding
 
 from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.identity_library import IdentityLibrary
-from lib_magicnaming.webui.api import PREFIX, ApiLimits, build_router
+from lib_magicnaming.webui.api import PREFIX
+from lib_magicnaming.webui.limits import Limits
 
 pytestmark = pytest.mark.ui_stack
 
@@ -22,16 +22,6 @@ pytestmark = pytest.mark.ui_stack
 @pytest.fixture()
 def library(tmp_path):
     return IdentityLibrary(tmp_path / "identities")
-
-
-def make_client(library, *, encoder=no_encoder, api_auth=None, limits=ApiLimits(), encode_texts=None):
-    services, calls, lock = make_services(library, encoder=encoder, encode_texts=encode_texts)
-    app = FastAPI()
-    app.include_router(build_router(services, api_auth=api_auth, limits=limits))
-    client = TestClient(app)
-    client.encode_calls = calls
-    client.lock = lock
-    return client
 
 
 def png_base64(image: Image.Image) -> str:
@@ -82,7 +72,7 @@ def test_bad_name_in_path_is_400(library):
 def test_encoder_status(library):
     body = make_client(library).get(f"{PREFIX}/encoder").json()
     assert body["ready"] is False and body["loaded"] is False
-    assert body["missing"] == ["no checkpoint in /x/encoder"]
+    assert body["missing"] == ["no checkpoint in .../encoder"]  # a folder, not the server's path
 
 
 # ------------------------------------------------------------------------------------------------ names
@@ -101,7 +91,7 @@ def test_create_from_names_saves_the_weighted_name_embedding(library):
     expected = 0.75 * text_encoding("Ada Lovelace")[1:9] + 0.25 * text_encoding("Alan Turing")[1:9]
     saved = library.load("carol").embedding
     torch.testing.assert_close(saved, expected, rtol=1e-3, atol=2e-3)
-    assert client.lock.entered == 1  # the text encoders ran under the queue lock
+    assert client.lock.entered == 2  # the text encoders ran under the queue lock, one name per hold
 
 
 def test_names_without_sdxl_model_is_503(library):
@@ -171,7 +161,7 @@ def test_mix_with_unknown_identity_is_404(library):
 
 
 def test_mix_limits(library):
-    client = make_client(library, limits=ApiLimits(max_mix_items=2))
+    client = make_client(library, limits=Limits(mix_items=2))
     items = [{"name": f"i{n}"} for n in range(3)]
     response = client.post(f"{PREFIX}/identities/mix", json={"name": "m", "identities": items})
     assert response.status_code == 413
@@ -199,16 +189,18 @@ def test_bad_photos_are_400_before_the_encoder_is_needed(library, photo, status,
     assert fragment in response.json()["detail"]
 
 
-def test_photos_without_encoder_is_503_naming_the_folder(library):
+def test_photos_without_encoder_is_503_naming_the_folder_not_its_path(library):
     photo = png_base64(Image.new("RGB", (64, 64), (90, 90, 90)))
     response = make_client(library).post(
         f"{PREFIX}/identities/from-photos", json={"name": "dora", "photos": [photo]}
     )
-    assert response.status_code == 503 and "/x/encoder" in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert response.status_code == 503 and "put a *.safetensors file in .../encoder" in detail
+    assert "/x/" not in detail
 
 
 def test_photo_limits(library):
-    limits = ApiLimits(max_photos=2, max_photo_bytes=1000, max_request_bytes=9000)
+    limits = Limits(photos=2, photo_bytes=1000, request_bytes=9000)
     client = make_client(library, limits=limits)
     small = png_base64(Image.new("RGB", (8, 8)))
     response = client.post(f"{PREFIX}/identities/from-photos", json={"name": "d", "photos": [small] * 3})
@@ -216,7 +208,7 @@ def test_photo_limits(library):
     noise = Image.frombytes("RGB", (40, 40), torch.randint(0, 256, (40 * 40 * 3,), dtype=torch.uint8).numpy())
     body = {"name": "d", "photos": [png_base64(noise)]}
     response = client.post(f"{PREFIX}/identities/from-photos", json=body)
-    assert response.status_code == 413 and response.json()["detail"] == "photo 1: larger than 1000 bytes"
+    assert response.status_code == 413 and response.json()["detail"] == "photo 1: larger than 1,000 bytes"
     response = client.post(f"{PREFIX}/identities/from-photos", json={"name": "d", "photos": ["A" * 10000]})
     assert response.status_code == 413 and "request body" in response.json()["detail"]
     response = client.post(f"{PREFIX}/identities/from-photos", json={"name": "d", "photos": []})

@@ -27,4 +27,4 @@ def test_javascript_behaviour():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "not ok" not in result.stdout
-    assert "6/6 passed" in result.stdout
+    assert "7/7 passed" in result.stdout

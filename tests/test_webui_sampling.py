@@ -183,7 +183,7 @@ def test_measuring_shows_progress_as_the_webui_does_and_stops_on_interrupt(stand
     response = standin.client.post(f"{PREFIX}/identities/sample", json={"name": "cut", "seed": 1})
     assert response.status_code == 503 and "interrupted" in response.json()["detail"]
     assert not (standin.folder / "namespace").exists() or not any((standin.folder / "namespace").iterdir())
-    assert standin.client.get(f"{PREFIX}/identities").json() == {"identities": []}
+    assert standin.client.get(f"{PREFIX}/identities").json() == {"identities": [], "broken": []}
     assert state.job == "" and state.job_count == 0  # the job ended
 
     seen.clear()
@@ -201,13 +201,15 @@ def test_bad_sample_requests_are_named(standin):
     assert post(f"{PREFIX}/identities/sample", json={"name": "x", "source": "elsewhere"}).status_code == 400
     response = post(f"{PREFIX}/identities/sample", json={"name": "x", "source": "encoder"})
     assert response.status_code == 503 and "encoder" in response.json()["detail"]
-    for body in ({"count": 0}, {"count": 9}, {"size": 100}, {"steps": 0}, {"scale": -1}):
+    for body in ({"count": 0}, {"size": 100}, {"steps": 0}, {"scale": -1}):
         response = post(f"{PREFIX}/identities/sample/candidates", json={**SMALL, **body})
         assert response.status_code == 400, (body, response.text)
+    response = post(f"{PREFIX}/identities/sample/candidates", json={**SMALL, "count": 9})
+    assert response.status_code == 413, response.text  # over a limit (lib_magicnaming/webui/limits.py)
     standin.shared.sd_model = standin.toy.ToySD15()
     response = post(f"{PREFIX}/identities/sample", json={"name": "x"})
     assert response.status_code == 503 and "SDXL" in response.json()["detail"]
-    assert standin.client.get(f"{PREFIX}/identities").json() == {"identities": []}
+    assert standin.client.get(f"{PREFIX}/identities").json() == {"identities": [], "broken": []}
 
 
 # ------------------------------------------------------------------------------------ candidates
@@ -339,8 +341,8 @@ def _restore_saved_ui_settings(blocks, saved: dict) -> None:
 
 
 def test_the_starting_section_is_not_restored_from_the_webuis_ui_config(standin):
-    """Found in the real A1111: ui-config.json kept "photos" from a start with an encoder, so the tab opened on
-    From photos after the encoder was removed."""
+    """Found in the real A1111: ui-config.json kept "photos" from a start with an encoder, so the tab opened
+    on From photos after the encoder was removed."""
     blocks = _tab(standin)
     _restore_saved_ui_settings(blocks, {"magicnaming/Tabs@magicnaming_tabs/selected": "photos"})
     by_id = {c["props"].get("elem_id"): c for c in blocks.get_config_file()["components"]}

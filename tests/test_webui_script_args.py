@@ -2,13 +2,11 @@
 
 import base64
 import io
-import threading
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from gradio_wire import choice_values, new_session, target_ids
 from PIL import Image
+from webui_standin.extension import txt2img_request as request
 
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.webui.script_args import ScriptSettings, decode_face, parse_script_args
@@ -66,18 +64,6 @@ def test_any_true_spelling_of_enabled_makes_a_bad_argument_stop_the_generation()
     assert [wants_enabled(args) for args in ([1, "x"], ["true", "x"], [{"mode": "x"}], ["yes"])] == [True] * 4
     off = ([], [None, "x"], [False, "x"], [0, "x"], ["false"])
     assert [wants_enabled(args) for args in off] == [False] * 5
-
-
-@pytest.fixture
-def api_client(magicnaming):
-    app = FastAPI()
-    magicnaming.webui.api.Api(app, threading.Lock())
-    return TestClient(app)
-
-
-def request(prompt, args):
-    return {"prompt": prompt, "negative_prompt": "", "steps": 2, "width": 64, "height": 64,
-            "alwayson_scripts": {"MagicNaming": {"args": args}}}
 
 
 def test_api_positional_args_reach_the_script(magicnaming, api_client):

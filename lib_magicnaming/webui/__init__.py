@@ -13,8 +13,16 @@ module here imports (and most are testable) without a WebUI. The generation path
 
 Making and managing identities: :mod:`.use_cases` holds every identity use case; the MagicNaming tab
 (:mod:`.tab` lays it out, :mod:`.tab_actions` maps its events) and the REST API (:mod:`.api` maps requests
-and errors to HTTP) both call it. Everything the adapter needs from the WebUI (identity library, photo
-encoder from :mod:`.encoder_cache`, the loaded checkpoint's text encoders, the queue lock) comes in one bag,
+and errors to HTTP) both call it.
+
+Hardening: :mod:`.limits` is the one table of limits on input that costs work, checked before any work and
+before the queue lock; :mod:`.request_body` limits REST bodies by the bytes read; :mod:`.redact` takes server
+paths out of every message a client gets; :mod:`.notes` puts what the UI shows under an image into the
+API's ``info`` too; :mod:`.autocomplete` hands the prompt autocomplete its names through the UI's gradio
+channel, leaving out broken identities (:mod:`.identity_check`).
+
+Everything the adapter needs from the WebUI (identity library, photo encoder from :mod:`.encoder_cache`, the
+loaded checkpoint's text encoders and tokenizer, the queue lock) comes in one bag,
 :class:`.services.Services`. Settings and flags are read in :mod:`.options` only. Everything the adapter
 logs goes to its one logger, ``logging.getLogger("magicnaming")``, printed the WebUI's way (:mod:`.log`).
 """

@@ -3,13 +3,14 @@
 Controls returned as script args, in :mod:`.script_args` order: the accordion itself (enable), insertion
 mode, default strength, one-off face, whether that face is a crop already. Not args: a dropdown of saved
 identities whose choice the extension's JavaScript inserts into the prompt as a tag, its refresh button,
-and a status line; the dropdown's list is read again when the accordion is opened or its refresh button
-pressed. ``ui()`` runs at API start-up too, so building reads (the identity list, the encoder
-status) and never loads models.
+a status line, and the hidden names channel of the prompt autocomplete (:mod:`.autocomplete`); the
+dropdown's list is read again when the accordion is opened or its refresh button pressed. ``ui()`` runs at
+API start-up too, so building reads (the identity list, the encoder status) and never loads models.
 
 Element ids (for javascript/ and style.css), with ``<tab>`` = txt2img or img2img:
 ``script_<tab>_magicnaming_enabled`` (accordion), ``..._mode``, ``..._strength``, ``..._face``,
-``..._face_is_crop``, ``..._identity`` (dropdown), ``..._refresh``, ``..._status``.
+``..._face_is_crop``, ``..._identity`` (dropdown), ``..._refresh``, ``..._status``, ``..._names`` (hidden
+textbox: the autocomplete's names, JSON), ``..._names_refresh`` (hidden button refilling it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from lib_magicnaming.tags import DEFAULT_STRENGTH
+from lib_magicnaming.webui.autocomplete import build_names_channel
 from lib_magicnaming.webui.markers import MODES, PREPEND
 from lib_magicnaming.webui.script_args import FACE_IDENTITY
 
@@ -36,6 +38,8 @@ class AccordionControls:
     identity: object
     refresh: object
     status: object
+    names: object = None
+    """The hidden textbox of the autocomplete's names."""
 
     @property
     def args(self) -> list:
@@ -44,9 +48,11 @@ class AccordionControls:
 
 
 def build_accordion(
-    elem_id: Callable[[str], str], identity_names: Callable[[], list[str]], status_line: Callable[[], str]
+    elem_id: Callable[[str], str], identity_names: Callable[[], list[str]], status_line: Callable[[], str],
+    names_payload: Callable[[], str] | None = None,
 ) -> AccordionControls:
-    """Build the accordion in the current gradio Blocks context."""
+    """Build the accordion in the current gradio Blocks context (``names_payload``: the autocomplete's
+    names as JSON, :func:`.autocomplete.payload`; None leaves the autocomplete channel out)."""
     from modules.ui_components import InputAccordion, ToolButton
 
     with InputAccordion(False, label="MagicNaming", elem_id=elem_id("enabled")) as enabled:
@@ -81,6 +87,7 @@ def build_accordion(
                     )
                     refresh = ToolButton(value="\U0001f504", elem_id=elem_id("refresh"))
                 status = gr.HTML(value=status_line(), elem_id=elem_id("status"))
+                names = build_names_channel(gr, elem_id, names_payload)[0] if names_payload else None
         refresh.click(
             fn=lambda: (gr.update(choices=identity_names()), status_line()),
             inputs=[],
@@ -89,4 +96,4 @@ def build_accordion(
     # Opening the accordion ticks it (v1.10.1's inputAccordion JS): the list then shows identities saved
     # since the page was built, without the refresh button.
     enabled.change(fn=lambda: gr.update(choices=identity_names()), inputs=[], outputs=[identity])
-    return AccordionControls(enabled, mode, strength, face, face_is_crop, identity, refresh, status)
+    return AccordionControls(enabled, mode, strength, face, face_is_crop, identity, refresh, status, names)

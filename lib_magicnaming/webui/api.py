@@ -1,15 +1,18 @@
 """REST routes under ``/magicnaming/v1/`` (registered from ``script_callbacks.on_app_started``).
 
-All of them when the WebUI's own API is on (``--api``, or ``--nowebui``); otherwise only the identity list
-the prompt autocomplete reads (:func:`build_router`'s ``list_only``).
+Served when the WebUI's own API is on (``--api``, or ``--nowebui``), and only then: without it there is no
+``--api-auth`` to guard them. (The prompt autocomplete reads its names through the UI's gradio channel,
+:mod:`.autocomplete`, not through these routes.)
 
 Routes added straight on the app do not get the WebUI's ``--api-auth``; :func:`build_router` applies the
 same HTTP Basic check the built-in API uses (``modules/api/api.py``: ``cmd_opts.api_auth`` is
 ``"user:pass,user2:pass2"``; passwords compared with ``secrets.compare_digest``; 401 with
 ``WWW-Authenticate: Basic``). Every bad input is answered with a 4xx JSON body whose ``detail`` is a message
 naming the problem. The routes only map requests to the identity use cases (:mod:`.use_cases`) and their
-errors to HTTP statuses (:mod:`.http_status`); the use cases hold the WebUI's queue lock around work on the
-GPU (encoding photos or names) so it never runs beside a generation.
+errors to HTTP statuses (:mod:`.http_status`); the use cases check the limits (:mod:`.limits`) and hold the
+WebUI's queue lock around work on the GPU (encoding photos or names) so it never runs beside a generation.
+Every body is read through the body guard (:mod:`.request_body`), and every message a client gets names no
+server path (:mod:`.redact`).
 """
 
 from __future__ import annotations
@@ -19,33 +22,26 @@ import binascii
 import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from pathlib import Path
 from secrets import compare_digest
 from typing import Any, List, Optional
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, Field
 
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.webui.api_sampling import add_sampling_routes
-from lib_magicnaming.webui.http_status import http_status
+from lib_magicnaming.webui.http_status import INTERNAL_ERROR, http_status
+from lib_magicnaming.webui.limits import LIMITS, Limits, size_text
+from lib_magicnaming.webui.log import logger
+from lib_magicnaming.webui.redact import client_message, client_messages, magicnaming_folder_of
+from lib_magicnaming.webui.request_body import size_limited_route
 from lib_magicnaming.webui.sampling import CHECKPOINT_SOURCE, NOT_MEASURED_NOTE, SamplingUseCases
 from lib_magicnaming.webui.services import Services
 from lib_magicnaming.webui.use_cases import IdentityUseCases, photo_report_json
 
 PREFIX = "/magicnaming/v1"
-
-
-@dataclass(frozen=True)
-class ApiLimits:
-    """Payload limits (413 beyond them). Defaults: 16 photos of at most 16 MiB each, 96 MiB per request."""
-
-    max_photos: int = 16
-    max_photo_bytes: int = 16 << 20
-    max_request_bytes: int = 96 << 20
-    max_mix_items: int = 16
 
 
 # ------------------------------------------------------------------------------------------- request models
@@ -102,26 +98,26 @@ class SampleRequest(BaseModel):
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def size_text(size: int) -> str:
-    """``16 MiB`` for whole mebibytes, else ``1000 bytes``."""
-    return f"{size >> 20} MiB" if size >= 1 << 20 and size % (1 << 20) == 0 else f"{size} bytes"
-
-
-def http_error(error: MagicNamingError) -> HTTPException:
-    """Map a library error to its HTTP status (:func:`.http_status.http_status`; message as ``detail``)."""
-    return HTTPException(status_code=http_status(error), detail=str(error))
+def http_error(error: MagicNamingError, magicnaming_folder: Path | None = None) -> HTTPException:
+    """Map a library error to its HTTP status (:func:`.http_status.http_status`) and its message, without
+    server paths (:func:`.redact.client_message`), to ``detail``; a setup problem (5xx) is logged in full."""
+    status = http_status(error)
+    detail = client_message(str(error), magicnaming_folder)
+    if status >= INTERNAL_ERROR:
+        logger.warning("REST API answered %d: %s", status, error)
+    return HTTPException(status_code=status, detail=detail)
 
 
 @contextmanager
-def library_errors() -> Iterator[None]:
+def library_errors(magicnaming_folder: Path | None = None) -> Iterator[None]:
     """Turn MagicNamingError raised inside into the matching HTTPException."""
     try:
         yield
     except MagicNamingError as error:
-        raise http_error(error) from error
+        raise http_error(error, magicnaming_folder) from error
 
 
-def decode_photo(text: str, index: int, limits: ApiLimits) -> bytes:
+def decode_photo(text: str, index: int, limits: Limits = LIMITS) -> bytes:
     """Base64 (optionally a data URL) -> bytes; 400 for bad base64, 413 beyond the per-photo limit."""
     if not isinstance(text, str) or not text.strip():
         raise HTTPException(status_code=400, detail=f"photo {index + 1}: empty; send a base64-encoded image")
@@ -129,23 +125,23 @@ def decode_photo(text: str, index: int, limits: ApiLimits) -> bytes:
         head, _, text = text.partition(",")
         if ";base64" not in head:
             raise HTTPException(status_code=400, detail=f"photo {index + 1}: data URL is not base64-encoded")
-    if len(text) > (limits.max_photo_bytes * 4) // 3 + 4:
+    if len(text) > (limits.photo_bytes * 4) // 3 + 4:
         raise HTTPException(
-            status_code=413, detail=f"photo {index + 1}: larger than {size_text(limits.max_photo_bytes)}"
+            status_code=413, detail=f"photo {index + 1}: larger than {size_text(limits.photo_bytes)}"
         )
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as error:
         detail = f"photo {index + 1}: not valid base64 ({error})"
         raise HTTPException(status_code=400, detail=detail) from error
-    if len(data) > limits.max_photo_bytes:
+    if len(data) > limits.photo_bytes:
         raise HTTPException(
-            status_code=413, detail=f"photo {index + 1}: larger than {size_text(limits.max_photo_bytes)}"
+            status_code=413, detail=f"photo {index + 1}: larger than {size_text(limits.photo_bytes)}"
         )
     return data
 
 
-def decode_thumbnail(text: str, limits: ApiLimits) -> Any:
+def decode_thumbnail(text: str, limits: Limits = LIMITS) -> Any:
     """Base64 image -> a PIL image for a thumbnail; 400/413 naming the problem as for a photo."""
     from lib_magicnaming.errors import FaceError
     from lib_magicnaming.face import load_image
@@ -189,38 +185,13 @@ def check_count(items: list, none_message: str, most: int | None = None, too_man
         raise HTTPException(status_code=413, detail=too_many_message)
 
 
-def created(make: Callable[[], Any]) -> dict[str, Any]:
-    """The body answering a request that made an identity: ``make()``'s IdentityInfo (errors as HTTP)."""
-    with library_errors():
-        return {"identity": info_json(make())}
+def broken_json(broken: Any, shown: str) -> dict[str, Any]:
+    """JSON body of a BrokenIdentity (``shown``: its problem as the client may read it)."""
+    return {"file": broken.file, "name": broken.name, "problem": shown}
 
 
 def _weights(items: list[WeightedName]) -> list[tuple[str, float]]:
     return [(item.name, float(item.weight)) for item in items]
-
-
-def size_limited_route(max_request_bytes: int) -> type[APIRoute]:
-    """A route class refusing (413) a body whose Content-Length exceeds the limit BEFORE it is read.
-
-    FastAPI reads and parses the body before any dependency runs, so the check sits in the route handler.
-    Bodies sent without Content-Length (chunked) are read; each photo's size is still checked after.
-    """
-
-    class SizeLimitedRoute(APIRoute):
-        def get_route_handler(self) -> Callable:
-            handler = super().get_route_handler()
-
-            async def limited(request: Request):
-                length = request.headers.get("content-length")
-                if length is not None and length.isdigit() and int(length) > max_request_bytes:
-                    raise HTTPException(
-                        status_code=413, detail=f"request body larger than {size_text(max_request_bytes)}"
-                    )
-                return await handler(request)
-
-            return limited
-
-    return SizeLimitedRoute
 
 
 def basic_auth_dependency(api_auth: str) -> Callable[..., bool]:
@@ -244,41 +215,60 @@ def basic_auth_dependency(api_auth: str) -> Callable[..., bool]:
 # ---------------------------------------------------------------------------------------------- routes
 
 
-def build_router(
-    services: Services, *, api_auth: str | None = None, limits: ApiLimits = ApiLimits(),
-    list_only: bool = False,
-) -> APIRouter:
+def _magicnaming_folder(services: Services) -> Path | None:
+    """The MagicNaming folder (for naming files relative to it), or None when it cannot be told."""
+    try:
+        return magicnaming_folder_of(services.library().folder)
+    except Exception as error:  # a bad setting is reported by the route itself
+        logger.debug("no MagicNaming folder to name files by: %s", error)
+        return None
+
+
+def build_router(services: Services, *, api_auth: str | None = None, limits: Limits = LIMITS) -> APIRouter:
     """The ``/magicnaming/v1`` router; with ``api_auth`` every route requires those Basic credentials.
 
-    ``list_only``: just ``GET /identities`` (the prompt autocomplete's source), for a WebUI started without
-    ``--api``, which has no built-in API either: there, routes that create, delete or run the GPU would be
-    open to anyone who reaches the UI's port, with no ``--api-auth`` to protect them.
+    Serve it only with the WebUI's API on (:func:`on_app_started`): without ``--api`` there is no
+    ``--api-auth``, and routes that create, delete or run the GPU would be open to anyone who reaches the
+    UI's port.
     """
     dependencies = [Depends(basic_auth_dependency(api_auth))] if api_auth else []
     router = APIRouter(
         prefix=PREFIX, dependencies=dependencies, tags=["MagicNaming"],
-        route_class=size_limited_route(limits.max_request_bytes),
+        route_class=size_limited_route(limits.request_bytes),
     )
 
-    cases = IdentityUseCases(services)
+    cases = IdentityUseCases(services, limits)
+    sampling = SamplingUseCases(services, limits)
+
+    @contextmanager
+    def errors_as_http() -> Iterator[None]:
+        with library_errors(_magicnaming_folder(services)):
+            yield
+
+    def created(make: Callable[[], Any]) -> dict[str, Any]:
+        """The body answering a request that made an identity: ``make()``'s IdentityInfo (errors as HTTP)."""
+        with errors_as_http():
+            return {"identity": info_json(make())}
 
     @router.get("/identities")
     def list_identities() -> dict[str, Any]:
-        """Every saved identity (from file headers)."""
-        with library_errors():
-            return {"identities": [info_json(info) for info in cases.list()]}
-
-    if list_only:
-        return router
+        """Every saved identity a prompt can use, and the files that are broken (and why)."""
+        with errors_as_http():
+            listing = cases.list_checked()
+        problems = client_messages([item.problem for item in listing.broken], _magicnaming_folder(services))
+        return {
+            "identities": [info_json(info) for info in listing.usable],
+            "broken": [broken_json(item, text) for item, text in zip(listing.broken, problems, strict=True)],
+        }
 
     @router.get("/identities/{name}")
     def get_identity(name: str) -> dict[str, Any]:
         """One identity's metadata, its thumbnail (PNG base64, or null) and the listed names nearest to it in
         the loaded checkpoint's measured name space (null, with a note, while it is not measured)."""
-        with library_errors():
+        with errors_as_http():
             identity = cases.load(name)
             info = cases.info(name)
-        nearest = SamplingUseCases(services).nearest(identity.embedding)
+        nearest = sampling.nearest(identity.embedding)
         closest = {"nearest_names": None, "nearest_names_note": NOT_MEASURED_NOTE} if nearest is None else {
             "nearest_names": nearest.to_dict()}
         return {**info_json(info), "thumbnail": thumbnail_base64(identity.thumbnail), **closest}
@@ -286,7 +276,7 @@ def build_router(
     @router.delete("/identities/{name}")
     def delete_identity(name: str) -> dict[str, Any]:
         """Delete a saved identity."""
-        with library_errors():
+        with errors_as_http():
             cases.delete(name)
         return {"deleted": name}
 
@@ -294,9 +284,9 @@ def build_router(
     def create_from_photos(request: FromPhotosRequest) -> dict[str, Any]:
         """Encode 1..N face photos into one identity and save it."""
         check_count(request.photos, "send at least one photo",
-                    limits.max_photos, f"at most {limits.max_photos} photos per request")
+                    limits.photos, f"at most {limits.photos} photos per request")
         photos = [decode_photo(text, i, limits) for i, text in enumerate(request.photos)]
-        with library_errors():
+        with errors_as_http():
             info, result = cases.create_from_photos(
                 request.name, photos, assume_cropped=request.assume_cropped, skip_failed=request.skip_failed,
                 overwrite=request.overwrite,
@@ -314,8 +304,7 @@ def build_router(
     @router.post("/identities/mix", status_code=201)
     def create_mix(request: MixRequest) -> dict[str, Any]:
         """Mix saved identities (weights normalised to sum 1) into a new one."""
-        check_count(request.identities, "send at least one identity to mix",
-                    limits.max_mix_items, f"at most {limits.max_mix_items} identities per mix")
+        check_count(request.identities, "send at least one identity to mix")
         return created(lambda: cases.create_mix(
             request.name, _weights(request.identities), request.method, overwrite=request.overwrite
         ))
@@ -333,21 +322,35 @@ def build_router(
 
     @router.get("/encoder")
     def get_encoder_status() -> dict[str, Any]:
-        """Whether the photo encoder is installed/loaded, its checkpoint and hash, and what is missing."""
-        return cases.encoder_status().to_dict()
+        """Whether the photo encoder is installed/loaded, its checkpoint and hash, and what is missing
+        (folders named relative to the MagicNaming or WebUI folder)."""
+        return status_json(cases.encoder_status().to_dict(), _magicnaming_folder(services))
 
-    add_sampling_routes(router, services, info_json, library_errors, thumbnail_base64)
+    add_sampling_routes(router, sampling, info_json, errors_as_http, thumbnail_base64)
     return router
 
 
+def status_json(status: dict[str, Any], magicnaming_folder: Path | None) -> dict[str, Any]:
+    """The encoder status body with every text (and every text in a list) free of server paths."""
+    def shown(value: Any) -> Any:
+        if isinstance(value, str):
+            return client_message(value, magicnaming_folder)
+        if isinstance(value, list):
+            return [shown(item) for item in value]
+        return value
+
+    return {key: shown(value) for key, value in status.items()}
+
+
 def on_app_started(_demo: Optional[Any], app: FastAPI) -> None:
-    """``script_callbacks.on_app_started``: add the routes, honouring ``--api-auth``."""
+    """``script_callbacks.on_app_started``: add the routes when the WebUI's API is on, honouring
+    ``--api-auth``."""
     from modules import shared
 
     from lib_magicnaming.webui import services
 
-    api_auth = getattr(shared.cmd_opts, "api_auth", None)
     # As modules/api/api.py's routes: the API exists with --api, and always under --nowebui (webui.py).
-    api_enabled = bool(getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False))
-    router = build_router(services.webui_services(), api_auth=api_auth, list_only=not api_enabled)
-    app.include_router(router)
+    if not (getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False)):
+        return
+    api_auth = getattr(shared.cmd_opts, "api_auth", None)
+    app.include_router(build_router(services.webui_services(), api_auth=api_auth))

@@ -5,7 +5,8 @@ each, the seed, origin, short hash and portrait (PNG base64); saving one is ``PO
 its seed (and its portrait as ``thumbnail``). ``POST /identities/{name}/portrait`` draws a saved identity and
 can make the portrait its thumbnail. ``GET /namespace`` says whether the loaded checkpoint's name space is
 measured; ``POST /namespace`` measures it now (the first Sample would). Like every route of :mod:`.api`
-they only map requests to use cases (:mod:`.sampling`) and errors to HTTP statuses.
+they only map requests to use cases (:mod:`.sampling`, which check the limits before any work and before the
+queue lock) and errors to HTTP statuses, and no message they send names a server path (:mod:`.redact`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any, Optional
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from lib_magicnaming.webui.portraits import MAX_PORTRAITS, PortraitSettings
+from lib_magicnaming.webui.limits import LIMITS
+from lib_magicnaming.webui.portraits import PortraitSettings
+from lib_magicnaming.webui.redact import client_message
 from lib_magicnaming.webui.sampling import CHECKPOINT_SOURCE, DEFAULT_CANDIDATES, SamplingUseCases
-from lib_magicnaming.webui.services import Services
 
 _DEFAULT = PortraitSettings()
 
@@ -40,7 +42,7 @@ class CandidatesRequest(PortraitOptions):
     """Draw ``count`` sampled people (seeds ``seed`` .. ``seed + count - 1``) as portraits in one batch."""
 
     seed: int = 0
-    count: int = Field(DEFAULT_CANDIDATES, description=f"1 to {MAX_PORTRAITS}")
+    count: int = Field(DEFAULT_CANDIDATES, description=f"1 to {LIMITS.candidates}")
     scale: float = 1.0
     source: str = Field(CHECKPOINT_SOURCE, description="checkpoint (the loaded SDXL's name space) or encoder")
 
@@ -51,11 +53,11 @@ class PortraitRequest(PortraitOptions):
     set_thumbnail: bool = False
 
 
-def add_sampling_routes(router: APIRouter, services: Services, info_json: Any, errors: Any,
+def add_sampling_routes(router: APIRouter, cases: SamplingUseCases, info_json: Any, errors: Any,
                         image_base64: Any) -> None:
     """Add the routes (module docstring) to ``router``; ``info_json``, ``errors`` (a context manager mapping
-    library errors to HTTP) and ``image_base64`` are :mod:`.api`'s own helpers."""
-    cases = SamplingUseCases(services)
+    library errors to HTTP, their messages without server paths) and ``image_base64`` are :mod:`.api`'s own
+    helpers. ``cases`` check the limits (:mod:`.limits`) before any work and before the queue lock."""
 
     @router.post("/identities/sample/candidates")
     def sample_candidates(request: CandidatesRequest) -> dict[str, Any]:
@@ -93,7 +95,7 @@ def add_sampling_routes(router: APIRouter, services: Services, info_json: Any, e
         """Whether the loaded checkpoint's name space is measured (never measures it)."""
         namespace = cases.cached_namespace()
         if namespace is None:
-            return {"measured": False, "status": cases.namespace_status()}
+            return {"measured": False, "status": client_message(cases.namespace_status())}
         return {"measured": True, **_namespace_json(namespace)}
 
     @router.post("/namespace")

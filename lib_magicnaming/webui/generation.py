@@ -9,7 +9,11 @@ Called from the AlwaysOn script's hooks (scripts/magicnaming.py):
   (:mod:`.markers`) naming the identity's content hash, the mode and the strength; the identity's F_ID goes
   to the content-keyed :data:`.store.EMBEDDINGS`. This runs before ``parse_extra_network_prompts``, which
   would otherwise strip the tags.
-* ``postprocess_batch`` -> :func:`finish_batch`: puts the user's hires prompts back, so infotext shows them.
+* ``postprocess_batch`` -> :func:`finish_batch`: puts the user's hires prompts back, so infotext shows them,
+  and copies the batch's MagicNaming notes into ``extra_generation_params`` (:mod:`.notes`), where the API's
+  ``info`` carries them.
+
+Before any identity is read, each prompt's tags are counted against :data:`.limits.LIMITS`.
 
 A problem (unknown identity, malformed tag, no face uploaded for ``<name:face>``, a non-SDXL model, bad API
 args) cannot be raised from a hook: the WebUI catches hook exceptions, prints them and carries on without
@@ -30,6 +34,7 @@ from lib_magicnaming.tags import TAG_WORD, identity_key, rewrite_name_tags
 from lib_magicnaming.webui.conditioning import require_sdxl
 from lib_magicnaming.webui.http_status import BAD_REQUEST, INTERNAL_ERROR, http_status
 from lib_magicnaming.webui.infotext import INFOTEXT_KEY, PerImageInfotext, format_summary
+from lib_magicnaming.webui.limits import check_prompt_tags
 from lib_magicnaming.webui.log import logger
 from lib_magicnaming.webui.markers import (
     check_strength,
@@ -38,7 +43,9 @@ from lib_magicnaming.webui.markers import (
     message_hash,
     padded,
 )
+from lib_magicnaming.webui.notes import add_note, copy_comment_notes
 from lib_magicnaming.webui.portraits import UNSAVED_IDENTITIES_ATTRIBUTE
+from lib_magicnaming.webui.redact import client_message
 from lib_magicnaming.webui.script_args import (
     FACE_IDENTITY,
     ScriptSettings,
@@ -56,6 +63,11 @@ STRENGTH_OVERRIDE_ATTRIBUTE = "magicnaming_strength"
 """Set on ``p`` (X/Y/Z plot): every tag takes this strength instead."""
 
 _TAG_START_RE = re.compile(rf"<{TAG_WORD}:", re.IGNORECASE)
+
+EXTENSION_OFF_NOTE = (
+    "MagicNaming is off, so the WebUI dropped the <name:...> tags from the prompt; "
+    "tick the MagicNaming accordion's checkbox (API: send true as the script's first arg) to use them."
+)
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,8 @@ class IdentityResolver:
         self.settings = state.settings
         self.services = services
         self.store = store
+        self.notes: list[str] = []
+        """What the one-off face's encoding reported (several faces, another detector than the encoder's)."""
         self.identity_override = getattr(p, IDENTITY_OVERRIDE_ATTRIBUTE, None)
         self.unsaved = getattr(p, UNSAVED_IDENTITIES_ATTRIBUTE, None) or {}
         strength_override = getattr(p, STRENGTH_OVERRIDE_ATTRIBUTE, None)
@@ -150,6 +164,8 @@ class IdentityResolver:
         except MagicNamingError as error:
             kind = type(error) if type(error) in (FaceError, EncoderError) else MagicNamingError
             raise kind(f"MagicNaming could not use the uploaded face: {error}") from None
+        for report in getattr(result, "per_photo", None) or []:
+            self.notes.extend(f"MagicNaming, the one-off face: {note}" for note in report.notes)
         return result.embedding
 
     def marker_for(self, identity: str, tag_strength: float | None, used: list[tuple[str, str]]) -> str:
@@ -176,7 +192,11 @@ def has_tags(text: str) -> bool:
 
 def stop_generation(prompts: MutableSequence[str], message: str, status: int = BAD_REQUEST) -> None:
     """Make the conditioning wrapper raise ``message`` for this batch (see the module docstring); ``status``
-    is the HTTP status the WebUI's API answers with."""
+    is the HTTP status the WebUI's API answers with. The message the client sees names no server path."""
+    shown = client_message(message)
+    if shown != message and status >= INTERNAL_ERROR:
+        logger.warning("stopped a generation: %s", message)
+    message = shown
     MESSAGES.put(message_hash(message), StopMessage(message, status))
     prompts[0] = f"{format_error_marker(message)} {prompts[0]}"
 
@@ -245,16 +265,16 @@ def rewrite_batch(
     if not any(has_tags(text) for text in texts):
         return
     if state.settings is None or not state.settings.enabled:
-        p.comment(
-            "MagicNaming is off, so the WebUI dropped the <name:...> tags from the prompt; "
-            "tick the MagicNaming accordion's checkbox to use them."
-        )
+        add_note(p, EXTENSION_OFF_NOTE)
         return
     try:
+        check_prompt_tags(texts)
         require_sdxl(_current_model())
         resolver = IdentityResolver(p, state, services or webui_services(), store)
         _rewrite_items(p, resolver, state, prompts, batch_number)
         _update_infotext(p, state, batch_number * p.batch_size + len(prompts))
+        for note in resolver.notes:
+            add_note(p, note)
     except MagicNamingError as error:
         stop_generation(prompts, str(error), http_status(error))
     except Exception as error:  # any failure must stop the generation, never drop the identity silently
@@ -263,7 +283,9 @@ def rewrite_batch(
 
 
 def finish_batch(p, batch_number: int) -> None:
-    """``postprocess_batch``: the user's hires prompts back in ``p.all_hr_prompts`` for the infotext."""
+    """``postprocess_batch``: the user's hires prompts back in ``p.all_hr_prompts`` for the infotext, and the
+    batch's MagicNaming notes from the WebUI's comments into the API's ``info``."""
+    copy_comment_notes(p)
     state = getattr(p, STATE_ATTRIBUTE, None)
     if not isinstance(state, GenerationState) or not state.original_hr:
         return

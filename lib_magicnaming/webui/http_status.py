@@ -8,14 +8,17 @@ that stops a generation, as ``status_code``, which the WebUI API's exception han
 from __future__ import annotations
 
 from lib_magicnaming.errors import EncoderError, FaceError, IdentityExists, IdentityNotFound, MagicNamingError
+from lib_magicnaming.webui.limits import TooLarge
 
 BAD_REQUEST = 400
 INTERNAL_ERROR = 500
 
 
 def http_status(error: Exception) -> int:
-    """404 unknown identity, 409 name taken, 503 encoder unavailable, 422 unusable face, 400 other bad
-    input (any other MagicNamingError); 500 for anything else (a bug, not the caller's input)."""
+    """404 unknown identity, 409 name taken, 413 over a size or count limit, 503 encoder unavailable, 422
+    unusable face, 400 other bad input (any other MagicNamingError); 500 for anything else (a bug)."""
+    if isinstance(error, TooLarge):
+        return 413
     if isinstance(error, IdentityNotFound):
         return 404
     if isinstance(error, IdentityExists):

@@ -34,6 +34,9 @@ OPT_FACE_DETECTOR = "magicnaming_face_detector"
 """auto | yunet | insightface. install.py reads it from the WebUI's config file: 'insightface' makes it
 install insightface at the next start."""
 OPT_DOWNLOAD_DETECTOR = "magicnaming_download_detector"
+OPT_AUTOCOMPLETE_MATCH = "magicnaming_autocomplete_match"
+"""prefix | anywhere: how the text typed after ``<name:`` matches saved names."""
+AUTOCOMPLETE_MATCHES = ("prefix", "anywhere")
 OPT_NAMES_LIST = "magicnaming_names_list"
 """The names list that measures the loaded checkpoint's name space (blank: the shipped list)."""
 
@@ -70,6 +73,8 @@ class MagicNamingSettings:
     """auto, yunet or insightface (lib_magicnaming.face_detectors.make_detector)."""
     download_detector: bool = False
     """Fetch the YuNet file into ``detectors/`` on the first detection when it is absent (never offline)."""
+    autocomplete_match: str = AUTOCOMPLETE_MATCHES[0]
+    """How the prompt autocomplete matches typed text: at the start of names, or anywhere in them."""
     names_list: str = ""
     """A names-list file (lib_magicnaming.names_list); blank: the list shipped with the extension."""
 
@@ -156,8 +161,15 @@ def read_settings(opts: Any, cmd_opts: Any, models_path: str | Path) -> MagicNam
         download_towers=bool(_opt(opts, OPT_DOWNLOAD_TOWERS, True)) and not offline_by_environment(),
         face_detector=validate_detector_choice(_opt(opts, OPT_FACE_DETECTOR, DEFAULT_DETECTOR)),
         download_detector=bool(_opt(opts, OPT_DOWNLOAD_DETECTOR, True)) and not offline_by_environment(),
+        autocomplete_match=_choice(_opt(opts, OPT_AUTOCOMPLETE_MATCH, AUTOCOMPLETE_MATCHES[0]),
+                                   AUTOCOMPLETE_MATCHES),
         names_list=str(_opt(opts, OPT_NAMES_LIST, "")).strip(),
     )
+
+
+def _choice(value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else the first (the default): a stale setting is not fatal."""
+    return value if value in choices else choices[0]
 
 
 def current_settings() -> MagicNamingSettings:
@@ -205,6 +217,9 @@ def on_ui_settings() -> None:
         True, "Download the YuNet face detector file (227 KiB, from opencv_zoo) into <folder>/detectors on "
         "the first face detection when it is missing (off, or HF_HUB_OFFLINE=1: put it there yourself)",
         section=SECTION))
+    add(OPT_AUTOCOMPLETE_MATCH, shared.OptionInfo(
+        AUTOCOMPLETE_MATCHES[0], "Prompt autocomplete of <name:...>: match saved names by their start "
+        "(prefix) or anywhere in them", gr.Radio, {"choices": list(AUTOCOMPLETE_MATCHES)}, section=SECTION))
     add(OPT_NAMES_LIST, shared.OptionInfo(
         "", "Names list for Sample and \"closest to\" (a UTF-8 text file, one well-known name per line, # "
         "for comments; blank: the list shipped with the extension). Its names measure the loaded "

@@ -21,14 +21,11 @@ import torch
 
 from lib_magicnaming.errors import EncoderError, MagicNamingError
 from lib_magicnaming.tags import identity_key
+from lib_magicnaming.webui.limits import MAX_PORTRAITS, PORTRAIT_SIZE_RANGE, PORTRAIT_STEPS_RANGE
 
 PORTRAIT_PROMPT = "portrait photo of {tag}, plain background"
 PORTRAIT_NEGATIVE_PROMPT = "blurry, lowres, deformed, text, watermark"
 SCRIPT_TITLE = "MagicNaming"
-MAX_PORTRAITS = 8
-"""Images per batch (candidates of one Sample)."""
-SIZE_RANGE = (64, 1024)
-STEPS_RANGE = (1, 50)
 JOB_NAME = "magicnaming-portraits"
 UNSAVED_IDENTITIES_ATTRIBUTE = "magicnaming_unsaved"
 """Set on ``p`` by code that draws identities that are not in the library (Sample's candidates): identity key
@@ -52,13 +49,13 @@ class PortraitSettings:
         for what, value in (("size", self.size), ("steps", self.steps), ("seed", self.seed)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise MagicNamingError(f"the portrait {what} must be a whole number, not {value!r}")
-        if not SIZE_RANGE[0] <= self.size <= SIZE_RANGE[1] or self.size % 64:
-            raise MagicNamingError(f"the portrait size must be a multiple of 64 from {SIZE_RANGE[0]} to "
-                                   f"{SIZE_RANGE[1]}, not {self.size}")
-        if not STEPS_RANGE[0] <= self.steps <= STEPS_RANGE[1]:
-            raise MagicNamingError(
-                f"portraits take {STEPS_RANGE[0]} to {STEPS_RANGE[1]} steps, not {self.steps}"
-            )
+        low, high = PORTRAIT_SIZE_RANGE
+        if not low <= self.size <= high or self.size % 64:
+            raise MagicNamingError(f"the portrait size must be a multiple of 64 from {low} to {high}, not "
+                                   f"{self.size}")
+        low, high = PORTRAIT_STEPS_RANGE
+        if not low <= self.steps <= high:
+            raise MagicNamingError(f"portraits take {low} to {high} steps, not {self.steps}")
         if not 0 <= self.seed < 1 << 32:
             raise MagicNamingError(f"the portrait seed must be from 0 to {(1 << 32) - 1}, not {self.seed}")
         if not isinstance(self.cfg_scale, int | float) or not 1.0 <= float(self.cfg_scale) <= 30.0:

@@ -16,7 +16,7 @@ from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.webui.portraits import PortraitSettings
 from lib_magicnaming.webui.sampling import CHECKPOINT_SOURCE, ENCODER_SOURCE, SamplingUseCases
 from lib_magicnaming.webui.services import Services
-from lib_magicnaming.webui.tab_actions import message_html
+from lib_magicnaming.webui.tab_actions import error_html, message_html
 from lib_magicnaming.webui.use_cases import IdentityUseCases, no_progress
 
 SOURCE_LABELS = {"loaded checkpoint": CHECKPOINT_SOURCE, "encoder checkpoint": ENCODER_SOURCE}
@@ -57,7 +57,7 @@ class SampleActions:
                 int(seed), int(count), float(scale), source_of(source_label), settings, progress
             )
         except MagicNamingError as error:
-            return [], [], self.namespace_status_text(), message_html(str(error), error=True)
+            return [], [], self.namespace_status_text(), error_html(error)
         state = [
             {"seed": c.sampled.seed, "scale": c.sampled.scale, "source": source_of(source_label),
              "short_hash": c.short_hash, "portrait": c.portrait}
@@ -96,7 +96,7 @@ class SampleActions:
                 progress=progress,
             )
         except MagicNamingError as error:
-            return message_html(str(error), error=True)
+            return error_html(error)
         return message_html(f"Saved {info.name} [{info.short_hash}]: use it as <name:{info.name}>")
 
     # -- library: portraits and nearest names
@@ -110,7 +110,7 @@ class SampleActions:
         try:
             image, info = self.sampling.draw_portrait(name, PortraitSettings(), progress)
         except MagicNamingError as error:
-            return None, None, message_html(str(error), error=True)
+            return None, None, error_html(error)
         pending = {"name": info.name, "short_hash": info.short_hash, "image": image}
         return image, pending, message_html(f"Drew {info.name} [{info.short_hash}]: use it as its thumbnail?")
 
@@ -121,7 +121,7 @@ class SampleActions:
         try:
             info = self.sampling.set_thumbnail(pending["name"], pending["image"], pending["short_hash"])
         except MagicNamingError as error:
-            return message_html(str(error), error=True)
+            return error_html(error)
         return message_html(f"The portrait is now the thumbnail of {info.name}")
 
     def nearest_text(self, name: str | None) -> str:

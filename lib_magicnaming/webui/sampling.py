@@ -26,8 +26,9 @@ import torch
 from lib_magicnaming.errors import EncoderError, IdentityError, MagicNamingError
 from lib_magicnaming.nearest import NEAREST_COUNT, NearestName
 from lib_magicnaming.webui.job_progress import Progress, no_progress
+from lib_magicnaming.webui.limits import LIMITS, Limits, check_candidates, check_name_chunks
 from lib_magicnaming.webui.log import logger
-from lib_magicnaming.webui.portraits import MAX_PORTRAITS, DrawJob, PortraitSettings
+from lib_magicnaming.webui.portraits import DrawJob, PortraitSettings
 from lib_magicnaming.webui.services import Services
 
 if TYPE_CHECKING:
@@ -117,8 +118,9 @@ def check_seed(seed: Any) -> int:
 class SamplingUseCases:
     """Sampling fictional people, their portraits, and nearest known names (module docstring)."""
 
-    def __init__(self, services: Services):
+    def __init__(self, services: Services, limits: Limits = LIMITS):
         self.services = services
+        self.limits = limits
 
     # -- the loaded checkpoint's name space
 
@@ -139,6 +141,7 @@ class SamplingUseCases:
         found = cache.load(self.services.loaded_checkpoint(), names_list)
         if found is not None:
             return found
+        self._check_listed_names(names_list)
         progress(0.0, desc="Waiting for the WebUI's queue")
         with self.services.queue_lock():
             checkpoint = self.services.loaded_checkpoint()  # the model cannot change while the lock is held
@@ -146,6 +149,16 @@ class SamplingUseCases:
             if found is not None:
                 return found
             return self._measure(cache, checkpoint, names_list, progress)
+
+    def _check_listed_names(self, names_list: Any) -> None:
+        """Each listed name fits in one prompt chunk (counted by the loaded checkpoint's tokenizer, no model
+        work), so measuring costs one chunk of the text encoders per name: checked before the queue lock.
+        EncoderError (the names-list setting is a problem of the setup) naming the name."""
+        try:
+            check_name_chunks(names_list.names, self.services.count_chunks, self.limits)
+        except MagicNamingError as error:
+            raise EncoderError(f"the MagicNaming names-list setting: names list {names_list.label}: "
+                               f"{error}") from error
 
     def _measure(
         self, cache: Any, checkpoint: Any, names_list: Any, progress: Progress
@@ -211,8 +224,7 @@ class SamplingUseCases:
     ) -> list[Candidate]:
         """``count`` people (seeds ``seed`` .. ``seed + count - 1``) drawn as portraits in one batch."""
         seed, scale, source = check_seed(seed), check_scale(scale), check_source(source)
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PORTRAITS:
-            raise MagicNamingError(f"draw 1 to {MAX_PORTRAITS} candidates at a time, not {count!r}")
+        count = check_candidates(count, self.limits)
         portrait.validate()
         people = self._sample_many([seed + offset for offset in range(count)], scale, source, progress)
         names = [CANDIDATE_NAME.format(number=index + 1) for index in range(count)]

@@ -27,6 +27,7 @@ from typing import Any
 
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.tags import DEFAULT_STRENGTH
+from lib_magicnaming.webui.limits import LIMITS, TooLarge, size_text
 from lib_magicnaming.webui.markers import PREPEND, check_strength, normalise_mode
 
 ARG_NAMES = ("enabled", "mode", "strength", "face", "face_is_crop")
@@ -62,17 +63,21 @@ def decode_face(value: Any) -> Any:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bytes | bytearray):
+        check_face_bytes(len(value))
         return bytes(value)
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("data:"):
             text = text.split(",", 1)[1] if "," in text else ""
+        check_face_bytes(len(text) * 3 // 4 - 2)  # before decoding: 3 bytes per 4 characters, less padding
         try:
-            return base64.b64decode(text, validate=True)
+            data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise MagicNamingError(
                 "MagicNaming: the 'face' argument is not valid base64 image data."
             ) from None
+        check_face_bytes(len(data))
+        return data
     if hasattr(value, "convert") and hasattr(value, "size"):
         return value
     if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -81,6 +86,12 @@ def decode_face(value: Any) -> Any:
         return Image.fromarray(value)
     # No {"name": <path>} (gradio's temp-file dict): from the API it would read any file on the server.
     raise MagicNamingError(f"MagicNaming: the 'face' argument must be an image, not {type(value).__name__}.")
+
+
+def check_face_bytes(size: int) -> None:
+    """TooLarge (naming the 'face' argument) for a one-off face over the photo file size limit."""
+    if size > LIMITS.photo_bytes:
+        raise TooLarge(f"MagicNaming: the 'face' argument is larger than {size_text(LIMITS.photo_bytes)}.")
 
 
 def parse_script_args(args: Sequence[Any]) -> ScriptSettings:

@@ -67,6 +67,9 @@ class Services:
     queue_lock: Callable[[], AbstractContextManager]
     """-> the WebUI's queue lock, held around model work started outside a generation (the tab, the REST
     API) so it never runs beside one. Never taken during a generation, which holds it already."""
+    count_chunks: Callable[[str], int | None] | None = None
+    """How many 77-token chunks the loaded checkpoint's text encoders make of one text: its tokenizer only,
+    no model work, so it runs before the queue lock is taken (None, or returning None: cannot tell)."""
     loaded_checkpoint: Callable[..., SourceCheckpoint] = no_loaded_checkpoint
     """The SDXL checkpoint loaded in the WebUI, as its short hash and title (EncoderError when none is).
     ``compute_hash=False``: EncoderError rather than hashing a checkpoint file the WebUI has not hashed."""
@@ -107,6 +110,23 @@ def webui_encode_texts(texts: list[str]) -> torch.Tensor:
             f"{SDXL_CONTEXT_WIDTH} (the SDXL refiner?): load an SDXL base checkpoint to encode names"
         )
     return crossattn.float()
+
+
+def webui_count_chunks(text: str) -> int | None:
+    """The chunks the loaded model's text encoders make of ``text``, as the WebUI chunks prompts (BREAK,
+    emphasis, comma back-tracking): ``process_texts`` of A1111's SDXL conditioner or of Forge's CLIP-L text
+    engine. None when no loaded model offers it."""
+    from modules import shared
+
+    model = shared.sd_model
+    holders = (getattr(model, "cond_stage_model", None), getattr(model, "text_processing_engine_l", None))
+    for holder in holders:
+        if holder is not None and callable(getattr(holder, "process_texts", None)):
+            result = holder.process_texts([text])
+            if result is not None:
+                batch_chunks = result[0]
+                return len(batch_chunks[0])
+    return None
 
 
 def webui_loaded_checkpoint(*, compute_hash: bool = True) -> SourceCheckpoint:
@@ -179,6 +199,7 @@ def webui_services() -> Services:
         encoder_status=encoder_status,
         encode_texts=webui_encode_texts,
         queue_lock=webui_queue_lock,
+        count_chunks=webui_count_chunks,
         loaded_checkpoint=webui_loaded_checkpoint,
         names_list=webui_names_list,
         namespace_cache=webui_namespace_cache,

@@ -19,11 +19,13 @@ def install_conditioning_hijack() -> AttributeHijack:
 
 
 def saved_identity_names() -> list[str]:
-    """Names of the saved identities (empty when the library cannot be read: the UI must still build)."""
+    """Names of the saved identities a prompt can use (broken files left out; empty when the library cannot be
+    read: the UI must still build)."""
     try:
         from lib_magicnaming.webui import services
+        from lib_magicnaming.webui.identity_check import check_library
 
-        return [info.name for info in services.identity_library().list()]
+        return [info.name for info in check_library(services.identity_library()).usable]
     except Exception as error:  # a broken library folder must not break the txt2img tab
         log_skipped("cannot list the saved identities (the accordion and X/Y/Z plot show none)", error)
         return []
@@ -41,7 +43,9 @@ def short_status(status) -> str:
 
 def status_line() -> str:
     """One short line of HTML on the photo encoder; the full status (what is missing, the face detector)
-    is its hover text."""
+    is its hover text. Neither names a server path."""
+    from lib_magicnaming.webui.redact import client_message
+
     try:
         from lib_magicnaming.webui.encoder_cache import encoder_status
 
@@ -50,6 +54,7 @@ def status_line() -> str:
     except Exception as error:  # the status line reports problems, it must never raise
         log_skipped("cannot read the encoder status", error)
         text, details = "MagicNaming encoder status unavailable (hover for details)", str(error)
+    text, details = client_message(text), client_message(details)
     return (f"<span class='magicnaming-status' title='{html.escape(details, quote=True)}'>"
             f"{html.escape(text)}</span>")
 

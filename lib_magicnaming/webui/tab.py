@@ -16,8 +16,9 @@ from typing import Any
 
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.namespace import MIX_METHODS
+from lib_magicnaming.webui.limits import MAX_PORTRAITS, PORTRAIT_SIZE_RANGE, PORTRAIT_STEPS_RANGE
 from lib_magicnaming.webui.log import log_skipped
-from lib_magicnaming.webui.portraits import MAX_PORTRAITS, SIZE_RANGE, STEPS_RANGE, PortraitSettings
+from lib_magicnaming.webui.portraits import PortraitSettings
 from lib_magicnaming.webui.sample_actions import DEFAULT_SOURCE_LABEL, SOURCE_LABELS, SampleActions
 from lib_magicnaming.webui.sampling import DEFAULT_CANDIDATES
 from lib_magicnaming.webui.tab_actions import LIBRARY_HEADERS, TabActions, message_html
@@ -91,8 +92,10 @@ def _sample_section(gr: Any, namespace_status: str) -> SimpleNamespace:
             ui.scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Scale")
         with gr.Row():
             ui.count = gr.Slider(1, MAX_PORTRAITS, value=DEFAULT_CANDIDATES, step=1, label="Candidates")
-            ui.size = gr.Slider(*SIZE_RANGE, value=PortraitSettings.size, step=64, label="Portrait size")
-            ui.steps = gr.Slider(*STEPS_RANGE, value=PortraitSettings.steps, step=1, label="Portrait steps")
+            ui.size = gr.Slider(*PORTRAIT_SIZE_RANGE, value=PortraitSettings.size, step=64,
+                                label="Portrait size")
+            ui.steps = gr.Slider(*PORTRAIT_STEPS_RANGE, value=PortraitSettings.steps, step=1,
+                                 label="Portrait steps")
             ui.draw = gr.Button("Draw candidates", variant="secondary", elem_id="magicnaming_sample_draw")
         ui.gallery = gr.Gallery(label="Candidates (seeds from Seed on; click one to choose it)", columns=4,
                                 height="auto", elem_id="magicnaming_candidates")
@@ -272,8 +275,9 @@ def build_tab(actions: TabActions, sample_actions: SampleActions | None = None) 
         status = gr.Markdown(actions.encoder_status_text(), elem_id="magicnaming_tab_status")
         message = gr.HTML(elem_id="magicnaming_tab_message")
         with gr.Tabs(elem_id="magicnaming_tabs", selected=sample_actions.starting_section()) as sections:
-            # The WebUI's ui-config.json would otherwise restore the section of the first start (seen in the
-            # real A1111: "photos" kept after the encoder was removed); modules/ui_loadsave.py skips this flag.
+            # The WebUI's ui-config.json would otherwise restore the section of the first start (seen in
+            # the real A1111: "photos" kept after the encoder was removed); modules/ui_loadsave.py skips
+            # this flag.
             sections.do_not_save_to_config = True
             ui = SimpleNamespace(
                 photos=_photos_section(gr, sample_actions.photos_need_text()), names=_names_section(gr),

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.webui.log import log_skipped
+from lib_magicnaming.webui.redact import client_message
 from lib_magicnaming.webui.services import Services
 from lib_magicnaming.webui.use_cases import IdentityUseCases, no_progress, photo_report_json
 
@@ -32,6 +33,11 @@ def message_html(text: str, *, error: bool = False) -> str:
     """A status line; errors use the WebUI's ``error`` class."""
     css = "error" if error else "magicnaming-message"
     return f"<div class='{css}'>{html.escape(text)}</div>"
+
+
+def error_html(error: BaseException) -> str:
+    """An error's message as a status line, naming no server path (:func:`.redact.client_message`)."""
+    return message_html(client_message(str(error)), error=True)
 
 
 def placeholder_card(name: str, short_hash: str, size: int = 128) -> Image.Image:
@@ -111,7 +117,7 @@ def _message_of(action: Callable[[], str]) -> str:
     try:
         return action()
     except MagicNamingError as error:
-        return message_html(str(error), error=True)
+        return error_html(error)
 
 
 class TabActions:
@@ -124,7 +130,7 @@ class TabActions:
 
     def encoder_status_text(self) -> str:
         """The encoder status line."""
-        return self.cases.encoder_status().summary()
+        return client_message(self.cases.encoder_status().summary())
 
     def library_view(self) -> tuple[list[tuple[Any, str]], list[list[str]], list[str]]:
         """(gallery items, table rows, names) of the saved identities."""
@@ -150,7 +156,7 @@ class TabActions:
         try:
             info = self.cases.info(name)
         except MagicNamingError as error:
-            return f"**{html.escape(str(error))}**"
+            return f"**{html.escape(client_message(str(error)))}**"
         return (
             f"**{html.escape(info.name)}** `{info.short_hash}`  \n"
             f"made from {html.escape(describe_origin(info.origin))}  \n"
@@ -172,7 +178,7 @@ class TabActions:
                 photos, assume_cropped=bool(assume_cropped), skip_failed=True, progress=progress
             )
         except MagicNamingError as error:
-            return [], "", None, message_html(str(error), error=True)
+            return [], "", None, error_html(error)
         crops = [(r.crop.image, f"photo {r.index + 1}") for r in result.per_photo if r.crop is not None]
         message = f"Encoded {len(photos)} photo(s): check the crops, then name and save the identity"
         return crops, report_markdown(result.per_photo), result, message_html(message)
@@ -213,7 +219,7 @@ class TabActions:
         try:
             info = self.cases.rename(old, (new or "").strip())
         except MagicNamingError as error:
-            return message_html(str(error), error=True), None
+            return error_html(error), None
         return message_html(f"Renamed {old} to {info.name}"), info.name
 
     def delete(self, name: str | None) -> str:
@@ -251,5 +257,5 @@ class TabActions:
         try:
             path = self.cases.export(name, folder, overwrite=True)
         except MagicNamingError as error:
-            return None, message_html(str(error), error=True)
+            return None, error_html(error)
         return str(path), message_html(f"Exported {name}: download it below")

@@ -2,8 +2,9 @@
 
 :class:`IdentityUseCases` makes identities (from names, a mix of saved ones, face photos, a name-space
 sample), renames, deletes, imports, exports, lists and reads them, over one :class:`.services.Services`
-bag. Making one follows the same steps whoever asks: check the name and that it is free (unless
-overwriting) before any costly work, do the work (under the WebUI's queue lock when it runs a model), save.
+bag. Making one follows the same steps whoever asks: check the input against the limits (:mod:`.limits`),
+the name and that it is free (unless overwriting) before any costly work, do the work (under the WebUI's
+queue lock when it runs a model, held for one name at a time when names are encoded), save.
 Failures are MagicNamingErrors whose message names the problem; the REST API (:mod:`.api`) maps them to HTTP
 statuses (:mod:`.http_status`) and requests to calls, the tab (:mod:`.tab_actions`) maps them to messages
 and its events to calls; neither adds rules of its own.
@@ -14,22 +15,34 @@ and its events to calls; neither adds rules of its own.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lib_magicnaming.errors import IdentityError, IdentityExists, MagicNamingError
+from lib_magicnaming.errors import IdentityError, IdentityExists, MagicNamingError, NamespaceError
 from lib_magicnaming.tags import validate_identity_name
 from lib_magicnaming.webui.encoder_cache import EncoderStatus
 from lib_magicnaming.webui.job_progress import Progress, no_progress
+from lib_magicnaming.webui.limits import (
+    LIMITS,
+    Limits,
+    check_import_files,
+    check_mix_items,
+    check_name_chunks,
+    check_name_texts,
+    check_photos,
+)
 from lib_magicnaming.webui.sampling import CHECKPOINT_SOURCE, SamplingUseCases
 from lib_magicnaming.webui.services import Services
 
 if TYPE_CHECKING:
+    import torch
+
     from lib_magicnaming.encode import EncodeResult, PhotoReport
     from lib_magicnaming.identity import Identity
     from lib_magicnaming.identity_file import IdentityInfo
     from lib_magicnaming.identity_library import IdentityLibrary
+    from lib_magicnaming.webui.identity_check import CheckedListing
 
 WeightedNames = Sequence[tuple[str, float]]
 
@@ -64,17 +77,32 @@ def _check_image(photo: bytes, index: int) -> None:
         raise MagicNamingError(f"photo {index + 1}: {error}") from error
 
 
+def _check_method(method: str) -> None:
+    from lib_magicnaming.namespace import MIX_METHODS
+
+    if method not in MIX_METHODS:
+        raise NamespaceError(f"Unknown mix method {method!r}; use one of {', '.join(MIX_METHODS)}.")
+
+
 class IdentityUseCases:
     """What can be done with identities (module docstring); one per :class:`.services.Services` bag."""
 
-    def __init__(self, services: Services):
+    def __init__(self, services: Services, limits: Limits = LIMITS):
         self.services = services
+        self.limits = limits
 
     # -- reading
 
     def list(self) -> list[IdentityInfo]:
         """Every saved identity, from the file headers, sorted by key."""
         return self.services.library().list()
+
+    def list_checked(self) -> CheckedListing:
+        """The saved identities split into those a prompt can use and the broken ones (each file loaded and
+        checked once per version of it: :mod:`.identity_check`)."""
+        from lib_magicnaming.webui.identity_check import check_library
+
+        return check_library(self.services.library())
 
     def info(self, name: str) -> IdentityInfo:
         """One saved identity's header (IdentityNotFound when there is none)."""
@@ -104,16 +132,42 @@ class IdentityUseCases:
         self, name: str, weighted: WeightedNames, method: str = "linear", *, overwrite: bool = False,
         progress: Progress = no_progress,
     ) -> IdentityInfo:
-        """Save an identity made from weighted names by the loaded checkpoint's SDXL text encoders."""
+        """Save an identity made from weighted names by the loaded checkpoint's SDXL text encoders.
+
+        The names are checked against the limits first; each is then encoded under its own hold of the
+        queue lock, so a generation waiting for it waits for one name at most.
+        """
         from lib_magicnaming.identity import Identity
         from lib_magicnaming.namespace import identity_from_names
 
+        texts = [text for text, _ in weighted]
+        check_name_texts(texts, self.limits)
+        _check_method(method)
         library = self._library_for_new(name, overwrite)
-        progress(0.3, desc="Encoding names with the SDXL text encoders")
-        with self.services.queue_lock():
-            embedding = identity_from_names(self.services.encode_texts, weighted, method=method)
+        check_name_chunks(texts, self.services.count_chunks, self.limits)
+        embedding = identity_from_names(self._names_encoder(progress), weighted, method=method)
         origin = {"kind": "names", "names": [[text, float(weight)] for text, weight in weighted]}
         return library.save(Identity(name, embedding, origin), overwrite=bool(overwrite))
+
+    def _names_encoder(self, progress: Progress) -> Callable[[list[str]], torch.Tensor]:
+        """``encode_texts`` for name-space code: one name at a time under the queue lock; only each name's
+        first chunk is kept (its F_ID lies there)."""
+        import torch
+
+        from lib_magicnaming.constants import CHUNK_ROWS
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            chunks = []
+            for index, text in enumerate(texts):
+                progress(0.1 + 0.8 * index / len(texts), desc=f"Encoding name {index + 1} of {len(texts)}")
+                with self.services.queue_lock():
+                    encoded = self.services.encode_texts([text])
+                if isinstance(encoded, dict) and "crossattn" in encoded:
+                    encoded = encoded["crossattn"]
+                chunks.append(encoded[:, :CHUNK_ROWS])
+            return torch.cat(chunks)
+
+        return encode
 
     def create_mix(
         self, name: str, weighted: WeightedNames, method: str = "linear", *, overwrite: bool = False
@@ -122,6 +176,8 @@ class IdentityUseCases:
         from lib_magicnaming.identity import Identity
         from lib_magicnaming.namespace import mix_embeddings
 
+        check_mix_items(len(weighted), self.limits)
+        _check_method(method)
         library = self._library_for_new(name, overwrite)
         sources = [library.load(source) for source, _ in weighted]
         weights = [float(weight) for _, weight in weighted]
@@ -135,15 +191,25 @@ class IdentityUseCases:
         self, photos: Sequence[bytes], *, assume_cropped: bool = False, skip_failed: bool = False,
         progress: Progress = no_progress,
     ) -> EncodeResult:
-        """Detect the faces and encode the photos (one person) into one embedding, under the queue lock; a
-        photo without a usable face is reported and left out with ``skip_failed``, else a FaceError."""
+        """Detect the faces and encode the photos (one person) into one embedding; a photo without a usable
+        face is reported and left out with ``skip_failed``, else a FaceError.
+
+        The photos are checked against the limits first; the face detector is loaded (its file fetched when
+        allowed), the photos decoded and their faces found before the queue lock is taken, which is held
+        while the encoder's towers run.
+        """
+        check_photos(photos, self.limits)
         progress(0.1, desc="Loading the MagicNaming encoder")
         encoder = self.services.encoder()
+        detector = getattr(encoder, "detector", None)
+        if not assume_cropped and detector is not None:
+            progress(0.2, desc="Loading the face detector")
+            detector.load()
         progress(0.4, desc=f"Encoding {len(photos)} photo(s)")
-        with self.services.queue_lock():
-            return encoder.encode_photos(
-                photos, assume_cropped=bool(assume_cropped), skip_failed=bool(skip_failed)
-            )
+        return encoder.encode_photos(
+            photos, assume_cropped=bool(assume_cropped), skip_failed=bool(skip_failed),
+            model_lock=self.services.queue_lock,
+        )
 
     def create_from_encoded(
         self, name: str, result: EncodeResult, *, overwrite: bool = False
@@ -162,8 +228,9 @@ class IdentityUseCases:
     ) -> tuple[IdentityInfo, EncodeResult]:
         """Encode face photos and save them as one identity: (its header, the per-photo report).
 
-        The name and every photo (it must open as an image) are checked before the encoder loads.
+        The limits, the name and every photo (it must open as an image) are checked before the encoder loads.
         """
+        check_photos(photos, self.limits)
         self._library_for_new(name, overwrite)
         for index, photo in enumerate(photos):
             _check_image(photo, index)
@@ -182,7 +249,7 @@ class IdentityUseCases:
         from lib_magicnaming.identity import Identity
 
         library = self._library_for_new(name, overwrite)
-        sampled = SamplingUseCases(self.services).sample(seed, scale, source, progress)
+        sampled = SamplingUseCases(self.services, self.limits).sample(seed, scale, source, progress)
         identity = Identity(name, sampled.embedding, sampled.origin, thumbnail=thumbnail)
         return library.save(identity, overwrite=bool(overwrite))
 
@@ -206,6 +273,7 @@ class IdentityUseCases:
         """
         if not contents:
             raise IdentityError("no identity files to import")
+        check_import_files(contents, self.limits)
         if name and len(contents) > 1:
             raise IdentityError("A new name works for one file at a time")
         library = self.services.library()

@@ -17,12 +17,27 @@ test("partialTagAt finds the unfinished tag before the cursor", () => {
     assert.strictEqual(mn.partialTagAt("<lora:al", 8), null);
 });
 
-test("matchingNames: prefix matches first, then substring, case-insensitive, limited", () => {
-    const names = ["Alice", "bob", "malia", "ALBERT", "carol"];
-    assert.deepStrictEqual(mn.matchingNames(names, "al"), ["Alice", "ALBERT", "malia"]);
+test("matchingNames: prefix matches only by default, substrings after them when asked; case-insensitive", () => {
+    const names = ["Alice", "bob", "malia", "ALBERT", "carol", "nanny"];
+    assert.deepStrictEqual(mn.matchingNames(names, "al"), ["Alice", "ALBERT"]);
+    assert.deepStrictEqual(mn.matchingNames(names, "a"), ["Alice", "ALBERT"]);  // not nanny, malia, carol
+    assert.deepStrictEqual(mn.matchingNames(names, "al", 12, "prefix"), ["Alice", "ALBERT"]);
+    assert.deepStrictEqual(mn.matchingNames(names, "al", 12, "anywhere"), ["Alice", "ALBERT", "malia"]);
     assert.deepStrictEqual(mn.matchingNames(names, ""), names);
     assert.deepStrictEqual(mn.matchingNames(names, "", 2), ["Alice", "bob"]);
     assert.deepStrictEqual(mn.matchingNames(names, "zz"), []);
+});
+
+test("parseNames reads the accordion's names channel; anything else gives no names", () => {
+    assert.deepStrictEqual(mn.parseNames('{"names": ["alice", "bob"], "match": "anywhere"}'),
+        {names: ["alice", "bob"], match: "anywhere"});
+    assert.deepStrictEqual(mn.parseNames('{"names": ["alice", "bad name>", 3], "match": "odd"}'),
+        {names: ["alice"], match: "prefix"});
+    assert.deepStrictEqual(mn.parseNames("not json"), {names: [], match: "prefix"});
+    assert.deepStrictEqual(mn.parseNames(""), {names: [], match: "prefix"});
+    assert.strictEqual(mn.tabOfPrompt("img2img_neg_prompt"), "img2img");
+    assert.strictEqual(mn.tabOfPrompt("txt2img_prompt"), "txt2img");
+    assert.strictEqual(mn.tabOfPrompt("other"), null);
 });
 
 test("completeTagAt closes the tag and puts the cursor after it", () => {
@@ -107,9 +122,19 @@ function tree(tag, props, children) {
     return el;
 }
 
-test("autocomplete in a prompt box: fetch names, suggest, accept with Enter", async () => {
+test("autocomplete in a prompt box: names from the accordion's channel, suggest, accept with Enter", async () => {
     const prompt = new FakeElement("textarea");
     tree("div", {id: "txt2img_prompt"}, [prompt]);
+    const namesBox = new FakeElement("textarea");
+    namesBox.value = JSON.stringify({names: ["alice", "bob", "nanny"], match: "prefix"});
+    const refresh = new FakeElement("button");
+    let refreshes = 0;
+    refresh.click = () => { refreshes++; };
+    const channel = {
+        "#txt2img_prompt textarea": prompt,
+        "#script_txt2img_magicnaming_names textarea": namesBox,
+        "#script_txt2img_magicnaming_names_refresh": refresh,
+    };
     const option = tree("li", {className: "item active", attributes: {"data-value": "carol"}});
     const dropdownInput = new FakeElement("input");
     tree("div", {id: "script_txt2img_magicnaming_identity"}, [dropdownInput, tree("ul", {}, [option])]);
@@ -121,27 +146,31 @@ test("autocomplete in a prompt box: fetch names, suggest, accept with Enter", as
     const win = {
         scrollX: 0, scrollY: 0,
         onUiLoaded: (fn) => { loaded = fn; },
-        gradioApp: () => Object.assign(app, {querySelector: (sel) => (sel === "#txt2img_prompt textarea" ? prompt : null)}),
+        gradioApp: () => Object.assign(app, {querySelector: (sel) => channel[sel] || null}),
         updateInput: (target) => inputs.push(target.value),
     };
     global.window = win;
     global.document = {body, createElement: (tag) => new FakeElement(tag)};
-    global.fetch = (url) => {
-        fetched.push(url);
-        return Promise.resolve({ok: true, json: () => Promise.resolve({identities: [{name: "alice"}, {name: "bob"}]})});
-    };
+    global.fetch = (url) => { fetched.push(url); return Promise.reject(new Error("no REST call expected")); };
     const source = require("fs").readFileSync(path.join(__dirname, "..", "..", "javascript", "magicnaming.js"), "utf8");
     new Function("window", "globalThis", "module", source)(win, win, undefined);
     loaded();
     const popup = body.children[0];
 
     prompt.fire("focus");
+    assert.strictEqual(refreshes, 1);  // focusing a prompt asks the UI to refill the names
+    prompt.fire("blur");
+    prompt.fire("focus");
+    assert.strictEqual(refreshes, 1);  // ... not again within the names' lifetime
+    prompt.value = "a photo of <name:a"; prompt.selectionStart = prompt.selectionEnd = prompt.value.length;
+    prompt.fire("input");
+    assert.deepStrictEqual(popup.children.map((li) => li.textContent), ["alice"]);  // not "nanny"
+    namesBox.value = JSON.stringify({names: ["alice", "bob", "bert"], match: "prefix"});  // refilled
     prompt.value = "a photo of <name:b"; prompt.selectionStart = prompt.selectionEnd = prompt.value.length;
     prompt.fire("input");
-    await new Promise((resolve) => setTimeout(resolve, 10));
-    assert.deepStrictEqual(fetched, ["/magicnaming/v1/identities"]);
+    assert.deepStrictEqual(fetched, []);
     assert.strictEqual(popup.style.display, "block");
-    assert.deepStrictEqual(popup.children.map((li) => li.textContent), ["bob"]);
+    assert.deepStrictEqual(popup.children.map((li) => li.textContent), ["bob", "bert"]);
 
     prompt.fire("keydown", {key: "Enter"});
     assert.strictEqual(prompt.value, "a photo of <name:bob>");

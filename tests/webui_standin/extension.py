@@ -1,5 +1,6 @@
 """MagicNaming loaded into the WebUI stand-in: a library with two identities, a fake photo encoder, the
-script file loaded as the WebUI loads it, and helpers to run txt2img and read what reached the sampler.
+script file loaded as the WebUI loads it, and helpers to run txt2img (in process, or through the WebUI's own
+API: ``api_client`` and :func:`txt2img_request`) and read what reached the sampler.
 
 A test module uses both fixtures with ``pytest_plugins = ["webui_standin", "webui_standin.extension"]``.
 """
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import types
 from dataclasses import dataclass
 
 import pytest
 import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from lib_magicnaming.constants import ID_TOKENS, SDXL_CONTEXT_WIDTH
 from lib_magicnaming.identity import Identity
@@ -115,3 +119,17 @@ def build_extension(webui, folder) -> types.SimpleNamespace:
 def magicnaming(webui, tmp_path):
     """MagicNaming loaded into the WebUI stand-in (see :func:`build_extension`)."""
     return build_extension(webui, tmp_path / "identities")
+
+
+@pytest.fixture
+def api_client(magicnaming):
+    """A TestClient of the WebUI stand-in's own API (``/sdapi/v1/txt2img``) with MagicNaming loaded."""
+    app = FastAPI()
+    magicnaming.webui.api.Api(app, threading.Lock())
+    return TestClient(app)
+
+
+def txt2img_request(prompt: str, args) -> dict:
+    """A ``/sdapi/v1/txt2img`` body: 2 steps, 64 x 64, MagicNaming's ``args``."""
+    return {"prompt": prompt, "negative_prompt": "", "steps": 2, "width": 64, "height": 64,
+            "alwayson_scripts": {"MagicNaming": {"args": args}}}
