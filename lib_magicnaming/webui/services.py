@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH
 from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.webui import compat
 from lib_magicnaming.webui.encoder_cache import EncoderStatus, encoder_status, get_encoder
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
 
@@ -36,8 +37,9 @@ class Services:
     encoder_status: Callable[[], EncoderStatus]
     """What the photo encoder needs and has."""
     encode_texts: Callable[[list[str]], torch.Tensor]
-    """The text encoders of the checkpoint loaded in the WebUI: prompts -> crossattn (N, 77k, 2048); an
-    EncoderError when no SDXL base checkpoint is loaded."""
+    """The text encoders of the WebUI's checkpoint (loaded on demand, the WebUI's way): prompts -> crossattn
+    (N, 77k, 2048), a plain float32 tensor; an EncoderError when no SDXL base checkpoint can be had. Call it
+    under ``queue_lock``."""
     queue_lock: Callable[[], AbstractContextManager]
     """-> the WebUI's queue lock, held around model work started outside a generation (the tab, the REST
     API) so it never runs beside one. Never taken during a generation, which holds it already."""
@@ -52,14 +54,15 @@ def identity_library(settings: MagicNamingSettings | None = None) -> IdentityLib
 
 
 def webui_encode_texts(texts: list[str]) -> torch.Tensor:
-    """The loaded SDXL model's ``get_learned_conditioning(texts)['crossattn']``; EncoderError if not SDXL."""
+    """The WebUI's checkpoint's ``get_learned_conditioning(texts)['crossattn']``, loading the checkpoint first
+    the WebUI's own way if it is not loaded yet (Forge loads it lazily); EncoderError if it is not SDXL."""
     import torch
-    from modules import devices, shared
 
-    model = shared.sd_model
-    if model is None or not getattr(model, "is_sdxl", False):
-        raise EncoderError("identities from names need an SDXL checkpoint loaded in the WebUI: load one")
-    with torch.no_grad(), devices.autocast():
+    model = compat.load_model()
+    if not getattr(model, "is_sdxl", False):
+        raise EncoderError(compat.NO_MODEL_MESSAGE)
+    compat.prepare_text_encoding(model)
+    with torch.no_grad(), compat.text_encoding_context():
         cond = model.get_learned_conditioning(texts)
     crossattn = cond["crossattn"] if isinstance(cond, dict) else cond
     if crossattn.shape[-1] != SDXL_CONTEXT_WIDTH:
@@ -67,7 +70,8 @@ def webui_encode_texts(texts: list[str]) -> torch.Tensor:
             f"the loaded checkpoint's text conditioning is {crossattn.shape[-1]} wide, not SDXL's "
             f"{SDXL_CONTEXT_WIDTH} (the SDXL refiner?): load an SDXL base checkpoint to encode names"
         )
-    return crossattn.float()
+    # clone(): Forge computes under torch.inference_mode, whose tensors refuse later in-place work
+    return crossattn.float().clone()
 
 
 def webui_queue_lock() -> AbstractContextManager:
