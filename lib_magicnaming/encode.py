@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from lib_magicnaming.checkpoint import EncoderCheckpoint, file_sha256, load_encoder_checkpoint
+from lib_magicnaming.detector_interface import FaceDetector
 from lib_magicnaming.errors import EncoderError, FaceError
 from lib_magicnaming.face import (
     FaceCrop,
@@ -30,8 +31,8 @@ from lib_magicnaming.face import (
     load_image,
     pixels_from_crop,
 )
-from lib_magicnaming.face_detectors import DEFAULT_PACK, FaceDetector, InsightFaceDetector
 from lib_magicnaming.identity import Identity
+from lib_magicnaming.insightface_detector import DEFAULT_PACK, InsightFaceDetector
 from lib_magicnaming.lru import LRUCache
 from lib_magicnaming.model import NameEncoder
 from lib_magicnaming.namespace import average_embeddings, sample_namespace

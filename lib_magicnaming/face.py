@@ -1,8 +1,9 @@
 """Face capture: find the face in a photo and cut the square, CLIP-normalised crop the towers read.
 
 The crop rule is defined here once and reads only the detector's face box in corner form (x1, y1, x2, y2,
-photo pixels), which every detector of :mod:`lib_magicnaming.face_detectors` reports after converting its
-own convention; so the same face box gives the same crop whichever detector found it.
+photo pixels), which every detector reports after converting its own convention
+(:mod:`lib_magicnaming.detector_interface`); so the same face box gives the same crop whichever detector
+found it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lib_magicnaming.detector_interface import NO_DETECTOR, FaceDetector
 from lib_magicnaming.errors import FaceError
-from lib_magicnaming.face_detectors import NO_DETECTOR, FaceDetector
 
 
 def _openai_mean() -> tuple[float, float, float]:

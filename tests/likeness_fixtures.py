@@ -6,8 +6,10 @@
   :func:`ldm_unet_state` and :func:`ldm_vae_state` mirror the key mapping of diffusers' repository script
   ``scripts/convert_diffusers_to_original_sdxl.py`` (unet_conversion_map*, vae_conversion_map*,
   reshape_weight_for_sd); the round-trip test checks them against diffusers' own forward conversion.
-* A face detector pack whose tiny SCRFD-signature model finds one face in the middle of any square image
-  that is not nearly black (its score is gated by the image's mean brightness), so a black image has none.
+* Face detectors that find one face in the middle of any image that is not nearly black (the score is gated
+  by the image's mean brightness), so a black image has none: a tiny YuNet-signature model (the default
+  detector; images with sides that are multiples of 32) and an insightface pack whose tiny SCRFD-signature
+  model does the same for square images.
 * Reference photos that packages ship: scikit-image's astronaut and lfw_subset faces.
 """
 
@@ -21,6 +23,7 @@ import torch
 from encoder_fixtures import DET_SIZE, write_scrfd_onnx
 from PIL import Image
 from skimage import data as skdata
+from yunet_fixtures import write_centred_yunet_onnx
 
 from lib_magicnaming.constants import CLIP_G_WIDTH, CLIP_L_WIDTH
 from training.clip_score import tiny_clip_spec
@@ -28,9 +31,9 @@ from training.sdxl import tiny_configs, tiny_models, write_diffusers_folder
 from training.text_encoders import SDXL_CLIP_G, SDXL_CLIP_L, tiny_spec
 
 FACE_BOX = (0.3, 0.25, 0.7, 0.75)
-"""Where the gated detector finds the face, as fractions of a square image's side."""
+"""Where the gated detectors find the face, as fractions of the image's sides."""
 DARK_MEAN = -0.85
-"""The detector finds no face in images whose mean input value (pixels / 128 - 1) is below this."""
+"""The detectors find no face in images whose mean input value (pixels / 128 - 1) is below this."""
 
 
 def tiny_text_specs():
@@ -185,7 +188,12 @@ def write_tiny_sdxl_file(path: Path, unet, vae, text_tensors: dict[str, torch.Te
     return path
 
 
-# --- a detector that finds a face in any square image that is not nearly black ---------------------------
+# --- detectors that find a face in any image that is not nearly black ---------------------------------------
+
+
+def write_gated_yunet(path: Path) -> Path:
+    """A YuNet-signature model: one face (with landmarks) at FACE_BOX, none in a dark image."""
+    return write_centred_yunet_onnx(path, FACE_BOX, dark_level=128 * (1 + DARK_MEAN))
 
 
 def install_gated_pack(root: Path, pack: str = "buffalo_l") -> Path:

@@ -17,7 +17,7 @@ from lib_magicnaming.detector_files import (
     find_file,
 )
 from lib_magicnaming.errors import DetectorUnavailable
-from lib_magicnaming.face_detectors import YuNetDetector
+from lib_magicnaming.yunet_detector import YuNetDetector
 
 
 @pytest.fixture()

@@ -286,7 +286,8 @@ def test_dtype_override_runs_towers_in_bfloat16(checkpoint, faces_png):
 def test_a_face_found_by_another_detector_than_the_training_crops_gets_a_note(tmp_path, astronaut_png):
     from yunet_fixtures import yunet_for_photo
 
-    from lib_magicnaming.face_detectors import InsightFaceDetector, YuNetDetector
+    from lib_magicnaming.insightface_detector import InsightFaceDetector
+    from lib_magicnaming.yunet_detector import YuNetDetector
 
     path = tmp_path / "trained-on-yunet.safetensors"
     write_tiny_checkpoint(path, detector="yunet-2023mar")
@@ -308,7 +309,7 @@ def test_a_face_found_by_another_detector_than_the_training_crops_gets_a_note(tm
 
 def test_a_detector_that_cannot_run_is_one_setup_error_before_any_photo(tmp_path, checkpoint, astronaut_png):
     from lib_magicnaming.errors import DetectorUnavailable
-    from lib_magicnaming.face_detectors import YuNetDetector
+    from lib_magicnaming.yunet_detector import YuNetDetector
 
     encoder = make_encoder(checkpoint, detector=YuNetDetector(tmp_path / "detectors", allow_download=False))
     with pytest.raises(DetectorUnavailable, match="face_detection_yunet_2023mar.onnx") as info:

@@ -27,7 +27,7 @@ from lib_magicnaming.face import (
     pixels_from_crop,
     square_around,
 )
-from lib_magicnaming.face_detectors import InsightFaceDetector as FaceDetector
+from lib_magicnaming.insightface_detector import InsightFaceDetector as FaceDetector
 
 SAMPLE_IMAGES = Path(insightface.__file__).parent / "data" / "images"
 

@@ -27,15 +27,9 @@ from yunet_fixtures import (
 
 from lib_magicnaming.errors import DetectorUnavailable, EncoderError, FaceError
 from lib_magicnaming.face import CropConfig, capture_face
-from lib_magicnaming.face_detectors import (
-    YUNET_NAME,
-    AutoDetector,
-    InsightFaceDetector,
-    YuNetDetector,
-    make_detector,
-    validate_detector_choice,
-    yunet_scales,
-)
+from lib_magicnaming.face_detectors import AutoDetector, make_detector, validate_detector_choice
+from lib_magicnaming.insightface_detector import InsightFaceDetector
+from lib_magicnaming.yunet_detector import YUNET_NAME, YuNetDetector, yunet_scales
 
 SAMPLE_IMAGES = Path(insightface.__file__).parent / "data" / "images"
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,10 +188,10 @@ def test_old_opencv_is_named(tmp_path, monkeypatch):
 
 
 def test_insightface_not_installed_says_what_to_do(tmp_path, monkeypatch, astronaut):
-    from lib_magicnaming import face_detectors
+    from lib_magicnaming import insightface_detector
 
     install_pack(tmp_path, [(*ASTRONAUT_FACE, 0.9)], astronaut.size)
-    monkeypatch.setattr(face_detectors, "insightface_installed", lambda: False)
+    monkeypatch.setattr(insightface_detector, "insightface_installed", lambda: False)
     detector = InsightFaceDetector(tmp_path)
     assert detector.describe().startswith("none: insightface (with onnxruntime) is not installed")
     with pytest.raises(DetectorUnavailable, match="MAGICNAMING_INSTALL_INSIGHTFACE=1"):

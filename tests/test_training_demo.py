@@ -34,7 +34,7 @@ def test_demo_ends_with_a_checkpoint_the_extension_loads_and_encodes_with(tmp_pa
     # OpenCV (a tiny model of YuNet 2023mar's signature stands in for the 227 KiB file)
     from yunet_fixtures import write_yunet_onnx
 
-    from lib_magicnaming.face_detectors import YuNetDetector
+    from lib_magicnaming.yunet_detector import YuNetDetector
 
     model = write_yunet_onnx(tmp_path / "yunet.onnx", [(12.0, 8.0, 52.0, 56.0, 0.9)])
     yunet = YuNetDetector(model_path=model)

@@ -8,12 +8,13 @@ import json
 
 import pandas as pd
 from encoder_fixtures import install_pack
-from training_fixtures import write_arcface_onnx, write_image_folder
+from training_fixtures import write_image_folder
 from yunet_fixtures import write_yunet_onnx
 
+from training.arcface import ArcFaceModel, write_tiny_recognition_onnx
 from training.cli import main
 from training.common import SkipReport
-from training.faces import RecognitionModel, drop_small_identities
+from training.faces import drop_small_identities
 
 
 def _images(tmp_path):
@@ -32,7 +33,7 @@ def _images(tmp_path):
 
 
 def test_faces_assume_cropped_with_consistency_filter(tmp_path):
-    model = write_arcface_onnx(tmp_path / "w600k_tiny.onnx")
+    model = write_tiny_recognition_onnx(tmp_path / "w600k_tiny.onnx")
     out = tmp_path / "faces"
     code = main(
         [
@@ -74,19 +75,32 @@ def test_faces_assume_cropped_with_consistency_filter(tmp_path):
 def test_recognition_model_separates_identities(tmp_path):
     from training_fixtures import draw_face
 
-    paths = []
-    for identity, variant in ((0, 0), (0, 1), (3, 0)):
-        path = tmp_path / f"{identity}-{variant}.png"
-        draw_face(identity, variant, 64).save(path)
-        paths.append(str(path))
-    embeddings = RecognitionModel(write_arcface_onnx(tmp_path / "r.onnx")).embed(paths)
+    crops = [draw_face(identity, variant, 64) for identity, variant in ((0, 0), (0, 1), (3, 0))]
+    embeddings = ArcFaceModel(write_tiny_recognition_onnx(tmp_path / "r.onnx")).embed(crops)
     assert embeddings @ embeddings[0] @ [0, 1, -1] > 0.02  # same identity closer than a different one
+
+
+def test_the_recognition_model_embeds_as_insightface_does(tmp_path):
+    """The one ArcFace runner gives insightface's ArcFaceONNX.get_feat embeddings on the same crops (read as
+    BGR and resized to the model's input, as the faces stage did through insightface's model zoo)."""
+    import cv2
+    import numpy as np
+    from insightface.model_zoo import model_zoo
+    from training_fixtures import draw_face
+
+    path = write_tiny_recognition_onnx(tmp_path / "r.onnx")
+    crops = [draw_face(identity, variant, 64) for identity, variant in ((0, 0), (1, 1), (2, 0))]
+    insightface_model = model_zoo.get_model(str(path), providers=["CPUExecutionProvider"])
+    bgr = [cv2.resize(np.asarray(crop)[:, :, ::-1], insightface_model.input_size) for crop in crops]
+    expected = np.asarray(insightface_model.get_feat(bgr), dtype=np.float64).reshape(len(crops), -1)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(ArcFaceModel(path).embed(crops), expected, atol=1e-5)
 
 
 def test_faces_with_the_extensions_detector(tmp_path):
     pack_root = tmp_path / "insightface"
     pack_dir = install_pack(pack_root, [(16, 12, 48, 52, 0.9)], (64, 64))
-    write_arcface_onnx(pack_dir / "w600k_r50.onnx")
+    write_tiny_recognition_onnx(pack_dir / "w600k_r50.onnx")
     out = tmp_path / "faces"
     code = main(
         [
@@ -125,12 +139,18 @@ def test_missing_detector_and_small_identities_are_clear(tmp_path, capsys):
     images = str(_images(tmp_path))
     code = main(["faces", "--images", images, "--out", str(tmp_path / "f")])
     err = capsys.readouterr().err
-    assert code == 2 and "faces needs the YuNet face detector file: --models-dir" in err
+    assert code == 2 and "the YuNet face detector needs its file: --models-dir" in err
     code = main(["faces", "--images", images, "--out", str(tmp_path / "f"), "--models-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "face_detection_yunet_2023mar.onnx" in err and str(tmp_path / "detectors") in err
     code = main(["faces", "--images", images, "--out", str(tmp_path / "f"), "--detector", "insightface"])
     assert code == 2 and "--detector insightface needs --insightface-root" in capsys.readouterr().err
+    argv = ["faces", "--images", images, "--out", str(tmp_path / "f"), "--assume-cropped"]
+    assert main([*argv, "--recognition-model", str(tmp_path / "arc.onnx")]) == 2
+    assert f"face-recognition model not found: {tmp_path / 'arc.onnx'}" in capsys.readouterr().err
+    assert main([*argv, "--recognition-model", "pack"]) == 2
+    assert "--recognition-model pack needs --insightface-root" in capsys.readouterr().err
+    assert not (tmp_path / "f" / "crops").exists()  # refused before any crop was made
     report = SkipReport("faces")
     kept = drop_small_identities(pd.DataFrame({"name": ["a"] * 6 + ["b"] * 5}), 5, report)
     assert set(kept["name"]) == {"a"} and report.skipped[0]["item"] == "b"

@@ -1,5 +1,6 @@
 """Stage ``likeness`` end to end on tiny random models (an SDXL-shaped diffusers pipeline, an ArcFace
-signature ONNX, open_clip towers, an SCRFD-signature detector) and scikit-image's photos, on the CPU."""
+signature ONNX, open_clip towers, a YuNet-signature detector by default and an SCRFD-signature insightface
+pack by choice) and scikit-image's photos, on the CPU."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from encoder_fixtures import write_tiny_checkpoint
 from likeness_fixtures import (
     install_gated_pack,
     write_clip_spec_json,
+    write_gated_yunet,
     write_people,
     write_prompts,
     write_text_towers_json,
@@ -24,8 +26,8 @@ from likeness_fixtures import (
 )
 from PIL import Image
 
+from training.arcface import write_tiny_recognition_onnx
 from training.cli import main
-from training.face_similarity import write_tiny_recognition_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("face_sim", "clip_t", "faces_found", "images", "no_face")
@@ -38,6 +40,7 @@ def inputs(tmp_path_factory):
     write_tiny_checkpoint(d / "encoder.safetensors")
     write_people(d / "people")
     write_tiny_sdxl_folder(d / "sdxl")
+    write_gated_yunet(d / "yunet.onnx")
     install_gated_pack(d / "insightface")
     write_tiny_recognition_onnx(d / "arcface.onnx")
     write_text_towers_json(d / "text-towers.json")
@@ -53,7 +56,7 @@ def argv(d: Path, out: Path, *extra: str) -> list[str]:
         *("--sdxl", str(d / "sdxl"), "--out", str(out), "--prompts", str(d / "prompts.txt")),
         *("--seeds", "0", "--steps", "2", "--width", "64", "--height", "64"),
         *("--text-towers", str(d / "text-towers.json"), "--random-text-towers", "0"),
-        *("--insightface-root", str(d / "insightface"), "--recognition-model", str(d / "arcface.onnx")),
+        *("--yunet-file", str(d / "yunet.onnx"), "--recognition-model", str(d / "arcface.onnx")),
         *("--clip-config", str(d / "clip.json"), "--clip-random", "0"),
         *("--device", "cpu", "--cpu-threads", "1"),
         *extra,
@@ -155,6 +158,18 @@ def test_an_image_without_a_face_is_counted_and_listed(inputs, first_run, tmp_pa
     assert "| no identity (lower bound) | " in table and " | 3/4 |" in table
 
 
+def test_yunet_is_the_default_detector_and_an_insightface_pack_the_choice(inputs, first_run, tmp_path):
+    assert read_report(first_run)["protocol"]["face_detector"] == "yunet-2023mar"
+    out = tmp_path / "run"
+    shutil.copytree(first_run, out)
+    pack = ("--detector", "insightface", "--insightface-root", str(inputs / "insightface"))
+    assert main(without(argv(inputs, out, "--in-place", *pack), "--yunet-file")) == 0
+    report = read_report(out)
+    assert report["protocol"]["face_detector"] == "insightface:buffalo_l"
+    assert report["no_face"]["overall"] == 0
+    assert all(math.isfinite(row["face_sim"]) for row in report["rows"].values())
+
+
 def test_other_generation_settings_are_refused_in_the_same_folder(inputs, first_run, capsys):
     assert main(argv(inputs, first_run, "--in-place", "--steps", "3")) == 2
     message = capsys.readouterr().err
@@ -184,10 +199,20 @@ def without(args: list[str], flag: str) -> list[str]:
 
 def test_missing_models_are_named_before_any_work(inputs, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(without(argv(inputs, out), "--insightface-root")) == 2
-    assert "need --insightface-root" in capsys.readouterr().err
-    assert main(argv(inputs, out, "--insightface-root", str(tmp_path / "empty"))) == 2
+    assert main(without(argv(inputs, out), "--yunet-file")) == 2
+    assert "the YuNet face detector needs its file: --models-dir" in capsys.readouterr().err
+    assert main(argv(inputs, out, "--yunet-file", str(tmp_path / "yunet.onnx"))) == 2
+    assert f"--yunet-file not found: {tmp_path / 'yunet.onnx'}" in capsys.readouterr().err
+    assert main(without(argv(inputs, out), "--yunet-file") + ["--models-dir", str(tmp_path / "models")]) == 2
+    err = capsys.readouterr().err
+    assert "face_detection_yunet_2023mar.onnx" in err and str(tmp_path / "models" / "detectors") in err
+    assert main(argv(inputs, out, "--detector", "insightface")) == 2
+    assert "--detector insightface needs --insightface-root" in capsys.readouterr().err
+    empty = ("--insightface-root", str(tmp_path / "empty"))
+    assert main(argv(inputs, out, "--detector", "insightface", *empty)) == 2
     assert "insightface pack 'buffalo_l' is not installed" in capsys.readouterr().err
+    assert main(argv(inputs, out, "--recognition-model", "pack")) == 2
+    assert "--recognition-model pack needs --insightface-root" in capsys.readouterr().err
     assert main(argv(inputs, out, "--recognition-model", str(tmp_path / "arc.onnx"))) == 2
     assert f"face-recognition model not found: {tmp_path / 'arc.onnx'}" in capsys.readouterr().err
     detector = inputs / "insightface" / "models" / "buffalo_l" / "det_10g.onnx"

@@ -17,7 +17,7 @@ from likeness_fixtures import (
     write_tiny_sdxl_folder,
 )
 from PIL import Image, ImageDraw
-from test_training_text_encoders import _hf_clip_text_state
+from training_fixtures import hf_clip_text_state
 
 from lib_magicnaming.constants import CHUNK_ROWS, ID_TOKENS, SDXL_CONTEXT_WIDTH
 from training.common import SkipReport, TrainingError
@@ -155,7 +155,7 @@ def test_a_webui_single_file_checkpoint_loads_like_the_models_it_was_made_from(t
     unet, vae = tiny_models(5, configs)
     small = [tiny_spec(SDXL_CLIP_L, width=32, layers=2), tiny_spec(SDXL_CLIP_G, width=48, layers=2)]
     clip_l, clip_g = (load_text_tower(spec, random_seed=9 + i) for i, spec in enumerate(small))
-    text = {SDXL_CLIP_L_PREFIX + k: v for k, v in _hf_clip_text_state(clip_l).items()}
+    text = {SDXL_CLIP_L_PREFIX + k: v for k, v in hf_clip_text_state(clip_l).items()}
     text.update({SDXL_CLIP_G_PREFIX + k: v for k, v in clip_g.state_dict().items()})
     path = write_tiny_sdxl_file(tmp_path / "sdxl.safetensors", unet, vae, text)
     assert "input_blocks.4.1.proj_in.weight" in ldm_unet_state(unet.state_dict())
@@ -192,7 +192,7 @@ def test_a_diffusers_folder_brings_its_own_text_encoders(tmp_path):
     small = [tiny_spec(SDXL_CLIP_L, width=32, layers=2), tiny_spec(SDXL_CLIP_G, width=48, layers=2)]
     towers = [load_text_tower(spec, random_seed=3 + i) for i, spec in enumerate(small)]
     for sub, tower in zip(("text_encoder", "text_encoder_2"), towers, strict=True):
-        tensors = {"text_model." + k: v.contiguous() for k, v in _hf_clip_text_state(tower).items()}
+        tensors = {"text_model." + k: v.contiguous() for k, v in hf_clip_text_state(tower).items()}
         if sub == "text_encoder_2":
             tensors["text_projection.weight"] = tower.text_projection.detach().T.contiguous()
         (tmp_path / sub).mkdir()
@@ -227,10 +227,35 @@ def test_five_landmarks_are_aligned_onto_arcfaces_template():
     assert crop.mean() < 40
 
 
+def test_yunets_landmarks_feed_the_arcface_alignment(tmp_path):
+    from likeness_fixtures import FACE_BOX, write_gated_yunet
+    from yunet_fixtures import landmarks_in
+
+    from lib_magicnaming.yunet_detector import YuNetDetector
+    from training.face_similarity import ARCFACE_TEMPLATE, find_face, recognition_crop, similarity_transform
+
+    side = 256
+    points = np.array(landmarks_in(tuple(f * side for f in FACE_BOX)))
+    photo = Image.new("RGB", (side, side), (60, 60, 60))
+    draw = ImageDraw.Draw(photo)
+    for x, y in points:
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(255, 255, 255))
+    detector = YuNetDetector(model_path=write_gated_yunet(tmp_path / "yunet.onnx")).load()
+    face = find_face(photo, detector, assume_cropped=False)
+    assert face.faces_found == 1
+    np.testing.assert_allclose(face.landmarks, points, atol=0.5)
+    matrix = similarity_transform(face.landmarks, ARCFACE_TEMPLATE)
+    landed = points @ matrix[:, :2].T + matrix[:, 2]
+    assert np.abs(landed - ARCFACE_TEMPLATE).max() < 6  # eyes, nose and mouth go to ArcFace's places
+    crop = np.asarray(recognition_crop(photo, face))
+    for x, y in landed:
+        assert crop[int(round(y)), int(round(x))].min() > 200
+
+
 def test_the_recognition_model_signature_and_pack_lookup(tmp_path):
     from encoder_fixtures import write_scrfd_onnx
 
-    from training.face_similarity import ArcFaceModel, write_tiny_recognition_onnx
+    from training.arcface import ArcFaceModel, write_tiny_recognition_onnx
 
     pack = tmp_path / "models" / "buffalo_l"
     write_scrfd_onnx(pack / "det_10g.onnx", [(10, 10, 50, 50, 0.9)])
@@ -249,7 +274,8 @@ def test_the_recognition_model_signature_and_pack_lookup(tmp_path):
 
 
 def test_reference_ceiling_is_each_reference_against_the_others():
-    from training.face_similarity import leave_one_out, reference_centre
+    from training.arcface import reference_centre
+    from training.face_similarity import leave_one_out
 
     embeddings = np.eye(3)
     assert leave_one_out(embeddings) == pytest.approx([0.0, 0.0, 0.0])

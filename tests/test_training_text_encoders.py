@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from open_clip.tokenizer import _tokenizer
+from training_fixtures import hf_clip_text_state
 
 from training.text_encoders import (
     SDXL_CLIP_G,
@@ -279,38 +280,6 @@ def test_targets_stage_needs_weights(tmp_path, capsys):
     assert code == 2 and "clip_l text-encoder weights not found" in capsys.readouterr().err
 
 
-def _hf_clip_text_state(tower) -> dict:
-    """open_clip text tower -> Hugging Face CLIPTextModel names (as SDXL checkpoints store CLIP-L)."""
-    state, out = tower.state_dict(), {}
-    out["embeddings.token_embedding.weight"] = state["token_embedding.weight"]
-    out["embeddings.position_embedding.weight"] = state["positional_embedding"]
-    out["embeddings.position_ids"] = torch.arange(77)[None]
-    out["final_layer_norm.weight"], out["final_layer_norm.bias"] = (
-        state["ln_final.weight"],
-        state["ln_final.bias"],
-    )
-    for i in range(len(tower.transformer.resblocks)):
-        src, dst = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
-        for kind in ("weight", "bias"):
-            q, k, v = state[f"{src}attn.in_proj_{kind}"].chunk(3)
-            out.update(
-                {
-                    f"{dst}self_attn.q_proj.{kind}": q,
-                    f"{dst}self_attn.k_proj.{kind}": k,
-                    f"{dst}self_attn.v_proj.{kind}": v,
-                }
-            )
-            for hf, oc in (
-                ("self_attn.out_proj", "attn.out_proj"),
-                ("layer_norm1", "ln_1"),
-                ("layer_norm2", "ln_2"),
-                ("mlp.fc1", "mlp.c_fc"),
-                ("mlp.fc2", "mlp.c_proj"),
-            ):
-                out[f"{dst}{hf}.{kind}"] = state[f"{src}{oc}.{kind}"]
-    return out
-
-
 def test_text_encoders_load_from_an_sdxl_checkpoint(tmp_path, tiny_towers):
     from safetensors.torch import save_file
 
@@ -318,7 +287,7 @@ def test_text_encoders_load_from_an_sdxl_checkpoint(tmp_path, tiny_towers):
     from training.text_encoders import SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX
 
     clip_l, clip_g = tiny_towers
-    tensors = {SDXL_CLIP_L_PREFIX + k: v.contiguous() for k, v in _hf_clip_text_state(clip_l).items()}
+    tensors = {SDXL_CLIP_L_PREFIX + k: v.contiguous() for k, v in hf_clip_text_state(clip_l).items()}
     tensors.update({SDXL_CLIP_G_PREFIX + k: v.contiguous() for k, v in clip_g.state_dict().items()})
     tensors["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(2)
     save_file(tensors, str(tmp_path / "sdxl.safetensors"))

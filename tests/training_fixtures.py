@@ -75,42 +75,6 @@ def write_encoder_config(path: Path, crop_size: int = TINY_CROP) -> Path:
     return path
 
 
-def write_arcface_onnx(path: Path, size: int = 112, cells: int = 4) -> Path:
-    """A tiny recognition model with insightface's ArcFace signature ((N, 3, 112, 112) -> one (N, D) output).
-
-    insightface's model zoo routes a square input >= 112 (multiple of 16) with one output to ArcFaceONNX.
-    The "embedding" is the mean colour of each cell of a ``cells`` x ``cells`` grid: it tells the drawn
-    identities apart, which is all the consistency filter needs.
-    """
-    import onnx
-    from onnx import TensorProto, helper
-
-    kernel = size // cells
-    nodes = [
-        helper.make_node(
-            "AveragePool",
-            ["input.1"],
-            ["pooled"],
-            kernel_shape=[kernel, kernel],
-            strides=[kernel, kernel],
-            name="pool",
-        ),
-        helper.make_node("Flatten", ["pooled"], ["fc1"], axis=1, name="flatten"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_arcface",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", 3 * cells * cells])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
-
-
 def write_image_folder(root: Path, layout: dict[str, list[int]], size: int = 64) -> Path:
     """``root/<Name>/<k>.png`` drawn faces; ``layout``: folder name -> drawn identity of each image."""
     for name, identities in layout.items():
@@ -119,3 +83,35 @@ def write_image_folder(root: Path, layout: dict[str, list[int]], size: int = 64)
         for k, identity in enumerate(identities):
             draw_face(identity, k, size).save(folder / f"{k:03d}.png")
     return root
+
+
+def hf_clip_text_state(tower) -> dict[str, torch.Tensor]:
+    """open_clip text tower -> Hugging Face CLIPTextModel names (as SDXL checkpoints store CLIP-L)."""
+    state, out = tower.state_dict(), {}
+    out["embeddings.token_embedding.weight"] = state["token_embedding.weight"]
+    out["embeddings.position_embedding.weight"] = state["positional_embedding"]
+    out["embeddings.position_ids"] = torch.arange(77)[None]
+    out["final_layer_norm.weight"], out["final_layer_norm.bias"] = (
+        state["ln_final.weight"],
+        state["ln_final.bias"],
+    )
+    for i in range(len(tower.transformer.resblocks)):
+        src, dst = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = state[f"{src}attn.in_proj_{kind}"].chunk(3)
+            out.update(
+                {
+                    f"{dst}self_attn.q_proj.{kind}": q,
+                    f"{dst}self_attn.k_proj.{kind}": k,
+                    f"{dst}self_attn.v_proj.{kind}": v,
+                }
+            )
+            for hf, oc in (
+                ("self_attn.out_proj", "attn.out_proj"),
+                ("layer_norm1", "ln_1"),
+                ("layer_norm2", "ln_2"),
+                ("mlp.fc1", "mlp.c_fc"),
+                ("mlp.fc2", "mlp.c_proj"),
+            ):
+                out[f"{dst}{hf}.{kind}"] = state[f"{src}{oc}.{kind}"]
+    return out

@@ -67,8 +67,7 @@ def write_yunet_onnx(path, faces, *, only_at_width: int | None = None) -> Path:
     ``only_at_width``: the faces are there only when the input is this wide (rounded up to 32, as OpenCV
     pads it), to test detection retried at a smaller size.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     nodes, initializers = [], []
 
@@ -127,13 +126,22 @@ def write_yunet_onnx(path, faces, *, only_at_width: int | None = None) -> Path:
             moved = node("Transpose", [total], f"nhwc_{name}", perm=[0, 2, 3, 1])
             shape = const(f"shape_{name}", [1, -1, channels], np.int64)
             outputs[name] = (node("Reshape", [moved, shape], name), channels, stride)
+    return _save_yunet_graph(path, nodes, initializers, outputs, "tiny_yunet_2023mar")
+
+
+def _save_yunet_graph(path, nodes, initializers, outputs: dict, graph_name: str) -> Path:
+    """Write a graph with YuNet 2023mar's declared input and outputs (``outputs``: name -> (node output,
+    channels, stride)), checked by ONNX's checker."""
+    import onnx
+    from onnx import TensorProto, helper
+
     declared = [
         helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, (DECLARED_SIZE // stride) ** 2, channels])
         for name, (_, channels, stride) in ((n, outputs[n]) for n in yunet_output_names())
     ]
     graph = helper.make_graph(
         nodes,
-        "tiny_yunet_2023mar",
+        graph_name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, DECLARED_SIZE, DECLARED_SIZE])],
         declared,
         initializers,
@@ -145,6 +153,96 @@ def write_yunet_onnx(path, faces, *, only_at_width: int | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+DARK_LEVEL = 19.2
+""":func:`write_centred_yunet_onnx` finds no face in images whose mean pixel value (0-255) is below this."""
+
+
+def write_centred_yunet_onnx(path, box: tuple[float, float, float, float], *,
+                             dark_level: float = DARK_LEVEL) -> Path:
+    """A tiny YuNet-signature model that finds one face at ``box`` (x1, y1, x2, y2 as fractions of the
+    image's sides) in any image whose sides are multiples of 32, and none in a nearly black one.
+
+    Every stride-32 cell decodes to the same box and landmarks (:func:`landmarks_in`): its offsets are
+    computed from the cell's column and row and the grid's size, so OpenCV's NMS keeps one face. The score
+    of every cell is sigmoid(mean pixel value - ``dark_level``); strides 8 and 16 find nothing.
+    """
+    from onnx import helper, numpy_helper
+
+    nodes, initializers = [], []
+
+    def const(name, value, dtype=np.float32):
+        initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def node(op, inputs, output, **attrs):
+        nodes.append(helper.make_node(op, inputs, [output], **attrs))
+        return output
+
+    const("zero", 0.0)
+    const("one", 1.0)
+    const("axis_w", 3, np.int64)
+    const("axis_h", 2, np.int64)
+    outputs = {}
+    for stride in YUNET_STRIDES:
+        pooled = node("AveragePool", ["input"], f"pool{stride}", kernel_shape=[stride, stride],
+                      strides=[stride, stride])
+        grey = node("ReduceMean", [pooled], f"grey{stride}", axes=[1], keepdims=1)  # (1, 1, h, w)
+        zeros = node("Mul", [grey, "zero"], f"zeros{stride}")
+        if stride == FACE_STRIDE:
+            values = _centred_face_values(node, const, grey, zeros, box, dark_level)
+        else:
+            values = {kind: [zeros] * channels for kind, channels in YUNET_KINDS}
+        for kind, channels in YUNET_KINDS:
+            name = f"{kind}_{stride}"
+            parts = values[kind]
+            stacked = node("Concat", parts, f"nchw_{name}", axis=1) if channels > 1 else parts[0]
+            moved = node("Transpose", [stacked], f"nhwc_{name}", perm=[0, 2, 3, 1])
+            shape = const(f"shape_{name}", [1, -1, channels], np.int64)
+            outputs[name] = (node("Reshape", [moved, shape], name), channels, stride)
+    return _save_yunet_graph(path, nodes, initializers, outputs, "tiny_centred_yunet_2023mar")
+
+
+def _centred_face_values(node, const, grey, zeros, box, dark_level) -> dict[str, list[str]]:
+    """Per output kind, one (1, 1, h, w) map per channel that decodes to the face at ``box`` in every
+    stride-32 cell: offset = fraction x grid side - cell index; size = log(fraction x grid side)."""
+    ones = node("Add", [zeros, "one"], "ones")
+    column = node("Sub", [node("CumSum", [ones, "axis_w"], "col1"), "one"], "col")  # 0-based
+    row = node("Sub", [node("CumSum", [ones, "axis_h"], "row1"), "one"], "row")
+    grid = {
+        0: (column, node("ReduceMax", [node("Add", [column, "one"], "colp")], "cols", keepdims=1)),
+        1: (row, node("ReduceMax", [node("Add", [row, "one"], "rowp")], "rows", keepdims=1)),
+    }
+
+    def offset(fraction, axis, tag):
+        index, cells = grid[axis]
+        at = node("Mul", [cells, const(f"f_{tag}", fraction)], f"at_{tag}")
+        return node("Sub", [at, index], f"off_{tag}")
+
+    def log_size(fraction, axis, tag):
+        scaled = node("Mul", [grid[axis][1], const(f"s_{tag}", fraction)], f"scaled_{tag}")
+        return node("Add", [zeros, node("Log", [scaled], f"log_{tag}")], f"size_{tag}")
+
+    x1, y1, x2, y2 = box
+    brightness = node("ReduceMean", [grey], "brightness", axes=[2, 3], keepdims=1)
+    above = node("Sub", [brightness, const("dark_level", dark_level)], "above_dark")
+    score = node("Add", [zeros, node("Sigmoid", [above], "gate")], "score")
+    return {
+        "cls": [score],
+        "obj": [score],
+        "bbox": [
+            offset((x1 + x2) / 2, 0, "cx"),
+            offset((y1 + y2) / 2, 1, "cy"),
+            log_size(x2 - x1, 0, "w"),
+            log_size(y2 - y1, 1, "h"),
+        ],
+        "kps": [
+            offset(v, axis, f"k{k}{axis}")
+            for k, point in enumerate(landmarks_in(box))
+            for axis, v in enumerate(point)
+        ],
+    }
 
 
 def first_scale(image_size: tuple[int, int]) -> tuple[float, float]:

@@ -54,9 +54,9 @@ class ClipModelSpec:
 
     def config(self) -> dict:
         """The open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``)."""
-        from training.text_encoders import _model_config  # the one rule: custom config, else open_clip's
+        from training.text_encoders import open_clip_config  # the one rule: custom config, else open_clip's
 
-        return _model_config(self)
+        return open_clip_config(self)
 
 
 DEFAULT_CLIP = ClipModelSpec()

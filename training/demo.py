@@ -214,29 +214,13 @@ def run(args: argparse.Namespace) -> dict:
             "1",
         ]
     )
+    trained = ["--run", f"{o}/run", "--features", f"{o}/features", "--targets", f"{o}/targets.safetensors"]
     for split in ("train", "val"):
-        _stage(
-            [
-                "eval",
-                "--run",
-                f"{o}/run",
-                "--features",
-                f"{o}/features",
-                "--targets",
-                f"{o}/targets.safetensors",
-                "--split",
-                split,
-            ]
-        )
+        _stage(["eval", *trained, "--split", split])
     _stage(
         [
             "export",
-            "--run",
-            f"{o}/run",
-            "--features",
-            f"{o}/features",
-            "--targets",
-            f"{o}/targets.safetensors",
+            *trained,
             "--rank",
             "4",
             "--include-towers",
@@ -293,8 +277,8 @@ def run_likeness(out: Path) -> str:
     except TrainingError as exc:
         print(f"demo: likeness skipped: {exc}")
         return f"skipped: {exc}"
+    from training.arcface import write_tiny_recognition_onnx
     from training.clip_score import tiny_clip_spec
-    from training.face_similarity import write_tiny_recognition_onnx
 
     held_out = json.loads((out / "run" / "split.json").read_text())["val"][0]
     people = out / "likeness-people"

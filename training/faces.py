@@ -2,17 +2,18 @@
 
 1. Capture: every image of the images table goes through ``lib_magicnaming.face.capture_face`` (the same
    detectors, square margin crop and size the extension uses on a user's photo; the crop settings come from
-   ``--crop-size``/``--margin``). The detector is YuNet by default (``cv2.FaceDetectorYN``, MIT licence: its
-   file from ``--yunet-file``, or ``detectors/`` of ``--models-dir``, fetched there with
-   ``--allow-download``), or an insightface pack with ``--detector insightface --insightface-root``
-   (non-commercial packs). ``--assume-cropped`` uses each image's centred square instead of running a
-   detector (synthetic or pre-cropped data). Unreadable images, images without a face and faces too small
+   ``--crop-size``/``--margin``). The detector options are the ones ``likeness`` takes too
+   (:mod:`training.detector_options`): YuNet by default (``cv2.FaceDetectorYN``, MIT licence: its file from
+   ``--yunet-file``, or ``detectors/`` of ``--models-dir``, fetched there with ``--allow-download``), or an
+   insightface pack with ``--detector insightface --insightface-root`` (non-commercial packs).
+   ``--assume-cropped`` uses each image's centred square instead of running a detector (synthetic or
+   pre-cropped data). Unreadable images, images without a face and faces too small
    for a crop are skipped and reported. ``faces.json`` records the detector and crop rule, and the features
    stage carries them into the encoder checkpoint, so the extension can say when it detects faces otherwise.
-2. Identity consistency (optional, the paper's steps 5 and 7; needs insightface): a face-recognition model
-   (an insightface ArcFace ONNX model, e.g. the pack's ``w600k_r50.onnx``, loaded through insightface's
-   model zoo) embeds
-   every crop (resized to the model's input; not landmark-aligned). Per identity the reference is the
+2. Identity consistency (optional, the paper's steps 5 and 7): the face-recognition model ``likeness`` uses
+   too (:mod:`training.arcface`: an ArcFace-signature ONNX model, ``--recognition-model FILE`` or ``pack``
+   for the pack's ``w600k_r50.onnx``, run as insightface runs it) embeds every crop (resized to the model's
+   input; not landmark-aligned). Per identity the reference is the
    normalised mean embedding; crops whose cosine similarity to it is below ``--consistency-threshold`` are
    dropped, then the reference is recomputed once from the kept crops and the test repeated. The threshold
    and model are recorded in ``faces.json``.
@@ -31,16 +32,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lib_magicnaming.detector_interface import NO_DETECTOR, FaceDetector
 from lib_magicnaming.errors import FaceError
-from lib_magicnaming.face import CropConfig, capture_face
-from lib_magicnaming.face_detectors import (
-    DEFAULT_PACK,
-    NO_DETECTOR,
-    FaceDetector,
-    InsightFaceDetector,
-    YuNetDetector,
-)
+from lib_magicnaming.face import CropConfig, capture_face, load_image
+from training.arcface import ArcFaceModel, load_recognition_model, reference_centre
 from training.common import SkipReport, TrainingError, read_json, read_table, write_json, write_table
+from training.detector_options import add_detector_arguments, build_detector
 
 PAPER_DROP_AT_MOST = 5
 """The paper drops identities with 5 images or fewer."""
@@ -80,46 +77,6 @@ def capture_all(
     return pd.DataFrame(rows, columns=FACES_COLUMNS)
 
 
-class RecognitionModel:
-    """An insightface ArcFace-style ONNX recognition model, via insightface's model zoo (its routing)."""
-
-    def __init__(self, path: str | Path, providers: list[str] | None = None):
-        from insightface.model_zoo import model_zoo
-
-        p = Path(path)
-        if not p.is_file():
-            raise TrainingError(f"face-recognition model not found: {p}")
-        model = model_zoo.get_model(str(p), providers=providers or ["CPUExecutionProvider"])
-        if model is None or getattr(model, "taskname", None) != "recognition":
-            raise TrainingError(f"{p} is not a face-recognition (ArcFace) model by insightface's routing")
-        self.model, self.path = model, p
-
-    @classmethod
-    def from_pack(cls, insightface_root: str | Path, pack: str, providers: list[str] | None = None):
-        """The pack's recognition model (e.g. buffalo_l's w600k_r50.onnx), found by insightface's routing."""
-        folder = Path(insightface_root) / "models" / pack
-        candidates = sorted(
-            folder.glob("*.onnx"), key=lambda p: ("w600k" not in p.name and "arc" not in p.name, p)
-        )
-        for path in candidates:
-            try:
-                return cls(path, providers)
-            except TrainingError:
-                continue
-        raise TrainingError(f"the insightface pack {folder} holds no face-recognition (ArcFace) model")
-
-    def embed(self, crop_paths: list[str]) -> np.ndarray:
-        """(N, D) L2-normalised embeddings of crops (read as BGR, resized to the model's input)."""
-        import cv2
-
-        images = []
-        for path in crop_paths:
-            image = cv2.imread(path)
-            images.append(cv2.resize(image, self.model.input_size))
-        feats = np.asarray(self.model.get_feat(images), dtype=np.float64).reshape(len(images), -1)
-        return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-
-
 @dataclass(frozen=True)
 class ConsistencyRule:
     """Keep a crop when its cosine similarity to its identity's mean embedding is >= threshold."""
@@ -135,20 +92,19 @@ def consistent_mask(embeddings: np.ndarray, rule: ConsistencyRule) -> tuple[np.n
     for _ in range(rule.rounds):
         if not keep.any():
             break
-        reference = embeddings[keep].mean(axis=0)
-        reference /= max(np.linalg.norm(reference), 1e-12)
-        sims = embeddings @ reference
+        sims = embeddings @ reference_centre(embeddings[keep])
         keep = sims >= rule.threshold
     return keep, sims
 
 
 def filter_consistency(
-    faces: pd.DataFrame, model: RecognitionModel, rule: ConsistencyRule, report: SkipReport
+    faces: pd.DataFrame, model: ArcFaceModel, rule: ConsistencyRule, report: SkipReport
 ) -> pd.DataFrame:
     """Drop crops that do not look like the rest of their identity; record each crop's similarity."""
     kept = []
     for _name, group in faces.groupby("name", sort=True):
-        keep, sims = consistent_mask(model.embed(group["crop_path"].tolist()), rule)
+        crops = [load_image(path) for path in group["crop_path"]]
+        keep, sims = consistent_mask(model.embed(crops), rule)
         group = group.assign(consistency=sims)
         for path, sim in zip(group["source_path"][~keep], sims[~keep], strict=True):
             report.add(
@@ -171,22 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of the ``faces`` stage."""
     parser.add_argument("--images", required=True, help="images table (images stage)")
     parser.add_argument("--out", required=True, help="output folder (crops/, faces.csv, faces.json)")
-    parser.add_argument(
-        "--detector", choices=("yunet", "insightface"), default="yunet",
-        help="face detector: YuNet through OpenCV (MIT; default) or an insightface pack (non-commercial)",
-    )
-    parser.add_argument("--yunet-file", help="the YuNet model file (face_detection_yunet_2023mar.onnx)")
-    parser.add_argument(
-        "--models-dir", help="WebUI models/magicnaming: the YuNet file is looked for in its detectors/"
-    )
-    parser.add_argument(
-        "--allow-download", action="store_true", help="fetch a missing YuNet file into MODELS_DIR/detectors"
-    )
-    parser.add_argument(
-        "--insightface-root", help="folder holding models/<pack>/ (the WebUI's models/insightface)"
-    )
-    parser.add_argument("--pack", default=DEFAULT_PACK, help="insightface pack (detector, recognition model)")
-    parser.add_argument("--assume-cropped", action="store_true", help="use each image's centred square")
+    add_detector_arguments(parser)
     parser.add_argument("--crop-size", type=int, default=CropConfig().size)
     parser.add_argument("--margin", type=float, default=CropConfig().margin)
     parser.add_argument(
@@ -201,26 +142,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="drop identities with this many crops or fewer (paper: 5)",
     )
     parser.add_argument("--cpu", action="store_true", help="run onnxruntime on the CPU only")
-
-
-def build_detector(args: argparse.Namespace) -> FaceDetector | None:
-    """The detector the arguments ask for, loaded (None with ``--assume-cropped``)."""
-    if args.assume_cropped:
-        return None
-    if args.detector == "insightface":
-        if not args.insightface_root:
-            raise TrainingError("--detector insightface needs --insightface-root (the folder holding "
-                                "models/<pack>)")
-        return InsightFaceDetector(args.insightface_root, args.pack, use_cuda=not args.cpu).load()
-    if args.yunet_file:
-        return YuNetDetector(model_path=args.yunet_file).load()
-    if not args.models_dir:
-        raise TrainingError(
-            "faces needs the YuNet face detector file: --models-dir (the WebUI's models/magicnaming; the "
-            "file is looked for in its detectors/, fetched with --allow-download) or --yunet-file; or use "
-            "--detector insightface --insightface-root, or --assume-cropped"
-        )
-    return YuNetDetector(Path(args.models_dir) / "detectors", allow_download=args.allow_download).load()
 
 
 def recorded_crop(faces_table: str | Path) -> dict | None:
@@ -238,21 +159,15 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     out = Path(args.out)
     images = read_table(args.images, "images table", columns=("image_id", "name", "path"))
     crop = CropConfig(size=args.crop_size, margin=args.margin).validate()
-    detector = build_detector(args)
+    detector = build_detector(args, use_cuda=not args.cpu)
+    model = load_recognition_model(args, use_cuda=not args.cpu) if args.recognition_model else None
     crop = replace(crop, detector=NO_DETECTOR if detector is None else detector.name)
     report = SkipReport("faces")
     faces = capture_all(images, out, detector, crop, args.assume_cropped, report)
     captured = len(faces)
     rule = None
-    if args.recognition_model and not faces.empty:
+    if model is not None and not faces.empty:
         rule = ConsistencyRule(args.consistency_threshold)
-        providers = ["CPUExecutionProvider"] if args.cpu else None
-        if args.recognition_model == "pack":
-            if not args.insightface_root:
-                raise TrainingError("--recognition-model pack needs --insightface-root")
-            model = RecognitionModel.from_pack(args.insightface_root, args.pack, providers)
-        else:
-            model = RecognitionModel(args.recognition_model, providers)
         faces = filter_consistency(faces, model, rule, report)
     faces = drop_small_identities(faces, args.drop_at_most, report)
     if faces.empty:

@@ -14,26 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from lib_magicnaming.face import load_image
+from training.arcface import load_recognition_model, reference_centre
 from training.clip_score import DEFAULT_CLIP, ClipModelSpec, ClipScorer, weights_file
 from training.common import write_json
-from training.face_similarity import (
-    ArcFaceModel,
-    find_face,
-    leave_one_out,
-    recognition_crop,
-    reference_centre,
-)
+from training.face_similarity import find_face, leave_one_out, recognition_crop
 from training.likeness_report import PEOPLE_FOLDER, ROWS, SHEETS_FOLDER, person_rows, write_contact_sheet
 from training.prompt_conditioning import fill
 
 SCORE_BATCH = 16
-
-
-def load_face_model(args: argparse.Namespace, use_cuda: bool) -> ArcFaceModel:
-    """``--recognition-model``: an ArcFace-signature ONNX file, or the insightface pack's own."""
-    if args.recognition_model == "pack":
-        return ArcFaceModel.from_pack(args.insightface_root, args.pack, use_cuda=use_cuda)
-    return ArcFaceModel(args.recognition_model, use_cuda=use_cuda)
 
 
 def clip_spec(args: argparse.Namespace) -> ClipModelSpec:
@@ -43,7 +31,7 @@ def clip_spec(args: argparse.Namespace) -> ClipModelSpec:
 
 def check_metric_inputs(args: argparse.Namespace) -> None:
     """The recognition model loads and has ArcFace's signature; CLIP-T's weights exist (before any work)."""
-    load_face_model(args, use_cuda=False)
+    load_recognition_model(args, use_cuda=False)
     weights_file(clip_spec(args), args.clip_weights, args.models_dir, args.clip_random, args.allow_download)
 
 
@@ -51,7 +39,7 @@ class Scorer:
     """The face detector, the recognition model and the CLIP model, loaded once."""
 
     def __init__(self, args: argparse.Namespace, detector, device):
-        self.face_model = load_face_model(args, device.type == "cuda")
+        self.face_model = load_recognition_model(args, use_cuda=device.type == "cuda")
         spec = clip_spec(args)
         self.clip_spec = spec
         self.clip = ClipScorer.load(

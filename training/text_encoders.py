@@ -63,7 +63,9 @@ def tiny_spec(base: TextTowerSpec, *, width: int, layers: int = 2, heads: int = 
     return TextTowerSpec(base.name, base.arch, "random", base.pad_with_end_token, base.quick_gelu, cfg)
 
 
-def _model_config(spec: TextTowerSpec) -> dict:
+def open_clip_config(spec) -> dict:
+    """The open_clip model config of ``spec`` (a text tower's or a whole CLIP model's: anything with ``arch``
+    and ``model_cfg``): its custom ``model_cfg``, else open_clip's registered config for ``arch``."""
     if spec.model_cfg is not None:
         return spec.model_cfg
     import open_clip
@@ -78,7 +80,7 @@ def build_text_tower(spec: TextTowerSpec) -> torch.nn.Module:
     """An open_clip text transformer of ``spec``'s shape, randomly initialised."""
     from open_clip.model import _build_text_tower
 
-    cfg = _model_config(spec)
+    cfg = open_clip_config(spec)
     return _build_text_tower(cfg["embed_dim"], cfg["text_cfg"], quick_gelu=spec.quick_gelu)
 
 

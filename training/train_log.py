@@ -1,7 +1,8 @@
 """What a training run reports while it runs: ``log.csv``, TensorBoard, progress, and its speed.
 
 Rank 0 writes ``RUN/log.csv`` (LOG_COLUMNS; the ``eval`` stage plots it) and TensorBoard events
-(``RUN/tensorboard/``), and shows progress: a tqdm bar on a terminal, plain lines when output goes to a log.
+(``RUN/tensorboard/``), and shows progress (:mod:`training.progress`: a tqdm bar on a terminal, plain lines
+with the step, learning rate and losses when output goes to a log).
 Other ranks report nothing. A resumed run rewinds both logs to the step it resumes from, so they read as if
 the run had never stopped. LoopClock measures the loop's steps per second for the run's summary.
 """
@@ -9,18 +10,16 @@ the run had never stopped. LoopClock measures the loop's steps per second for th
 from __future__ import annotations
 
 import csv
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from training.distributed import Place
+from training.progress import Progress
 
 LOG_FILE = "log.csv"
 LOG_COLUMNS = ["step", "lr", "train_loss", "val_loss"]
-PLAIN_PROGRESS_EVERY_S = 30.0
-"""Without a terminal (a log file, a cluster job) progress is a plain line at most this often."""
 
 
 class CsvLog:
@@ -44,15 +43,9 @@ class CsvLog:
 
 
 class TrainingLog:
-    """CSV + TensorBoard + progress, all on rank 0 only.
-
-    Progress is a tqdm bar on a terminal; when stderr is not a terminal, a bar's carriage-return redraws would
-    fill the log, so plain lines are printed instead (at most every PLAIN_PROGRESS_EVERY_S, and at the end).
-    """
+    """CSV + TensorBoard + progress (:class:`training.progress.Progress`), all on rank 0 only."""
 
     def __init__(self, out: Path, start: int, total: int, place: Place, tensorboard: bool):
-        from tqdm import tqdm
-
         self.main, self.total = place.is_main, total
         self.csv = CsvLog(out / LOG_FILE, start) if self.main else None
         self.board = None
@@ -60,10 +53,7 @@ class TrainingLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.board = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1 if start else None)
-        interactive = self.main and sys.stderr.isatty()
-        self.bar = tqdm(initial=start, total=total, disable=not interactive, desc="train", leave=False)
-        self.plain = self.main and not interactive
-        self.last_plain = None
+        self.progress = Progress(total, "train", place, initial=start)
 
     def log(self, step: int, lr: float, train_loss: float, val_loss: float | None) -> None:
         """Record the losses after ``step`` (val_loss None: not evaluated at this step)."""
@@ -82,23 +72,18 @@ class TrainingLog:
             self.board.add_scalar("lr", lr, step)
             if val_loss is not None:
                 self.board.add_scalar("loss/val", val_loss, step)
-        self.bar.set_postfix(loss=f"{train_loss:.4g}")
-        now = time.monotonic()
-        if self.plain and (
-            self.last_plain is None or now - self.last_plain >= PLAIN_PROGRESS_EVERY_S or step == self.total
-        ):
-            self.last_plain = now
-            val = "" if val_loss is None else f", val loss {val_loss:.6g}"
-            line = f"train: step {step}/{self.total}, lr {lr:.3g}, loss {train_loss:.6g}{val}"
-            print(line, file=sys.stderr)
+        self.progress.postfix(loss=f"{train_loss:.4g}")
+        val = "" if val_loss is None else f", val loss {val_loss:.6g}"
+        line = f"train: step {step}/{self.total}, lr {lr:.3g}, loss {train_loss:.6g}{val}"
+        self.progress.say(line, final=step == self.total)
 
     def advance(self) -> None:
         """One step done (moves the progress bar)."""
-        self.bar.update(1)
+        self.progress.advance()
 
     def close(self) -> None:
         """Close the bar and flush TensorBoard."""
-        self.bar.close()
+        self.progress.close()
         if self.board is not None:
             self.board.close()
 

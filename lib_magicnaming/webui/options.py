@@ -13,14 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from lib_magicnaming.errors import EncoderError, FaceError
-from lib_magicnaming.face_detectors import (
-    DEFAULT_DETECTOR,
-    DEFAULT_PACK,
-    DETECTOR_CHOICES,
-    validate_detector_choice,
-    validate_pack_name,
-)
+from lib_magicnaming.face_detectors import DEFAULT_DETECTOR, DETECTOR_CHOICES, validate_detector_choice
 from lib_magicnaming.identity_library import identities_dir
+from lib_magicnaming.insightface_detector import DEFAULT_PACK, validate_pack_name
 
 SECTION = ("magicnaming", "MagicNaming")
 """Settings section id and title (``shared.OptionInfo(..., section=SECTION)``)."""
@@ -103,7 +98,7 @@ def validate_device(device: str) -> str:
 
 def validate_detector_pack(pack: str) -> str:
     """Return the setting ``pack`` stripped if it is a plain folder name
-    (face_detectors.validate_pack_name); raise EncoderError otherwise."""
+    (insightface_detector.validate_pack_name); raise EncoderError otherwise."""
     try:
         return validate_pack_name(pack.strip() if isinstance(pack, str) else pack)
     except FaceError:
