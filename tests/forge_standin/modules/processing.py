@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from modules import devices, extra_networks, load_v1_10_1, scripts, sd_models, shared
-from modules.shared import opts, state
+from modules import devices, load_v1_10_1, sd_models, shared
+from modules.shared import opts
 
 _v1_10_1 = load_v1_10_1("processing")
 create_infotext = _v1_10_1.create_infotext
@@ -49,36 +49,26 @@ class StableDiffusionProcessing(_v1_10_1.StableDiffusionProcessing):
         cached_params = self.cached_params(
             required_prompts, steps, extra_network_data, hires_steps, shared.opts.use_old_scheduling
         )
+        hit = next((cache for cache in caches if cache[0] is not None and cached_params == cache[0]), None)
+        if hit is not None and len(hit) > 2:  # the cache hit replays the TI entry its computation recorded
+            shared.sd_model.extra_generation_params.update(hit[2])
 
-        for cache in caches:
-            if cache[0] is not None and cached_params == cache[0]:
-                if len(cache) > 2:
-                    shared.sd_model.extra_generation_params.update(cache[2])
-                return cache[1]
-
-        cache = caches[0]
-
-        with devices.autocast():
-            shared.sd_model.set_clip_skip(int(opts.CLIP_stop_at_last_layers))
-
-            cache[1] = function(
-                shared.sd_model, required_prompts, steps, hires_steps, shared.opts.use_old_scheduling
-            )
-
+        def computing(model, *args):  # what Forge does around the computation; v1.10.1's caching otherwise
             import backend.text_processing.classic_engine
 
+            model.set_clip_skip(int(opts.CLIP_stop_at_last_layers))
+            result = function(model, *args)
             classic_engine = backend.text_processing.classic_engine
             last_extra_generation_params = classic_engine.last_extra_generation_params.copy()
+            model.extra_generation_params.update(last_extra_generation_params)
+            if len(caches[0]) > 2:
+                caches[0][2] = last_extra_generation_params
+            classic_engine.last_extra_generation_params = {}
+            return result
 
-            shared.sd_model.extra_generation_params.update(last_extra_generation_params)
-
-            if len(cache) > 2:
-                cache[2] = last_extra_generation_params
-
-            backend.text_processing.classic_engine.last_extra_generation_params = {}
-
-        cache[0] = cached_params
-        return cache[1]
+        return super().get_conds_with_caching(
+            computing, required_prompts, steps, caches, extra_network_data, hires_steps
+        )
 
     def close(self):
         if not opts.persistent_cond_cache:
@@ -96,9 +86,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing, _v1_10_1.Stabl
         self.cached_hr_c = StableDiffusionProcessingTxt2Img.cached_hr_c
 
     def sample_hr_pass(self, samples, seeds, subseeds, subseed_strength, prompts):
-        self.is_hr_pass = True
-        self.sampler = ToySampler()
-
+        """Forge computes the hires conds here and runs ``process_before_every_sampling`` once more before
+        v1.10.1's hires pass (which runs it again)."""
         with devices.autocast():
             self.calculate_hr_conds()
 
@@ -106,15 +95,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing, _v1_10_1.Stabl
             self.scripts.process_before_every_sampling(
                 p=self, x=samples, noise=samples, c=self.hr_c, uc=self.hr_uc
             )
-            self.scripts.process_before_every_sampling(
-                self, x=samples, noise=samples, c=self.hr_c, uc=self.hr_uc
-            )
-
-        samples = self.sampler.sample(
-            self, samples, self.hr_c, self.hr_uc, self.hr_second_pass_steps or self.steps, "hires"
-        )
-        self.is_hr_pass = False
-        return samples
+        return super().sample_hr_pass(samples, seeds, subseeds, subseed_strength, prompts)
 
 
 class StableDiffusionProcessingImg2Img(StableDiffusionProcessing, _v1_10_1.StableDiffusionProcessingImg2Img):
@@ -134,111 +115,23 @@ def process_images(p: StableDiffusionProcessing):
     return process_images_inner(p)
 
 
+class ForgeProcessing(_v1_10_1.WebUIProcessing):
+    """Forge's ``process_images_inner``: comments and infotext entries on the model, batches under
+    ``torch.inference_mode``, the model reloaded (when the choice changed) before each batch."""
+
+    def clear_notes(self, p) -> None:
+        p.sd_model.comments = []
+        p.sd_model.extra_generation_params = {}
+
+    def notes(self, p) -> tuple[dict, list]:
+        return p.sd_model.extra_generation_params, p.sd_model.comments
+
+    def batches_context(self):
+        return torch.inference_mode()
+
+    def before_batch(self, p) -> None:
+        sd_models.forge_model_reload()
+
+
 def process_images_inner(p: StableDiffusionProcessing):
-    seed = p.seed if p.seed != -1 else 1234
-
-    p.sd_model.comments = []
-    p.sd_model.extra_generation_params = {}
-
-    p.setup_prompts()
-
-    p.all_seeds = [int(seed) + x for x in range(len(p.all_prompts))]
-    p.all_subseeds = list(p.all_seeds)
-
-    if p.scripts is not None:
-        p.scripts.process(p)
-
-    infotexts = []
-    output_images = []
-    with torch.inference_mode():
-        with devices.autocast():
-            p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
-
-        if state.job_count == -1:
-            state.job_count = p.n_iter
-
-        for n in range(p.n_iter):
-            p.iteration = n
-
-            if state.interrupted or state.stopping_generation:
-                break
-
-            sd_models.forge_model_reload()
-
-            p.prompts = p.all_prompts[n * p.batch_size : (n + 1) * p.batch_size]
-            p.negative_prompts = p.all_negative_prompts[n * p.batch_size : (n + 1) * p.batch_size]
-            p.seeds = p.all_seeds[n * p.batch_size : (n + 1) * p.batch_size]
-            p.subseeds = p.all_subseeds[n * p.batch_size : (n + 1) * p.batch_size]
-
-            if p.scripts is not None:
-                p.scripts.before_process_batch(
-                    p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds
-                )
-
-            if len(p.prompts) == 0:
-                break
-
-            p.parse_extra_network_prompts()
-
-            if not p.disable_extra_networks:
-                extra_networks.activate(p, p.extra_network_data)
-
-            if p.scripts is not None:
-                p.scripts.process_batch(
-                    p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds
-                )
-
-            p.setup_conds()
-
-            p.extra_generation_params.update(p.sd_model.extra_generation_params)
-
-            for comment in p.sd_model.comments:
-                p.comment(comment)
-
-            samples_ddim = p.sample(
-                conditioning=p.c,
-                unconditional_conditioning=p.uc,
-                seeds=p.seeds,
-                subseeds=p.subseeds,
-                subseed_strength=p.subseed_strength,
-                prompts=p.prompts,
-            )
-
-            if p.scripts is not None:
-                ps = scripts.PostSampleArgs(samples_ddim)
-                p.scripts.post_sample(p, ps)
-                samples_ddim = ps.samples
-
-            x_samples_ddim = [torch.zeros((3, p.height, p.width)) for _ in range(samples_ddim.shape[0])]
-
-            state.nextjob()
-
-            if p.scripts is not None:
-                p.scripts.postprocess_batch(p, x_samples_ddim, batch_number=n)
-
-                p.prompts = p.all_prompts[n * p.batch_size : (n + 1) * p.batch_size]
-                p.negative_prompts = p.all_negative_prompts[n * p.batch_size : (n + 1) * p.batch_size]
-
-            for i, _x_sample in enumerate(x_samples_ddim):
-                p.batch_index = i
-                text = create_infotext(
-                    p, p.prompts, p.seeds, p.subseeds, index=i, all_negative_prompts=p.negative_prompts
-                )
-                infotexts.append(text)
-                image = _v1_10_1.Image.new("RGB", (p.width, p.height))
-                if opts.enable_pnginfo:
-                    image.info["parameters"] = text
-                output_images.append(image)
-
-    if not infotexts:
-        infotexts.append(create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, use_main_prompt=True))
-
-    if not p.disable_extra_networks and p.extra_network_data:
-        extra_networks.deactivate(p, p.extra_network_data)
-
-    res = Processed(p, images_list=output_images, seed=p.all_seeds[0], info=infotexts[0], infotexts=infotexts)
-
-    if p.scripts is not None:
-        p.scripts.postprocess(p, res)
-
-    return res
+    return _v1_10_1.process_images_inner(p, ForgeProcessing())

@@ -3,25 +3,16 @@
 
 import torch
 
-from backend.args import dynamic_args
-from backend.text_processing.classic_engine import ClassicTextProcessingEngine
+from backend.diffusion_engine.base import clip_engine
 
 
 class StableDiffusion:
     def __init__(self, estimated_config, huggingface_components):
         self.model_config = estimated_config
-        self.text_processing_engine = ClassicTextProcessingEngine(
-            text_encoder=huggingface_components["text_encoder"],
-            tokenizer=huggingface_components["tokenizer"],
-            embedding_dir=dynamic_args["embedding_dir"],
-            embedding_key="clip_l",
-            embedding_expected_shape=768,
-            emphasis_name=dynamic_args["emphasis_name"],
-            text_projection=False,
-            minimal_clip_skip=1,
-            clip_skip=1,
-            return_pooled=False,
-            final_layer_norm=True,
+        self.text_processing_engine = clip_engine(
+            huggingface_components, "text_encoder", "tokenizer", embedding_key="clip_l",
+            embedding_expected_shape=768, text_projection=False, minimal_clip_skip=1, clip_skip=1,
+            return_pooled=False, final_layer_norm=True,
         )
         self.is_sd1 = True
         self.is_sdxl = False

@@ -16,41 +16,21 @@ import torch
 from modules.shared import opts
 from toy_text import size_embedding
 
-from backend.args import dynamic_args
-from backend.text_processing.classic_engine import ClassicTextProcessingEngine
+from backend.diffusion_engine.base import clip_engine
+
+SDXL_ENGINE = dict(embedding_expected_shape=2048, minimal_clip_skip=2, clip_skip=2, final_layer_norm=False)
+"""What both SDXL engines (and the refiner's) are built with, besides their encoder and pooled output."""
+CLIP_L_ENGINE = dict(SDXL_ENGINE, embedding_key="clip_l", text_projection=False, return_pooled=False)
+CLIP_G_ENGINE = dict(SDXL_ENGINE, embedding_key="clip_g", text_projection=True, return_pooled=True)
 
 
 class StableDiffusionXL:
     def __init__(self, estimated_config, huggingface_components):
         self.model_config = estimated_config
 
-        self.text_processing_engine_l = ClassicTextProcessingEngine(
-            text_encoder=huggingface_components["text_encoder"],
-            tokenizer=huggingface_components["tokenizer"],
-            embedding_dir=dynamic_args["embedding_dir"],
-            embedding_key="clip_l",
-            embedding_expected_shape=2048,
-            emphasis_name=dynamic_args["emphasis_name"],
-            text_projection=False,
-            minimal_clip_skip=2,
-            clip_skip=2,
-            return_pooled=False,
-            final_layer_norm=False,
-        )
-
-        self.text_processing_engine_g = ClassicTextProcessingEngine(
-            text_encoder=huggingface_components["text_encoder_2"],
-            tokenizer=huggingface_components["tokenizer_2"],
-            embedding_dir=dynamic_args["embedding_dir"],
-            embedding_key="clip_g",
-            embedding_expected_shape=2048,
-            emphasis_name=dynamic_args["emphasis_name"],
-            text_projection=True,
-            minimal_clip_skip=2,
-            clip_skip=2,
-            return_pooled=True,
-            final_layer_norm=False,
-        )
+        parts = huggingface_components
+        self.text_processing_engine_l = clip_engine(parts, "text_encoder", "tokenizer", **CLIP_L_ENGINE)
+        self.text_processing_engine_g = clip_engine(parts, "text_encoder_2", "tokenizer_2", **CLIP_G_ENGINE)
 
         self.is_sdxl = True
 
@@ -94,19 +74,8 @@ class StableDiffusionXLRefiner:
     def __init__(self, estimated_config, huggingface_components):
         self.model_config = estimated_config
 
-        self.text_processing_engine_g = ClassicTextProcessingEngine(
-            text_encoder=huggingface_components["text_encoder"],
-            tokenizer=huggingface_components["tokenizer"],
-            embedding_dir=dynamic_args["embedding_dir"],
-            embedding_key="clip_g",
-            embedding_expected_shape=2048,
-            emphasis_name=dynamic_args["emphasis_name"],
-            text_projection=True,
-            minimal_clip_skip=2,
-            clip_skip=2,
-            return_pooled=True,
-            final_layer_norm=False,
-        )
+        parts = huggingface_components
+        self.text_processing_engine_g = clip_engine(parts, "text_encoder", "tokenizer", **CLIP_G_ENGINE)
 
         self.is_sdxl = True
 

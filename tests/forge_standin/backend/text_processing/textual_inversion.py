@@ -5,22 +5,18 @@ Each text engine owns an ``EmbeddingDatabase`` built with the engine's tokenizer
 files it under its first token id, longest first; ``None`` removes the name. ``load_textual_inversion_
 embeddings()`` forgets every registration and reads the embeddings folders again (SDXL ``.safetensors``
 files with ``clip_l``/``clip_g`` tensors here); ``find_embedding_at_position`` matches whole id sequences.
+Filing and matching are v1.10.1's code in Forge too: this database is the v1.10.1 stand-in's with Forge's
+constructor, tokenizer and folder reading.
 """
 
 import os
 
 import safetensors.torch
+from modules.textual_inversion import textual_inversion as v1_10_1
 
-
-class Embedding:
-    def __init__(self, vec, name, step=None):
-        self.vec = vec
-        self.name = name
-        self.step = step
-        self.shape = None
-        self.vectors = 0
-        self.sd_checkpoint = None
-        self.sd_checkpoint_name = None
+Embedding = v1_10_1.Embedding
+"""Forge's has the first seven of v1.10.1's fields (vec, name, step, shape, vectors, sd_checkpoint,
+sd_checkpoint_name); v1.10.1's class is a superset."""
 
 
 class DirWithTextualInversionEmbeddings:
@@ -29,12 +25,9 @@ class DirWithTextualInversionEmbeddings:
         self.mtime = None
 
 
-class EmbeddingDatabase:
+class EmbeddingDatabase(v1_10_1.EmbeddingDatabase):
     def __init__(self, tokenizer, expected_shape=-1):
-        self.ids_lookup = {}
-        self.word_embeddings = {}
-        self.embedding_dirs = {}
-        self.skipped_embeddings = {}
+        super().__init__()
         self.expected_shape = expected_shape
         self.tokenizer = tokenizer
         self.fixes = []
@@ -47,24 +40,7 @@ class EmbeddingDatabase:
 
     def register_embedding_by_name(self, embedding, name):
         ids = self.tokenizer([name], truncation=False, add_special_tokens=False)["input_ids"][0]
-        first_id = ids[0]
-        if first_id not in self.ids_lookup:
-            self.ids_lookup[first_id] = []
-        if name in self.word_embeddings:
-            lookup = [x for x in self.ids_lookup[first_id] if x[1].name != name]
-        else:
-            lookup = self.ids_lookup[first_id]
-        if embedding is not None:
-            lookup += [(ids, embedding)]
-        self.ids_lookup[first_id] = sorted(lookup, key=lambda x: len(x[0]), reverse=True)
-        if embedding is None:
-            if name in self.word_embeddings:
-                del self.word_embeddings[name]
-            if len(self.ids_lookup[first_id]) == 0:
-                del self.ids_lookup[first_id]
-            return None
-        self.word_embeddings[name] = embedding
-        return embedding
+        return self.register_ids(embedding, name, ids)
 
     def load_from_file(self, path, filename):
         name, ext = os.path.splitext(filename)
@@ -91,19 +67,6 @@ class EmbeddingDatabase:
 
         for embdir in self.embedding_dirs.values():
             self.load_from_dir(embdir)
-
-    def find_embedding_at_position(self, tokens, offset):
-        token = tokens[offset]
-        possible_matches = self.ids_lookup.get(token, None)
-
-        if possible_matches is None:
-            return None, None
-
-        for ids, embedding in possible_matches:
-            if tokens[offset : offset + len(ids)] == ids:
-                return embedding, len(ids)
-
-        return None, None
 
 
 def create_embedding_from_data(data, name, filename="unknown embedding file", filepath=None):
