@@ -114,7 +114,9 @@ def measured_run(args: argparse.Namespace, nproc: int, features: Path, targets: 
         threads = args.threads_per_rank or max(1, (os.cpu_count() or 1) // nproc)
         env["OMP_NUM_THREADS"] = str(threads)
         train += ["--cpu-threads", str(threads)]
-    subprocess.run(launcher + train, cwd=REPO, env=env, check=True, capture_output=True)
+    done = subprocess.run(launcher + train, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode != 0:  # a one-shot GPU run must show why, not only that it failed
+        sys.exit(f"the train stage exited with {done.returncode}:\n{done.stderr[-3000:]}")
     return json.loads((out / "summary.json").read_text())["steps_per_second"]
 
 

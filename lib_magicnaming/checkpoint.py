@@ -14,8 +14,10 @@ Metadata (all strings; JSON where structured): see METADATA_KEYS.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from lib_magicnaming.errors import EncoderError, MagicNamingError
 from lib_magicnaming.factory import build_encoder
 from lib_magicnaming.model import EncoderConfig, HeadConfig, NameEncoder, head_state_shapes
 from lib_magicnaming.namespace import NamespaceStats
+from lib_magicnaming.towers import file_version
 
 FORMAT_NAME = "magicnaming-encoder"
 FORMAT_VERSION = 1
@@ -86,13 +89,13 @@ class EncoderCheckpoint:
 
     def build_model(
         self, *, models_dir: str | os.PathLike | None = None, allow_download: bool = False,
-        random_towers: bool = False,
+        random_towers: bool = False, tower_dtype: torch.dtype = torch.float32,
     ) -> NameEncoder:
         """Rebuild the encoder this checkpoint describes (head loaded; towers as factory.build_encoder)."""
         return build_encoder(
             self.config, head_state=self.head_state, tower_states=self.tower_states,
             models_dir=None if models_dir is None else str(models_dir),
-            allow_download=allow_download, random_towers=random_towers,
+            allow_download=allow_download, random_towers=random_towers, tower_dtype=tower_dtype,
         )
 
 
@@ -103,6 +106,25 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def remembered_file_sha256(path: str | os.PathLike) -> str:
+    """:func:`file_sha256`, computed once per version of the file (path, size, mtime, inode: any write to the
+    file or its replacement changes it). A checkpoint with its towers inside is gigabytes; the WebUI asks for
+    its hash at every use and every status line, and each encoder reading it needs it again."""
+    return _version_sha256(file_version(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _version_sha256(version: tuple[str, int, int, int]) -> str:
+    return file_sha256(version[0])
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value is finite. A sum is finite only when every value is (NaN and inf propagate), and
+    is one fast pass with no temporary; only a non-finite sum (maybe an overflow of finite values) needs the
+    element-wise check. (A float64 sum would copy the tensor into float64 first.)"""
+    return math.isfinite(float(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def config_metadata(config: EncoderConfig, training_summary: dict | None = None) -> dict[str, str]:
@@ -186,7 +208,7 @@ def load_encoder_checkpoint(path: str | os.PathLike) -> EncoderCheckpoint:
         raise EncoderError(f"{path.name}: unknown tensor(s) {unknown[:5]} in an encoder checkpoint")
     return EncoderCheckpoint(
         path=path, config=config, head_state=head_state, namespace_stats=stats, training_summary=summary,
-        sha256=file_sha256(path), tower_states=tower_states, metadata=metadata,
+        sha256=remembered_file_sha256(path), tower_states=tower_states, metadata=metadata,
     )
 
 
@@ -263,7 +285,7 @@ def _check_head_state(
             raise EncoderError(
                 f"{name}: tensor {HEAD_PREFIX}{key} must be floating point, got {tensor.dtype}"
             )
-        if not bool(torch.isfinite(tensor).all()):
+        if not _all_finite(tensor):
             raise EncoderError(f"{name}: tensor {HEAD_PREFIX}{key} holds non-finite values (NaN or inf)")
     return state
 
@@ -298,7 +320,7 @@ def _tower_states_from_tensors(
             raise EncoderError(
                 f"{name}: tensor {key!r} belongs to no tower of this checkpoint ({sorted(slots)})"
             )
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not _all_finite(tensor):
             raise EncoderError(f"{name}: tensor {key} holds non-finite values (NaN or inf)")
         states.setdefault(slot, {})[param] = tensor
     return states

@@ -4,9 +4,12 @@
 CLIP towers on the first photo), runs on CUDA in float16 when torch sees a GPU and on CPU in float32
 otherwise, and remembers encoded photos by content hash in a bounded LRU held on the object.
 
-It alone decides where its model lives between calls; callers never unload it. After each call that ran the
-towers the model is freed (off the GPU and out of memory; the photo cache stays) unless ``keep_loaded``, which
-keeps it on its device; ``lowvram`` never keeps it and moves one tower at a time to the GPU.
+It alone decides where its weights live between calls; callers never unload it (its owner frees it all with
+:meth:`IdentityEncoder.unload` when it replaces it). Once loaded, the weights stay in CPU memory (the master,
+optionally page-locked: ``pin_memory``) as long as the encoder lives; each call that runs the towers copies
+them to the GPU and drops that copy afterwards (never copied back: they are frozen). With ``keep_loaded`` they
+live on the GPU instead (RAM freed) and the warm encode is replayed from CUDA graphs
+(:mod:`lib_magicnaming.cuda_graphs`); ``lowvram`` never keeps them there and moves one tower at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from PIL import Image
 
 from lib_magicnaming.checkpoint import EncoderCheckpoint, file_sha256, load_encoder_checkpoint
+from lib_magicnaming.cuda_graphs import GraphedForward
 from lib_magicnaming.detector_interface import FaceDetector
 from lib_magicnaming.errors import EncoderError, FaceError
 from lib_magicnaming.face import (
@@ -36,6 +40,7 @@ from lib_magicnaming.insightface_detector import DEFAULT_PACK, InsightFaceDetect
 from lib_magicnaming.lru import LRUCache
 from lib_magicnaming.model import NameEncoder
 from lib_magicnaming.namespace import average_embeddings, sample_namespace
+from lib_magicnaming.placement import WeightPlacement
 
 DEFAULT_CACHE_SIZE = 64
 """Encoded photos remembered per encoder (each entry: an 8 x 2048 float32 tensor and a 224 px crop)."""
@@ -118,9 +123,11 @@ class IdentityEncoder:
     ``insightface_root`` (the folder holding ``models/<pack>``) for an insightface pack detector. A photo
     whose face was found by another detector than the checkpoint's training crops gets a note in its report.
     ``device``: None picks CUDA when
-    available. ``keep_loaded`` keeps the towers on the GPU between calls; ``lowvram`` forbids it and moves
-    one tower at a time. ``random_towers`` is for benchmarks only (towers with random weights). ``dtype``
-    overrides the towers' dtype (default float16 on CUDA, float32 on CPU; the head always runs in float32).
+    available. ``keep_loaded`` keeps the weights on the GPU between calls (and replays CUDA graphs there
+    unless ``cuda_graphs`` is False); ``lowvram`` forbids it and moves one tower at a time. ``pin_memory``
+    keeps the CPU master in page-locked memory (CUDA only; faster copies to the GPU, RAM the system cannot
+    page out). ``random_towers`` is for benchmarks only (towers with random weights). ``dtype`` overrides the
+    towers' dtype (default float16 on CUDA, float32 on CPU; the head always runs in float32).
     """
 
     def __init__(
@@ -134,6 +141,8 @@ class IdentityEncoder:
         device: str | torch.device | None = None,
         keep_loaded: bool = False,
         lowvram: bool = False,
+        pin_memory: bool = False,
+        cuda_graphs: bool = True,
         allow_download: bool = False,
         cache_size: int = DEFAULT_CACHE_SIZE,
         random_towers: bool = False,
@@ -149,11 +158,14 @@ class IdentityEncoder:
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.lowvram = lowvram
         self.keep_loaded = keep_loaded and not lowvram
+        self.pin_memory = pin_memory and self.device.type == "cuda" and not self.keep_loaded
         self.allow_download = allow_download
         self.random_towers = random_towers
         self.stats = EncoderStats()
         self._cache: LRUCache[tuple, _CachedPhoto] = LRUCache(cache_size)
         self._model: NameEncoder | None = None
+        self._placements: dict[str, WeightPlacement] = {}
+        self._graphed = GraphedForward(enabled=cuda_graphs)
         self._lock = threading.RLock()
 
     # --- loading -----------------------------------------------------------------------------------------
@@ -173,35 +185,59 @@ class IdentityEncoder:
 
     @property
     def is_loaded(self) -> bool:
-        """Whether the towers and head are in memory."""
+        """Whether the weights are in memory (CPU master, or on the GPU with ``keep_loaded``)."""
         return self._model is not None
 
+    @property
+    def weights_device(self) -> str | None:
+        """Where the weights are between calls: 'cpu' (the master), the device (``keep_loaded``), or None."""
+        if self._model is None:
+            return None
+        return str(next(self._model.parameters()).device.type)
+
     def load(self) -> NameEncoder:
-        """Build the model now (CPU memory, ``self.dtype`` towers); idempotent."""
+        """Build the model now (towers in ``self.dtype``, head float32); idempotent.
+
+        The weights go to CPU memory (pinned with ``pin_memory``), or, with ``keep_loaded``, to the device.
+        """
         with self._lock:
             if self._model is None:
                 model = self.checkpoint.build_model(
                     models_dir=self.models_dir, allow_download=self.allow_download,
-                    random_towers=self.random_towers,
-                )
-                model.towers.to(self.dtype)
-                self._model = model.eval()
-                self.stats.loads += 1
+                    random_towers=self.random_towers, tower_dtype=self.dtype,
+                ).eval()
+                pin = self.pin_memory and not self.keep_loaded
+                parts = {name: model.towers[name] for name in model.towers} | {"head": model.head}
+                placements = {name: WeightPlacement(part, pin=pin) for name, part in parts.items()}
                 if self.keep_loaded:
-                    self._model.to(self.device)
+                    for placement in placements.values():
+                        placement.move_for_good(self.device)
+                    placements = {}
+                self._model, self._placements = model, placements
+                self.stats.loads += 1
             return self._model
 
     def unload(self) -> None:
-        """Free the model: off the GPU, then dropped (what happens after every call unless keep_loaded).
-
-        The photo cache and the checkpoint are kept; the next call loads the model again. The model is moved
-        to the CPU before it is dropped, so the GPU is freed even while a traceback still refers to it.
-        """
+        """Free everything: graphs, the GPU copy, the CPU master (and its page lock). For the encoder's owner
+        when it replaces the encoder; a later call loads the model again. The photo cache and the checkpoint
+        are kept."""
         with self._lock:
-            if self._model is not None:
-                self._model.to("cpu")
-                self._model = None
+            self._graphed.clear()
+            for placement in self._placements.values():
+                placement.release()
+            self._placements = {}
+            self._model = None
             _free_cuda(self.device)
+
+    @property
+    def graphs(self) -> GraphedForward:
+        """The CUDA graphs of the warm encode (captures, replays, and why it runs eagerly, if it does)."""
+        return self._graphed
+
+    def _drop_device_copy(self) -> None:
+        for placement in self._placements.values():
+            placement.drop_device_copy()
+        _free_cuda(self.device)
 
     # --- encoding ----------------------------------------------------------------------------------------
 
@@ -209,30 +245,39 @@ class IdentityEncoder:
     def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, ID_TOKENS, SDXL_CONTEXT_WIDTH) CPU float32."""
         with self._lock:
+            model = self.load()
+            self.stats.tower_batches += 1
+            self.stats.photos_encoded += int(pixels.shape[0])
             try:
-                model = self.load()
-                self.stats.tower_batches += 1
-                self.stats.photos_encoded += int(pixels.shape[0])
                 return self._run_model(model, pixels)
             finally:
-                if not self.keep_loaded:
-                    self.unload()
+                if self._placements:
+                    self._drop_device_copy()
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._model(pixels).float()
 
     def _run_model(self, model: NameEncoder, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.float()
+        if self.keep_loaded or self.device.type == "cpu":
+            # eager (said once) where graphs cannot run
+            return self._graphed(self._forward, pixels, self.device)
         if self.lowvram and self.device.type == "cuda":
             features = self._features_one_tower_at_a_time(model, pixels)
         else:
-            model.to(self.device)
+            for placement in self._placements.values():
+                placement.to_device(self.device)
             features = model.features(pixels.to(self.device))
-        model.head.to(self.device)
+        self._placements["head"].to_device(self.device)
         return model.head_only(features).float().cpu()
 
     def _features_one_tower_at_a_time(self, model: NameEncoder, pixels: torch.Tensor) -> torch.Tensor:
         parts = []
         for spec in model.config.towers:
-            tower = model.towers[spec.name].to(self.device)
+            placement = self._placements[spec.name]
+            placement.to_device(self.device)
             parts.append(model.tower_features(spec.name, pixels))
-            tower.to("cpu")
+            placement.drop_device_copy()
             _free_cuda(self.device)
         return torch.cat(parts, dim=-1)
 

@@ -63,3 +63,13 @@ class DetectorUnavailable(EncoderError, FaceError):
 
 class NamespaceError(MagicNamingError):
     """Bad input to name-space math: weights, a weighted-names text, embeddings that cannot be mixed."""
+
+
+class NamespaceFileError(EncoderError):
+    """A name-space statistics file (``lib_magicnaming.namespace_cache``) that is damaged, of another
+    version or kind, or cannot be written. A problem of the server's files, not of the request (HTTP 503)."""
+
+
+class Interrupted(EncoderError):
+    """Long work outside a generation (measuring a name space) stopped by the WebUI's Interrupt; nothing of it
+    was kept. Not the request's fault (HTTP 503: try again)."""

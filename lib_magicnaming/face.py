@@ -214,13 +214,23 @@ class FaceCrop:
 
 def pixels_from_crop(image: Image.Image, crop: CropConfig) -> torch.Tensor:
     """A crop image -> (3, size, size) float32 tensor, CLIP-normalised (resized if it is not ``size``)."""
+    return normalise_crop_pixels(crop_pixels_uint8(image, crop), crop)
+
+
+def crop_pixels_uint8(image: Image.Image, crop: CropConfig) -> torch.Tensor:
+    """The first half of :func:`pixels_from_crop`: a crop image -> (3, size, size) uint8 RGB (resized if it
+    is not ``size``). A quarter of the float32 bytes: what the training loader moves to the GPU."""
     if image.size != (crop.size, crop.size):
         image = image.resize((crop.size, crop.size), Image.BICUBIC)
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)
-    mean = torch.tensor(crop.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(crop.std, dtype=torch.float32).view(3, 1, 1)
-    return (tensor - mean) / std
+    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+
+
+def normalise_crop_pixels(pixels: torch.Tensor, crop: CropConfig) -> torch.Tensor:
+    """The second half of :func:`pixels_from_crop`, on any device: (..., 3, S, S) uint8 -> float32
+    CLIP-normalised ((x / 255 - mean) / std, each step float32 as IEEE rounds it, so CPU and GPU agree)."""
+    mean = torch.tensor(crop.mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(crop.std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
 
 
 def square_around(box: tuple[float, float, float, float], margin: float, image_size: tuple[int, int]):

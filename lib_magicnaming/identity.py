@@ -30,10 +30,16 @@ ORIGIN_REQUIRED_KEYS = {
     "photos": ("encoder_hash", "photo_hashes"),
     "names": ("names",),
     "mix": ("identities", "method"),
-    "sampled": ("encoder_hash", "seed", "scale"),
+    "sampled": ("seed", "scale"),
     "imported": (),
 }
 """The details an origin of each kind must record before it is saved."""
+ORIGIN_SOURCE_KEYS = {
+    "sampled": (("encoder_hash",), ("checkpoint_hash", "names_list_hash")),
+}
+"""Kinds whose origin must also record where it came from: one of these groups of keys, complete (a sampled
+person: the encoder checkpoint's hash, or the hashes of the SDXL checkpoint and names list it was measured
+with)."""
 
 EMBEDDING_SHAPE = [ID_TOKENS, SDXL_CONTEXT_WIDTH]
 
@@ -113,6 +119,10 @@ def checked_origin(origin: Any, *, require_details: bool) -> dict:
         missing = [k for k in ORIGIN_REQUIRED_KEYS[kind] if k not in origin]
         if missing:
             raise IdentityError(f"an identity origin of kind {kind!r} lacks {', '.join(missing)}")
+        sources = ORIGIN_SOURCE_KEYS.get(kind, ((),))
+        if not any(all(key in origin for key in group) for group in sources):
+            wanted = " or ".join(" + ".join(group) for group in sources)
+            raise IdentityError(f"an identity origin of kind {kind!r} must record its source: {wanted}")
     try:
         return json.loads(json.dumps(dict(origin), allow_nan=False))
     except (TypeError, ValueError, RecursionError) as error:

@@ -17,8 +17,9 @@ Reading goes through safetensors' own reader (``safe_open``: ``metadata()``, ``k
 the header's structure: JSON, tensor entries, offsets, and a file size that matches them. Two checks come
 before it, from the file's first 8 bytes, because safe_open cannot make them: a header longer than
 MAX_HEADER_BYTES means another kind of file (a model or a LoRA; safe_open would parse up to 100 MB of its
-JSON), and one that runs past the end of the file means a truncated or foreign file. Files are published
-atomically (:func:`lib_magicnaming.atomic.publish_file`).
+JSON), and one that runs past the end of the file means a truncated or foreign file. Files are written
+with their header's keys sorted (:func:`lib_magicnaming.safetensors_bytes.save_reproducible`: the same
+identity, the same bytes) and published atomically (:func:`lib_magicnaming.atomic.publish_file`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import torch
 from PIL import Image, ImageOps
 from safetensors import SafetensorError, safe_open
@@ -50,6 +50,7 @@ from lib_magicnaming.identity import (
     embedding_hash,
     validate_file_name_safe,
 )
+from lib_magicnaming.safetensors_bytes import save_reproducible
 from lib_magicnaming.tags import identity_key
 
 FORMAT_NAME = "magicnaming-identity"
@@ -153,7 +154,7 @@ def encode_identity_file(identity: Identity, dtype: torch.dtype = torch.float16)
     values. Raises IdentityError for an unstorable identity (e.g. values beyond float16's range).
     """
     tensors, metadata = _file_contents(identity, dtype)
-    return safetensors.torch.save(tensors, metadata=metadata)
+    return save_reproducible(tensors, metadata)
 
 
 def write_identity_file(
@@ -167,7 +168,7 @@ def write_identity_file(
     """
     path = Path(path)
     tensors, metadata = _file_contents(identity, dtype)
-    data = safetensors.torch.save(tensors, metadata=metadata)
+    data = save_reproducible(tensors, metadata)
     entries = {key: (_SAFETENSORS_DTYPES[t.dtype], list(t.shape)) for key, t in tensors.items()}
     info = _info_from_header(metadata, entries, path, str(path))
     if not _publish(path, lambda temp: temp.write_bytes(data), overwrite=overwrite):

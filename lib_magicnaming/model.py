@@ -25,6 +25,7 @@ from torch import nn
 from lib_magicnaming.constants import CLIP_G_WIDTH, CLIP_L_WIDTH, ID_TOKENS, SDXL_CONTEXT_WIDTH
 from lib_magicnaming.errors import EncoderError, FaceError
 from lib_magicnaming.face import CropConfig
+from lib_magicnaming.vit_forward import tower_forward
 
 TOWER_NAMES = ("clip_l", "clip_g")
 """Tower slots, in concatenation order."""
@@ -382,6 +383,12 @@ class NameEncoder(nn.Module):
 
     Towers and head may sit on different devices/dtypes only transiently (see IdentityEncoder); here inputs
     are cast to each tower's parameter dtype and features to the head's.
+
+    The towers run through :func:`lib_magicnaming.vit_forward.tower_forward` (batch-first fused attention,
+    the same weights and function as open_clip's own forward) unless ``fused_towers`` is False;
+    ``block_fn`` replaces the eager residual block (e.g.
+    :class:`~lib_magicnaming.vit_forward.CompiledBlocks`).
+    Training's features stage and the extension both compute features this way.
     """
 
     def __init__(self, config: EncoderConfig, towers: dict[str, nn.Module], head: NameHead):
@@ -392,6 +399,8 @@ class NameEncoder(nn.Module):
             raise EncoderError(f"towers given {sorted(towers)} do not match the config's {names}")
         self.towers = nn.ModuleDict({name: freeze(towers[name]) for name in names})
         self.head = head
+        self.fused_towers = True
+        self.block_fn = None
 
     def train(self, mode: bool = True) -> NameEncoder:
         """Train the head only; the towers stay frozen in eval mode."""
@@ -413,7 +422,8 @@ class NameEncoder(nn.Module):
         on the tower's device (pixels are moved and cast to the tower's parameters)."""
         tower = self.towers[name]
         param = next(tower.parameters())
-        out = tower(pixels.to(device=param.device, dtype=param.dtype))
+        pixels = pixels.to(device=param.device, dtype=param.dtype)
+        out = tower_forward(tower, pixels, self.block_fn) if self.fused_towers else tower(pixels)
         if isinstance(out, tuple):  # towers configured with output_tokens return (pooled, tokens)
             out = out[0]
         out = out.float()

@@ -10,7 +10,9 @@ code. Nothing is ever downloaded unless the caller allows it, and never at impor
 Weights fingerprint: an encoder records, per tower, the :class:`TowerFingerprint` of the weights it was
 trained with (``TowerSpec.weights_sha256`` / ``param_count``), and loading checks the user's tower against it.
 The fingerprint is of the tower's state dict, not of a file, so equivalent files match: ``.safetensors`` or
-``.bin``, whole CLIP or vision tower alone, float32 or float16 storage. See :func:`tower_fingerprint`.
+``.bin``, whole CLIP or vision tower alone, float32 or float16 storage. See :func:`tower_fingerprint`. Hashing
+bigG takes seconds, so the fingerprint of a tower file is remembered per version of the file (path, size,
+mtime, inode), like the encoder checkpoint's hash: a file is hashed once per process, not at every load.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.lru import LRUCache
 from lib_magicnaming.model import TowerSpec, freeze, tower_model_config
 
 TOWERS_SUBDIR = "towers"
@@ -193,7 +196,7 @@ FINGERPRINT_RULE = b"magicnaming-tower-weights-v1\n"
 """Starts every fingerprint's hashed bytes; a changed rule gets a new tag, so old records never match it."""
 FINGERPRINT_DTYPE = torch.float16
 """Floating-point tensors are hashed as float16 (see tower_fingerprint)."""
-FINGERPRINT_THREADS = 4
+FINGERPRINT_THREADS = max(1, min(8, os.cpu_count() or 1))
 """Tensors hashed at once by default (hashlib and torch's casts release the GIL)."""
 
 
@@ -226,11 +229,16 @@ def tower_fingerprint(
     """
     keys = sorted(state)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        entries = list(pool.map(lambda key: _entry_digest(key, state[key]), keys))
+        entries = dict(zip(keys, pool.map(lambda key: _entry_digest(key, state[key]), keys), strict=True))
+    return _fingerprint_of(entries, {k: int(state[k].numel()) for k in keys})
+
+
+def _fingerprint_of(entries: Mapping[str, bytes], counts: Mapping[str, int]) -> TowerFingerprint:
+    """Combine per-key entry digests (any order given) into the fingerprint."""
     digest = hashlib.sha256(FINGERPRINT_RULE)
-    for entry in entries:
-        digest.update(entry)
-    return TowerFingerprint(digest.hexdigest(), sum(int(state[k].numel()) for k in keys))
+    for key in sorted(entries):
+        digest.update(entries[key])
+    return TowerFingerprint(digest.hexdigest(), sum(counts.values()))
 
 
 def _entry_digest(key: str, tensor: torch.Tensor) -> bytes:
@@ -262,53 +270,102 @@ def with_fingerprint(spec: TowerSpec, fingerprint: TowerFingerprint) -> TowerSpe
 def check_tower_weights(spec: TowerSpec, tower: nn.Module, source: str) -> None:
     """Raise EncoderError if ``spec`` records a fingerprint and ``tower``'s weights (from ``source``, e.g.
     the file's path) do not have it; nothing to check when none is recorded."""
+    check_state_weights(spec, tower.state_dict(), source)
+
+
+def check_state_weights(spec: TowerSpec, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """:func:`check_tower_weights` for a tower's state dict."""
     expected = recorded_fingerprint(spec)
     if expected is None:
         return
-    found = tower_fingerprint(tower.state_dict())
+    found = tower_fingerprint(state)
     if found != expected:
-        raise EncoderError(
-            f"{source}: different weights than the encoder was trained with. Tower {spec.name} "
-            f"({spec.arch} / {spec.pretrained}) expects {expected.describe()}, found {found.describe()}. "
-            "Use the weights the encoder was trained with (the file format and float32/float16 storage "
-            "may differ; the values may not)."
-        )
+        raise EncoderError(weights_mismatch_message(spec, source, expected, found))
 
 
-def load_tower_file(spec: TowerSpec, path: str | os.PathLike, *, verify: bool = True) -> nn.Module:
-    """Build ``spec``'s tower and load its weights from ``path`` (float32, frozen, eval).
+def weights_mismatch_message(
+    spec: TowerSpec, source: str, expected: TowerFingerprint, found: TowerFingerprint
+) -> str:
+    """The error for tower weights whose fingerprint is not the one ``spec`` records."""
+    return (
+        f"{source}: different weights than the encoder was trained with. Tower {spec.name} "
+        f"({spec.arch} / {spec.pretrained}) expects {expected.describe()}, found {found.describe()}. "
+        "Use the weights the encoder was trained with (the file format and float32/float16 storage "
+        "may differ; the values may not)."
+    )
 
-    With ``verify`` (the default) the weights must have the fingerprint ``spec`` records, if any; it is
-    computed from the tensors just loaded (the file is read once).
+
+def file_version(path: str | os.PathLike) -> tuple[str, int, int, int]:
+    """(resolved path, size, mtime_ns, inode): any write to the file or its replacement changes it."""
+    path = Path(path)
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+_FILE_FINGERPRINTS: LRUCache[tuple[str, int, int, int], TowerFingerprint] = LRUCache(16)
+"""file_version -> fingerprint of the tower weights in that version of the file (shared, like the memo of the
+checkpoint's hash: an entry is only ever right for the exact bytes it names)."""
+
+
+def load_tower_file(
+    spec: TowerSpec, path: str | os.PathLike, *, verify: bool = True, dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """Build ``spec``'s tower and load its weights from ``path`` (``dtype``, frozen, eval).
+
+    Each tensor is copied once, straight into ``dtype`` (a float16 file for float16 towers: no float32 round
+    trip), into memory the tower owns: safetensors maps the file, and a tower left on that mapping would
+    break if the file were rewritten in place while the WebUI runs (and keeps it locked on Windows). With
+    ``verify`` (the default) the weights must have the fingerprint ``spec`` records, if any: computed from the
+    file's values once per version of the file in this process (remembered by :func:`file_version`), each
+    tensor hashed as it is copied, ``FINGERPRINT_THREADS`` tensors at once (hashing adds little to reading).
     """
     path = Path(path)
     spec.validate()
     state = read_tower_state(path)
-    tower, on_meta = _build_empty(spec)
+    tower, on_meta = build_empty_tower(spec, dtype)
+    expected = recorded_fingerprint(spec) if verify else None
+    version = file_version(path)
+    known = None if expected is None else _FILE_FINGERPRINTS.get(version)
+    hash_now = expected is not None and known is None
+    exact = dtype in (torch.float16, torch.float32)  # copies that hash as the file does (the rule: float16)
+
+    def take(key: str) -> tuple[torch.Tensor, bytes | None]:
+        tensor = state[key]
+        owned = tensor.to(dtype if tensor.is_floating_point() else tensor.dtype, copy=True)
+        return owned, _entry_digest(key, owned if exact else tensor) if hash_now else None
+
+    keys = list(state)
+    with ThreadPoolExecutor(max_workers=FINGERPRINT_THREADS) as pool:
+        taken = dict(zip(keys, pool.map(take, keys), strict=True))
+    owned = {key: tensor for key, (tensor, _) in taken.items()}
     try:
-        load_state_strict(tower, state, f"tower file {path.name}", assign=on_meta)
+        load_state_strict(tower, owned, f"tower file {path.name}", assign=on_meta)
     except EncoderError as err:
         raise EncoderError(f"{err} (is it an open_clip {spec.arch} checkpoint?)") from err
-    del state
-    if verify:
-        check_tower_weights(spec, tower, str(path))
+    if hash_now:
+        digests = {key: digest for key, (_, digest) in taken.items()}
+        known = _fingerprint_of(digests, {key: int(tensor.numel()) for key, tensor in owned.items()})
+        _FILE_FINGERPRINTS.put(version, known)
+    if expected is not None and known != expected:
+        raise EncoderError(weights_mismatch_message(spec, str(path), expected, known))
     return freeze(tower)
 
 
-def _build_empty(spec: TowerSpec) -> tuple[nn.Module, bool]:
-    """The tower without allocated weights when torch allows it, and whether it is on the meta device.
+def build_empty_tower(spec: TowerSpec, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, bool]:
+    """The tower without allocated weights when torch allows it (in ``dtype``), and whether it is on the
+    meta device.
 
     A meta-device tower takes the file's tensors as its own (``assign``): no seconds spent on random
     initialisation, and the weights are held once, not twice (ViT-bigG/14: 7 GB instead of 14 GB at load).
     """
     try:
         with torch.device("meta"):
-            tower = build_tower_module(spec)
+            tower = build_tower_module(spec).to(dtype)
     except (TypeError, AttributeError, RuntimeError, NotImplementedError):
-        return build_tower_module(spec), False
+        return build_tower_module(spec).to(dtype), False
     saved = set(tower.state_dict())
     if any(name not in saved for name, _ in tower.named_buffers()):
-        return build_tower_module(spec), False  # a buffer the file would not fill: initialise for real
+        return build_tower_module(spec).to(dtype), False  # a buffer the file would not fill: initialise
     return tower, True
 
 
@@ -343,21 +400,23 @@ def load_tower(
     allow_download: bool = False,
     cache_dir: str | os.PathLike | None = None,
     verify: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
-    """``spec``'s tower with real weights: the local file if present, else open_clip when allowed.
+    """``spec``'s tower with real weights (in ``dtype``): the local file if present, else open_clip when
+    allowed.
 
     ``verify=False`` skips the weights-fingerprint check (see :func:`check_tower_weights`). Raises
     EncoderError naming the exact file to create (and where to get it) when offline with no file.
     """
     path = find_tower_file(spec, models_dir)
     if path is not None:
-        return load_tower_file(spec, path, verify=verify)
+        return load_tower_file(spec, path, verify=verify, dtype=dtype)
     if not allow_download:
         raise EncoderError(missing_tower_message(spec, models_dir))
     tower = download_tower(spec, cache_dir)
     if verify:
         check_tower_weights(spec, tower, f"open_clip's {spec.arch} / {spec.pretrained} weights")
-    return tower
+    return tower.to(dtype)
 
 
 def _accepts(function, name: str) -> bool:

@@ -153,6 +153,26 @@ def test_overwriting_changes_the_hash(saved, stats):
     assert list(path.parent.glob(".*tmp")) == []
 
 
+def test_the_checkpoint_is_hashed_once_per_version_of_the_file(saved, stats, monkeypatch):
+    """Every encoder built from the same file reuses its hash (gigabytes with towers inside); a rewrite of
+    the file is hashed again."""
+    import os
+
+    from lib_magicnaming import checkpoint as checkpoint_module
+
+    path, short, config, head = saved
+    hashed = []
+    real = checkpoint_module.file_sha256
+    monkeypatch.setattr(checkpoint_module, "file_sha256", lambda p: hashed.append(p) or real(p))
+    first = load_encoder_checkpoint(path).sha256
+    assert load_encoder_checkpoint(path).sha256 == first and len(hashed) == 1
+    head = dict(head, **{"fc3.bias": head["fc3.bias"] + 1})
+    save_encoder_checkpoint(path, config=config, head_state=head, namespace_stats=stats)
+    os.utime(path, ns=(1, 1))  # a rewrite within one clock tick could keep the mtime; make it differ
+    hashed.clear()  # saving hashed the new file for its short hash
+    assert load_encoder_checkpoint(path).sha256 == real(path) != first and len(hashed) == 1
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -238,6 +258,8 @@ def tensor_case(tensors, case):
         tensors.pop("head.fc2.bias")
     elif case == "nan":
         tensors["head.fc1.weight"][0, 0] = float("nan")
+    elif case == "inf_pair":  # +inf and -inf: a sum of them is NaN, still caught
+        tensors["head.fc1.weight"][0, :2] = torch.tensor([float("inf"), float("-inf")])
     elif case == "inf_mean":
         tensors["namespace.mean"][0, 0] = float("inf")
     elif case == "partial_namespace":
@@ -262,6 +284,7 @@ def tensor_case(tensors, case):
     [
         ("missing", r"head tensor\(s\) missing: \['head.fc2.bias'\]"),
         ("nan", "head.fc1.weight holds non-finite values"),
+        ("inf_pair", "head.fc1.weight holds non-finite values"),
         ("inf_mean", "namespace.mean holds non-finite values"),
         ("partial_namespace", r"name-space statistics incomplete, missing \['namespace.scales'\]"),
         ("scales_shape", r"namespace.scales has shape \(3,\), expected \(4,\)"),
@@ -353,3 +376,12 @@ def test_the_crop_records_its_detector_and_rule_and_old_files_still_load(tmp_pat
     assert old.config.crop.margin == crop["margin"] and old.config.crop.size == crop["size"]
     with pytest.raises(EncoderError, match="crop rule 'eyes-v2' is unknown"):
         load_encoder_checkpoint(rewrite(path, crop=json.dumps({**crop, "rule": "eyes-v2"})))
+
+
+def test_large_finite_values_are_not_taken_for_non_finite_ones(saved):
+    """The finite check sums first: a sum that overflows from finite values must not refuse the file."""
+    path = saved[0]
+    tensors = read_raw(path)[0]
+    tensors["head.fc1.weight"][0, :4] = 3e38
+    loaded = load_encoder_checkpoint(rewrite(path, tensors=tensors))
+    assert float(loaded.head_state["fc1.weight"][0, 0]) == pytest.approx(3e38)

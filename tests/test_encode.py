@@ -206,27 +206,28 @@ def test_lowvram_never_keeps_towers_loaded(checkpoint):
     assert make_encoder(checkpoint, keep_loaded=True).keep_loaded
 
 
-def test_the_encoder_frees_its_model_after_each_call_unless_kept(checkpoint, faces_png):
-    freeing = make_encoder(checkpoint)
-    freeing.encode_photos(faces_png[:1], assume_cropped=True)
-    assert not freeing.is_loaded and freeing.stats.loads == 1
-    freeing.encode_photos(faces_png[:1], assume_cropped=True)  # cached photo: no tower work, no load
-    assert not freeing.is_loaded and freeing.stats.loads == 1
-    freeing.encode_photos(faces_png[1:2], assume_cropped=True)
-    assert not freeing.is_loaded and freeing.stats.loads == 2
-
-    kept = make_encoder(checkpoint, keep_loaded=True)
-    kept.encode_photos(faces_png[:1], assume_cropped=True)
-    kept.encode_photos(faces_png[1:2], assume_cropped=True)
-    assert kept.is_loaded and kept.stats.loads == 1
+def test_the_encoder_keeps_its_cpu_master_until_unloaded(checkpoint, faces_png):
+    """Built once, the weights stay in CPU memory while the encoder lives (on a GPU only a copy of them goes
+    up for each call); only unload(), for the encoder's owner, frees them."""
+    encoder = make_encoder(checkpoint)
+    encoder.encode_photos(faces_png[:1], assume_cropped=True)
+    assert encoder.is_loaded and encoder.weights_device == "cpu" and encoder.stats.loads == 1
+    encoder.encode_photos(faces_png[1:2], assume_cropped=True)
+    assert encoder.stats.loads == 1 and encoder.stats.tower_batches == 2  # no rebuild per call
+    encoder.unload()
+    assert not encoder.is_loaded and encoder.weights_device is None
+    encoder.encode_photos(faces_png[2:3], assume_cropped=True)
+    assert encoder.is_loaded and encoder.stats.loads == 2
 
     never_kept = make_encoder(checkpoint, keep_loaded=True, lowvram=True)
     never_kept.encode_photos(faces_png[:1], assume_cropped=True)
-    assert not never_kept.is_loaded
+    assert not never_kept.keep_loaded and never_kept.weights_device == "cpu"
 
 
-def test_a_failed_call_frees_the_model_too(checkpoint, faces_png, monkeypatch):
+def test_a_failed_call_drops_the_device_copy_and_keeps_the_master(checkpoint, faces_png, monkeypatch):
     encoder = make_encoder(checkpoint)
+    dropped = []
+    monkeypatch.setattr(encoder, "_drop_device_copy", lambda: dropped.append(True))
 
     def fail(model, pixels):
         raise RuntimeError("out of memory")
@@ -234,7 +235,28 @@ def test_a_failed_call_frees_the_model_too(checkpoint, faces_png, monkeypatch):
     monkeypatch.setattr(encoder, "_run_model", fail)
     with pytest.raises(RuntimeError, match="out of memory"):
         encoder.encode_photos(faces_png[:1], assume_cropped=True)
-    assert not encoder.is_loaded and encoder.stats.loads == 1
+    assert dropped == [True] and encoder.is_loaded and encoder.stats.loads == 1
+
+
+def test_pinned_memory_is_for_cuda_masters_only(checkpoint):
+    assert not make_encoder(checkpoint, pin_memory=True).pin_memory  # CPU: there is no copy to speed up
+    assert IdentityEncoder(checkpoint[0], device="cuda", pin_memory=True).pin_memory
+    assert not IdentityEncoder(checkpoint[0], device="cuda", pin_memory=True, keep_loaded=True).pin_memory
+
+
+def test_on_the_cpu_the_warm_encode_runs_eagerly_and_says_so_once(checkpoint, faces_png, caplog):
+    encoder = make_encoder(checkpoint, keep_loaded=True)
+    pixels = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with caplog.at_level("INFO", logger="magicnaming"):
+        first = encoder.embed_pixels(pixels)
+        second = encoder.embed_pixels(pixels[:1])
+    with torch.no_grad():
+        reference = encoder.load()(pixels)
+    torch.testing.assert_close(first, reference)
+    torch.testing.assert_close(second, reference[:1])
+    said = [r.getMessage() for r in caplog.records if "runs eagerly" in r.getMessage()]
+    assert said == ["MagicNaming photo encoder on cpu runs eagerly: CUDA graphs need a CUDA device"]
+    assert encoder.graphs.captures == 0 and len(encoder.graphs) == 0
 
 
 def test_lowvram_tower_by_tower_features_equal_the_whole_model(checkpoint):
@@ -248,28 +270,74 @@ def test_lowvram_tower_by_tower_features_equal_the_whole_model(checkpoint):
         torch.testing.assert_close(tower_by_tower, model.features(pixels))
 
 
+def cuda_baseline() -> tuple[int, int]:
+    """GPU memory allocated and reserved once torch itself is warm: cuBLAS and cuBLASLt keep a workspace
+    per stream from their first product (32 MiB + 1 MiB on an H200), on this thread's stream and on the
+    stream CUDA graphs are captured on. Taken after warm-up products on both, so what follows measures the
+    encoder."""
+    capture_stream = torch.cuda.graph(torch.cuda.CUDAGraph()).capture_stream
+    for stream in (torch.cuda.current_stream(), capture_stream):
+        with torch.cuda.stream(stream):
+            for dtype in (torch.float16, torch.float32):
+                a = torch.randn(64, 64, device="cuda", dtype=dtype)
+                (a @ a + torch.nn.functional.linear(a, a, a[0])).sum().item()
+    del a
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_fp16_matches_cpu_and_frees_the_gpu(checkpoint, faces_png):
+    """Offloaded (the default), one tower at a time (--lowvram) and with a pinned master: float16 on the GPU
+    equals float32 on the CPU, the master stays on the CPU and the GPU holds nothing of it after each call."""
     cpu = make_encoder(checkpoint).encode_photos(faces_png, assume_cropped=True).embedding
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    before, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-    for lowvram in (False, True):
-        encoder = IdentityEncoder(checkpoint[0], device="cuda", lowvram=lowvram)
+    before, reserved = cuda_baseline()
+    for options in ({}, {"lowvram": True}, {"pin_memory": True}):
+        encoder = IdentityEncoder(checkpoint[0], device="cuda", cache_size=0, **options)
         assert encoder.dtype == torch.float16
-        result = encoder.encode_photos(faces_png, assume_cropped=True)
-        assert result.dtype == "float16" and result.device == "cuda"
-        torch.testing.assert_close(result.embedding, cpu, rtol=2e-2, atol=2e-2)
-        assert all(p.device.type == "cpu" for p in encoder.load().parameters())
-        assert torch.cuda.memory_allocated() == before
-        assert torch.cuda.memory_reserved() == reserved, "the offload gave every cached block back"
+        for _ in range(2):  # no photo cache: the second call encodes again, from the master kept in RAM
+            result = encoder.encode_photos(faces_png, assume_cropped=True)
+            assert result.dtype == "float16" and result.device == "cuda"
+            torch.testing.assert_close(result.embedding, cpu, rtol=2e-2, atol=2e-2)
+            params = list(encoder.load().parameters())
+            assert encoder.weights_device == "cpu" and all(p.device.type == "cpu" for p in params)
+            assert all(p.is_pinned() for p in params) == bool(options.get("pin_memory")), options
+            assert torch.cuda.memory_allocated() == before, options
+            assert torch.cuda.memory_reserved() == reserved, f"{options}: cached blocks not given back"
+        encoder.unload()
+        assert not any(p.is_pinned() for p in params), "unload unregisters the pinned master"
     kept = IdentityEncoder(checkpoint[0], device="cuda", keep_loaded=True)
     kept.encode_photos(faces_png[:1], assume_cropped=True)
-    assert all(p.device.type == "cuda" for p in kept.load().parameters())
+    assert kept.weights_device == "cuda" and all(p.device.type == "cuda" for p in kept.load().parameters())
     kept.unload()
     del kept
     assert torch.cuda.memory_allocated() == before
+    assert torch.cuda.memory_reserved() == reserved
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_replays_equal_eager_and_unload_frees_them(checkpoint):
+    before, reserved = cuda_baseline()
+    graphed = IdentityEncoder(checkpoint[0], device="cuda", keep_loaded=True)
+    eager = IdentityEncoder(checkpoint[0], device="cuda", keep_loaded=True, cuda_graphs=False)
+    generator = torch.Generator().manual_seed(5)
+    for count in (1, 3, 1, 11):  # 3 runs in the graph of 4; 11 in chunks of 8 and (3 -> 4)
+        pixels = torch.randn(count, 3, 224, 224, generator=generator)
+        torch.testing.assert_close(graphed.embed_pixels(pixels), eager.embed_pixels(pixels), rtol=1e-2,
+                                   atol=1e-2)
+    stats = graphed.graphs
+    assert stats.eager_reason is None and stats.captures == 3 and stats.replays == 5 and len(stats) == 3
+    assert eager.graphs.captures == 0
+    repeat = torch.randn(2, 3, 224, 224, generator=generator)
+    assert torch.equal(graphed.embed_pixels(repeat), graphed.embed_pixels(repeat))
+    graphed.unload()
+    eager.unload()
+    assert len(graphed.graphs) == 0
+    assert torch.cuda.memory_allocated() == before
+    assert torch.cuda.memory_reserved() == reserved
 
 
 def test_dtype_override_runs_towers_in_bfloat16(checkpoint, faces_png):

@@ -120,6 +120,18 @@ def test_saving_a_loaded_float16_identity_again_keeps_its_hash(library, tmp_path
     assert other.save(library.load("carol")).short_hash == info.short_hash
 
 
+def test_the_same_identity_is_always_the_same_bytes(library, tmp_path):
+    """safetensors' own writer orders the metadata as its hash map happens to; identity files do not."""
+    identity = make_identity("dora", seed=6, thumbnail=Image.new("RGB", (8, 8), "red"))
+    encoded = {encode_identity_file(identity) for _ in range(20)}
+    assert len(encoded) == 1
+    library.save(identity)
+    assert (library.folder / "dora.safetensors").read_bytes() == encoded.pop()
+    header_length = struct.unpack("<Q", (library.folder / "dora.safetensors").read_bytes()[:8])[0]
+    assert (8 + header_length) % 8 == 0  # the tensor data stays 8-byte aligned
+    assert torch.equal(library.load("dora").embedding, identity.embedding.half().float())
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64, torch.float16])
 def test_any_float_dtype_is_accepted_in_memory_as_float32(dtype):
     identity = make_identity(embedding=random_embedding(6).to(dtype))

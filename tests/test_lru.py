@@ -15,6 +15,8 @@ def test_the_least_recently_used_entry_goes_first():
     cache.put("a", 10)  # putting again replaces and refreshes
     cache.put("d", 4)
     assert (cache.get("a"), cache.get("c"), cache.get("d")) == (10, None, 4)
+    cache.clear()
+    assert (cache.get("a"), cache.get("d"), len(cache)) == (None, None, 0)
 
 
 def test_capacity_zero_keeps_nothing():

@@ -21,6 +21,7 @@ from lib_magicnaming.towers import (
     find_tower_file,
     load_tower,
     read_tower_state,
+    recorded_fingerprint,
     tower_fingerprint,
     towers_dir,
     with_fingerprint,
@@ -65,13 +66,25 @@ def test_local_safetensors_whole_clip_file(tmp_path, spec, source):
     assert not loaded.training
 
 
-def test_file_weights_are_held_once(tmp_path, spec, source, monkeypatch):
-    """The tower is built on the meta device and takes the file's tensors as its own (no second copy)."""
+def test_the_tower_owns_its_weights_and_lets_the_file_go(tmp_path, spec, source, monkeypatch):
+    """The tower is built on the meta device and takes one copy of each tensor as its own: not the file's
+    memory mapping (an in-place rewrite of a mapped file would crash the WebUI), and the file's tensors are
+    released once loaded (the weights are held once)."""
+    import gc
+    import weakref
+
+    class State(dict):
+        pass
+
     path = write_full_clip(source, towers_dir(tmp_path) / f"{spec.file_stem}.safetensors")
-    state = read_tower_state(path)
-    monkeypatch.setattr(towers_module, "read_tower_state", lambda _path: state)
+    handed = [State(read_tower_state(path))]
+    released = weakref.ref(handed[0])
+    file_pointers = {t.data_ptr() for t in handed[0].values()}
+    monkeypatch.setattr(towers_module, "read_tower_state", lambda _path: handed.pop())
     loaded = load_tower(spec, tmp_path)
-    assert loaded.conv1.weight.data_ptr() == state["conv1.weight"].data_ptr()
+    gc.collect()
+    assert released() is None
+    assert not {t.data_ptr() for t in loaded.state_dict().values()} & file_pointers
     assert all(t.device.type == "cpu" for t in [*loaded.parameters(), *loaded.buffers()])
     assert_same_tower(loaded, source)
 
@@ -178,6 +191,43 @@ def test_one_changed_weight_is_rejected(tmp_path, spec, source):
     assert f"expects weights_sha256 {recorded.weights_sha256}" in message
     assert f"found weights_sha256 {found.weights_sha256}" in message
     assert_same_tower(load_tower(recorded, tmp_path, verify=False), source)
+
+
+def test_a_tower_file_is_hashed_once_per_version_of_the_file(tmp_path, spec, source, monkeypatch):
+    """Loading the same file again (a second encoder, a replaced one) does not hash bigG again; any new
+    version of the file (size, mtime, inode) is hashed, so changed weights are still refused."""
+    import os
+
+    recorded = fingerprinted(spec, source)
+    path = write_full_clip(source, towers_dir(tmp_path) / f"{spec.file_stem}.safetensors")
+    hashed = []
+    real = towers_module._fingerprint_of
+    monkeypatch.setattr(towers_module, "_fingerprint_of", lambda *args: hashed.append(1) or real(*args))
+    load_tower(recorded, tmp_path)
+    assert_same_tower(load_tower(recorded, tmp_path), source)
+    assert len(hashed) == 1
+    with torch.no_grad():
+        source.conv1.weight[0, 0, 0, 0] += 0.01
+    write_full_clip(source, path)
+    os.utime(path, ns=(1, 1))  # a rewrite within one clock tick could keep the mtime; make it differ
+    with pytest.raises(EncoderError, match="different weights than the encoder was trained with"):
+        load_tower(recorded, tmp_path)
+    assert len(hashed) == 2
+
+
+def test_a_float16_file_becomes_a_float16_tower_checked_against_the_files_values(tmp_path, spec,
+                                                                                fp16_exact_source):
+    """The towers run in float16 on a GPU: a float16 file loads straight into float16 (its fingerprint is
+    the float32 weights' one); a bfloat16 tower is checked against the file's values, not its own rounded
+    ones (which would not match)."""
+    recorded = fingerprinted(spec, fp16_exact_source)
+    for folder, dtype in ((tmp_path / "a", torch.float16), (tmp_path / "b", torch.bfloat16)):
+        write_vision_only_fp16(fp16_exact_source, towers_dir(folder) / f"{spec.file_stem}.safetensors")
+        tower = load_tower(recorded, folder, dtype=dtype)
+        assert {p.dtype for p in tower.parameters()} == {dtype}
+        for key, value in tower.state_dict().items():
+            assert torch.equal(value, fp16_exact_source.state_dict()[key].to(dtype))
+    assert tower_fingerprint(tower.state_dict()) != recorded_fingerprint(recorded)  # bf16 rounding differs
 
 
 def test_fingerprint_follows_the_documented_rule(source):

@@ -463,10 +463,10 @@ def test_bad_training_settings_are_named(data, tmp_path, capsys):
 
 
 def test_large_name_space_statistics_are_reproducible(monkeypatch):
-    from training import export
+    from lib_magicnaming import namespace
 
-    monkeypatch.setattr(export, "EXACT_SVD_MAX_NAMES", 4)  # take the randomised path on tiny data
+    monkeypatch.setattr(namespace, "EXACT_SVD_MAX_NAMES", 4)  # take the randomised path on tiny data
     f_id = torch.randn(12, 8, 2048, generator=torch.Generator().manual_seed(1))
-    first, second = export.namespace_stats(f_id, 3), export.namespace_stats(f_id, 3)
+    first, second = namespace.fit_namespace_stats(f_id, 3), namespace.fit_namespace_stats(f_id, 3)
     assert torch.equal(first.basis, second.basis) and torch.equal(first.scales, second.scales)
     torch.testing.assert_close(first.basis @ first.basis.T, torch.eye(3), atol=1e-4, rtol=0)

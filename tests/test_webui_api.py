@@ -263,10 +263,11 @@ def test_sample_creates_an_identity_and_a_bad_scale_is_400(library):
             return random_identity(name, seed)
 
     client = make_client(library, encoder=SamplingEncoder)
-    response = client.post(f"{PREFIX}/identities/sample", json={"name": "dreamt", "seed": 7, "scale": 0.5})
+    body = {"name": "dreamt", "seed": 7, "scale": 0.5, "source": "encoder"}
+    response = client.post(f"{PREFIX}/identities/sample", json=body)
     assert response.status_code == 201, response.text
     assert response.json()["identity"]["short_hash"] == library.get_info("dreamt").short_hash
     for scale in (-1.0, 1e400):  # 1e400 is inf in JSON
-        body = {"name": "dreamt2", "seed": 7, "scale": scale}
+        body = {"name": "dreamt2", "seed": 7, "scale": scale, "source": "encoder"}
         response = client.post(f"{PREFIX}/identities/sample", json=body)
         assert response.status_code == 400 and "scale" in response.json()["detail"]

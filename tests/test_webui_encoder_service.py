@@ -98,7 +98,7 @@ def test_no_face_is_422_naming_the_photo(env, astronaut_png):
 
 
 def test_sample_route(env):
-    body = {"name": "nobody", "seed": 7, "scale": 0.5}
+    body = {"name": "nobody", "seed": 7, "scale": 0.5, "source": "encoder"}
     response = env.client.post("/magicnaming/v1/identities/sample", json=body)
     assert response.status_code == 201, response.text
     assert response.json()["identity"]["origin"] == {
@@ -118,9 +118,12 @@ def test_encoder_is_cached_by_content_hash(env):
     assert second is not first and second.encoder_hash == new_hash != env.checkpoint_hash
 
 
-def test_keep_loaded_off_the_encoder_frees_its_model_after_each_use(env, astronaut_png, monkeypatch):
-    """The encoder alone decides: without "keep loaded" it frees its model after each call (with it, never);
-    the routes and the tab never unload it themselves."""
+def test_the_encoder_decides_where_its_weights_live_and_the_cache_frees_a_replaced_one(env, astronaut_png,
+                                                                                       monkeypatch):
+    """The routes and the tab never unload the encoder: without "keep loaded" its weights wait in RAM between
+    uses (on a GPU only a copy goes up per call, dropped after it), with it they stay on its device. When a
+    changed setting (or checkpoint) makes the cache build a new encoder, the replaced one is unloaded: its
+    RAM, pinned RAM, GPU memory and graphs freed."""
     from lib_magicnaming.encode import IdentityEncoder
     from lib_magicnaming.webui import encoder_cache
 
@@ -130,14 +133,31 @@ def test_keep_loaded_off_the_encoder_frees_its_model_after_each_use(env, astrona
     env.shared.opts.set("magicnaming_keep_encoder_loaded", False)
     body = {"name": "crop", "photos": [base64.b64encode(astronaut_png).decode()], "assume_cropped": True}
     assert env.client.post("/magicnaming/v1/identities/from-photos", json=body).status_code == 201
-    encoder = encoder_cache.get_encoder()
-    assert unloaded == [encoder] and not encoder.keep_loaded and not encoder.is_loaded
+    first = encoder_cache.get_encoder()
+    assert unloaded == [] and not first.keep_loaded and first.is_loaded and first.weights_device == "cpu"
+    again = {**body, "name": "again"}
+    assert env.client.post("/magicnaming/v1/identities/from-photos", json=again).status_code == 201
+    assert unloaded == [] and first.stats.loads == 1  # the same weights served the second request
 
     env.shared.opts.set("magicnaming_keep_encoder_loaded", True)
     kept = {**body, "name": "kept"}
     assert env.client.post("/magicnaming/v1/identities/from-photos", json=kept).status_code == 201
-    encoder = encoder_cache.get_encoder()
-    assert unloaded == [unloaded[0]] and encoder.keep_loaded and encoder.is_loaded
+    second = encoder_cache.get_encoder()
+    assert second is not first and unloaded == [first] and not first.is_loaded
+    assert second.keep_loaded and second.is_loaded
+
+    env.shared.opts.set("magicnaming_pin_encoder_memory", True)
+    third = encoder_cache.get_encoder()
+    assert third is not second and unloaded == [first, second] and not second.is_loaded
+    assert not third.pin_memory  # the CPU encoder has no GPU copy to speed up; on CUDA it pins its master
+
+
+def test_the_pin_setting_is_registered_off_by_default(env):
+    from lib_magicnaming.webui import options
+
+    info = env.shared.opts.data_labels[options.OPT_PIN_ENCODER_MEMORY]
+    assert info.default is False and info.section == options.SECTION and "4.4 GB" in info.label
+    assert options.current_settings().pin_encoder_memory is False
 
 
 def test_missing_package_is_named(env, monkeypatch):
@@ -152,6 +172,7 @@ def test_missing_package_is_named(env, monkeypatch):
 
 def test_tab_preview_then_save(env, astronaut_png):
     from lib_magicnaming.webui import services
+    from lib_magicnaming.webui.sample_actions import SampleActions
     from lib_magicnaming.webui.tab_actions import TabActions
 
     install_pack(env.insightface_root, [FACE_BOX], (512, 512))
@@ -166,7 +187,8 @@ def test_tab_preview_then_save(env, astronaut_png):
     assert "Saved astro" in actions.save_photos(preview, "astro", False)
     saved = services.identity_library().load("astro")
     assert saved.thumbnail is not None and saved.origin["photo_hashes"] == preview.photo_hashes
-    assert "Saved dice" in actions.create_sampled("dice", 3, 1.0, False)
+    sample = SampleActions(services.webui_services())
+    assert "Saved dice" in sample.create_sampled("dice", 3, 1.0, False, "encoder checkpoint", None)
 
 
 def test_checkpoint_hash_is_computed_once_per_version_of_the_file(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from lib_magicnaming.encode import PhotoReport
 from lib_magicnaming.face import FaceCrop
 from lib_magicnaming.identity_file import read_identity_file
 from lib_magicnaming.identity_library import IdentityLibrary
+from lib_magicnaming.webui.sample_actions import SampleActions
 from lib_magicnaming.webui.tab import build_tab
 from lib_magicnaming.webui.tab_actions import LIBRARY_HEADERS, TabActions, describe_origin, report_markdown
 
@@ -89,7 +90,10 @@ def test_errors_come_back_as_messages(actions, library):
     assert "class='error'" in actions.create_mix("m", "0.5 bob + 0.5 nobody", "linear", False)
     assert "nobody" in actions.create_mix("m", "0.5 bob + 0.5 nobody", "linear", False)
     assert "class='error'" in actions.create_from_names("bad name!", "x", "linear", False)
-    assert "/x/encoder" in actions.create_sampled("s", 1, 1.0, False)
+    sample = SampleActions(actions.cases.services)
+    assert "/x/encoder" in sample.create_sampled("s", 1, 1.0, False, "encoder checkpoint", None)
+    no_checkpoint = sample.create_sampled("s", 1, 1.0, False, "loaded checkpoint", None)
+    assert "class='error'" in no_checkpoint and not library.exists("s")
     crops, report, preview, message = actions.preview_photos([b"abc"], False)
     assert preview is None and "/x/encoder" in message
     assert "Upload at least one photo" in actions.preview_photos(None, False)[3]

@@ -12,42 +12,22 @@ data sizes, eval metrics when ``RUN/eval-<split>.json`` exist, and the F_ID rule
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
 
 from lib_magicnaming.checkpoint import save_encoder_checkpoint
 from lib_magicnaming.model import EncoderConfig
-from lib_magicnaming.namespace import NamespaceStats, namespace_stats_from_embeddings
+from lib_magicnaming.namespace import fit_namespace_stats
 from training.common import TrainingError, read_json
 from training.features import MANIFEST, RANDOM_TOWERS_FILE
 from training.targets import load_targets
 from training.train_state import last_checkpoint, load_state
 
-EXACT_SVD_MAX_NAMES = 4096
-"""Up to this many names the basis comes from an exact SVD; beyond, from torch.pca_lowrank."""
 F_ID_RULE = (
     "rows 1..8 of the name encoded alone as the WebUI encodes an SDXL prompt: CLIP-L hidden layer 11 "
     "(no final norm, end-token padding) + bigG penultimate layer (no final norm, zero padding)"
 )
-
-
-def namespace_stats(f_id: torch.Tensor, rank: int) -> NamespaceStats:
-    """Mean and top-``rank`` principal axes (with std devs) of (N, 8, W) target embeddings."""
-    if f_id.shape[0] <= EXACT_SVD_MAX_NAMES:
-        return namespace_stats_from_embeddings(f_id, rank)
-    flat = f_id.float().reshape(f_id.shape[0], -1)
-    mean = flat.mean(dim=0)
-    rank = min(rank, flat.shape[0] - 1)
-    with torch.random.fork_rng(devices=[]):  # pca_lowrank draws a random sketch: same targets, same file
-        torch.manual_seed(0)
-        _, singular, v = torch.pca_lowrank(flat - mean, q=rank, center=False, niter=4)
-    return NamespaceStats(
-        mean=mean.reshape(f_id.shape[1:]),
-        basis=v.T.contiguous(),
-        scales=singular / math.sqrt(flat.shape[0] - 1),
-    ).validate(f_id.shape[1], f_id.shape[2])
 
 
 def tower_states(features_folder: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -98,7 +78,7 @@ def run(args: argparse.Namespace) -> str:
         args.out,
         config=config,
         head_state=state.head_state,
-        namespace_stats=namespace_stats(targets.f_id, args.rank),
+        namespace_stats=fit_namespace_stats(targets.f_id, args.rank),
         training_summary=summary,
         tower_states=tower_states(features) if args.include_towers else None,
     )

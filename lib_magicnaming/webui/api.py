@@ -29,7 +29,9 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, Field
 
 from lib_magicnaming.errors import MagicNamingError
+from lib_magicnaming.webui.api_sampling import add_sampling_routes
 from lib_magicnaming.webui.http_status import http_status
+from lib_magicnaming.webui.sampling import CHECKPOINT_SOURCE, NOT_MEASURED_NOTE, SamplingUseCases
 from lib_magicnaming.webui.services import Services
 from lib_magicnaming.webui.use_cases import IdentityUseCases, photo_report_json
 
@@ -86,12 +88,15 @@ class MixRequest(BaseModel):
 
 
 class SampleRequest(BaseModel):
-    """Create a fictional identity sampled from the encoder's name-space statistics."""
+    """Create a fictional identity sampled from a name space: the loaded SDXL checkpoint's (default), measured
+    on first use, or the encoder checkpoint's."""
 
     name: str
     seed: int = 0
     scale: float = 1.0
     overwrite: bool = False
+    source: str = Field(CHECKPOINT_SOURCE, description="checkpoint (the loaded SDXL's name space) or encoder")
+    thumbnail: Optional[str] = Field(None, description="base64 image, e.g. the chosen candidate's portrait")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -138,6 +143,20 @@ def decode_photo(text: str, index: int, limits: ApiLimits) -> bytes:
             status_code=413, detail=f"photo {index + 1}: larger than {size_text(limits.max_photo_bytes)}"
         )
     return data
+
+
+def decode_thumbnail(text: str, limits: ApiLimits) -> Any:
+    """Base64 image -> a PIL image for a thumbnail; 400/413 naming the problem as for a photo."""
+    from lib_magicnaming.errors import FaceError
+    from lib_magicnaming.face import load_image
+
+    try:
+        return load_image(decode_photo(text, 0, limits))
+    except HTTPException as error:
+        error.detail = str(error.detail).replace("photo 1", "thumbnail", 1)
+        raise
+    except FaceError as error:
+        raise HTTPException(status_code=400, detail=f"thumbnail: {error}") from error
 
 
 def thumbnail_base64(image: Any) -> str | None:
@@ -254,11 +273,15 @@ def build_router(
 
     @router.get("/identities/{name}")
     def get_identity(name: str) -> dict[str, Any]:
-        """One identity's metadata and its thumbnail (PNG base64, or null)."""
+        """One identity's metadata, its thumbnail (PNG base64, or null) and the listed names nearest to it in
+        the loaded checkpoint's measured name space (null, with a note, while it is not measured)."""
         with library_errors():
             identity = cases.load(name)
             info = cases.info(name)
-        return {**info_json(info), "thumbnail": thumbnail_base64(identity.thumbnail)}
+        nearest = SamplingUseCases(services).nearest(identity.embedding)
+        closest = {"nearest_names": None, "nearest_names_note": NOT_MEASURED_NOTE} if nearest is None else {
+            "nearest_names": nearest.to_dict()}
+        return {**info_json(info), "thumbnail": thumbnail_base64(identity.thumbnail), **closest}
 
     @router.delete("/identities/{name}")
     def delete_identity(name: str) -> dict[str, Any]:
@@ -299,9 +322,13 @@ def build_router(
 
     @router.post("/identities/sample", status_code=201)
     def create_sampled(request: SampleRequest) -> dict[str, Any]:
-        """Sample a fictional identity from the encoder checkpoint's name-space statistics."""
+        """Sample a fictional identity (same seed, scale and source: same person) and save it."""
+        thumbnail = None
+        if request.thumbnail:
+            thumbnail = decode_thumbnail(request.thumbnail, limits)
         return created(lambda: cases.create_sampled(
-            request.name, request.seed, request.scale, overwrite=request.overwrite
+            request.name, request.seed, request.scale, source=request.source, overwrite=request.overwrite,
+            thumbnail=thumbnail,
         ))
 
     @router.get("/encoder")
@@ -309,6 +336,7 @@ def build_router(
         """Whether the photo encoder is installed/loaded, its checkpoint and hash, and what is missing."""
         return cases.encoder_status().to_dict()
 
+    add_sampling_routes(router, services, info_json, library_errors, thumbnail_base64)
     return router
 
 

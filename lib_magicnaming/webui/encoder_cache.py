@@ -1,17 +1,18 @@
 """The photo encoder as the WebUI serves it: found from the settings, built once, cached, and its status.
 
 :func:`get_encoder` is the one place that builds an ``IdentityEncoder`` from the settings (the tab, the REST
-API and the AlwaysOn script reach it through :class:`.services.Services`). The encoder alone decides when its
-model leaves the GPU (after each call unless "keep loaded"; never kept under --lowvram/--medvram): nothing
-here or in its callers unloads it. The only state shared between requests is :data:`_ENCODERS`, a cache keyed
-by the encoder checkpoint's content hash (plus the device and detector it was built for): a changed file is
-a new key, so a stale encoder is never served; and the memo of that hash per version of the file
+API and the AlwaysOn script reach it through :class:`.services.Services`). The encoder alone decides where
+its weights live between calls (in RAM, copied to the GPU for each call, unless "keep loaded" keeps them on
+the GPU; never kept there under --lowvram/--medvram): its callers never unload it. This cache owns it: when
+a changed checkpoint or setting makes a new one, the old one is unloaded (RAM, pinned RAM, GPU memory and
+CUDA graphs freed). The only state shared between requests is :data:`_ENCODERS`, keyed by the encoder
+checkpoint's content hash (plus the device, detector and settings it was built for): a changed file is a new
+key, so a stale encoder is never served; and the memo of that hash per version of the file
 (:func:`checkpoint_sha256`). :func:`encoder_status` says what the encoder needs and has.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import threading
 from dataclasses import asdict, dataclass, field
@@ -137,20 +138,11 @@ def webui_lowvram() -> bool:
 
 
 def checkpoint_sha256(path: Path) -> str:
-    """The checkpoint file's sha256, hashed once per version of the file (path, size, mtime, inode).
+    """The checkpoint file's sha256, hashed once per version of the file (path, size, mtime, inode;
+    ``checkpoint.remembered_file_sha256``): every use of the encoder and every status line asks for it."""
+    from lib_magicnaming.checkpoint import remembered_file_sha256
 
-    Every use of the encoder and every status line asks for it; a checkpoint with its towers inside is
-    gigabytes, which took seconds to hash each time. Any write to the file changes its mtime or size.
-    """
-    stat = path.stat()
-    return _file_version_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-
-
-@functools.lru_cache(maxsize=8)
-def _file_version_sha256(path: str, _size: int, _mtime_ns: int, _inode: int) -> str:
-    from lib_magicnaming.checkpoint import file_sha256
-
-    return file_sha256(path)
+    return remembered_file_sha256(path)
 
 
 def _require_packages(settings: MagicNamingSettings) -> None:
@@ -165,7 +157,7 @@ def _require_packages(settings: MagicNamingSettings) -> None:
 def _encoder_key(checkpoint_sha256: str, settings: MagicNamingSettings) -> tuple:
     return (checkpoint_sha256, resolve_device(settings.encoder_device), settings.face_detector,
             settings.detector_pack, settings.download_detector, settings.keep_encoder_loaded, webui_lowvram(),
-            str(settings.models_dir), settings.download_towers)
+            str(settings.models_dir), settings.download_towers, settings.pin_encoder_memory)
 
 
 def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
@@ -183,7 +175,9 @@ def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
         if encoder is None:
             from lib_magicnaming.encode import IdentityEncoder
 
-            _ENCODERS.clear()  # one encoder at a time: a replaced checkpoint or setting frees the old one
+            for replaced in _ENCODERS.values():  # one encoder at a time: the replaced one frees everything
+                replaced.unload()
+            _ENCODERS.clear()
             encoder = IdentityEncoder(
                 checkpoint,
                 models_dir=settings.models_dir,
@@ -191,6 +185,7 @@ def get_encoder(settings: MagicNamingSettings | None = None) -> Any:
                 device=resolve_device(settings.encoder_device),
                 keep_loaded=settings.keep_encoder_loaded,
                 lowvram=webui_lowvram(),
+                pin_memory=settings.pin_encoder_memory,
                 allow_download=settings.download_towers,
             )
             _ENCODERS[key] = encoder

@@ -40,6 +40,7 @@ from lib_magicnaming.webui.markers import (
     message_hash,
     padded,
 )
+from lib_magicnaming.webui.portraits import UNSAVED_IDENTITIES_ATTRIBUTE
 from lib_magicnaming.webui.script_args import (
     FACE_IDENTITY,
     ScriptSettings,
@@ -110,6 +111,7 @@ class IdentityResolver:
         self.services = services
         self.store = store
         self.identity_override = getattr(p, IDENTITY_OVERRIDE_ATTRIBUTE, None)
+        self.unsaved = getattr(p, UNSAVED_IDENTITIES_ATTRIBUTE, None) or {}
         strength_override = getattr(p, STRENGTH_OVERRIDE_ATTRIBUTE, None)
         self.strength_override = None if strength_override is None else check_strength(strength_override)
 
@@ -119,7 +121,10 @@ class IdentityResolver:
         key = identity_key(name)
         resolved = self.state.resolved.get(key)
         if resolved is None:
-            if key == FACE_IDENTITY and self.settings.face is not None:
+            if key in self.unsaved:
+                unsaved_name, embedding = self.unsaved[key]
+                resolved = ResolvedIdentity(unsaved_name, self.store.add(embedding))
+            elif key == FACE_IDENTITY and self.settings.face is not None:
                 resolved = ResolvedIdentity(FACE_IDENTITY, self.store.add(self._encode_face()))
             else:
                 identity = self._load(name)

@@ -13,16 +13,42 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH
+from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
 from lib_magicnaming.errors import EncoderError
 from lib_magicnaming.webui import compat
 from lib_magicnaming.webui.encoder_cache import EncoderStatus, encoder_status, get_encoder
+from lib_magicnaming.webui.job_progress import Progress, caller_progress_only, webui_job
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
 
 if TYPE_CHECKING:
     import torch
 
     from lib_magicnaming.identity_library import IdentityLibrary
+    from lib_magicnaming.names_list import NamesList
+    from lib_magicnaming.namespace_cache import NamespaceCache, SourceCheckpoint
+    from lib_magicnaming.webui.portraits import DrawJob
+
+
+def no_loaded_checkpoint(*, compute_hash: bool = True) -> SourceCheckpoint:
+    """The default of :attr:`Services.loaded_checkpoint` where no WebUI serves one."""
+    raise EncoderError("no SDXL checkpoint is loaded: load one in the WebUI")
+
+
+def no_namespace_cache() -> NamespaceCache:
+    """The default of :attr:`Services.namespace_cache` where no folder is configured."""
+    raise EncoderError("no folder for name-space statistics is configured")
+
+
+def no_drawing(job: DrawJob) -> list:
+    """The default of :attr:`Services.draw` where no WebUI draws images."""
+    raise EncoderError("portraits need the WebUI's txt2img, which is not available here")
+
+
+def shipped_names_list() -> NamesList:
+    """The names list shipped with the extension."""
+    from lib_magicnaming.names_list import read_names_list
+
+    return read_names_list(None)
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,19 @@ class Services:
     queue_lock: Callable[[], AbstractContextManager]
     """-> the WebUI's queue lock, held around model work started outside a generation (the tab, the REST
     API) so it never runs beside one. Never taken during a generation, which holds it already."""
+    loaded_checkpoint: Callable[..., SourceCheckpoint] = no_loaded_checkpoint
+    """The SDXL checkpoint loaded in the WebUI, as its short hash and title (EncoderError when none is).
+    ``compute_hash=False``: EncoderError rather than hashing a checkpoint file the WebUI has not hashed."""
+    names_list: Callable[[], NamesList] = shipped_names_list
+    """The names list the settings choose (lib_magicnaming.names_list)."""
+    namespace_cache: Callable[[], NamespaceCache] = no_namespace_cache
+    """The folder of name-space statistics computed for checkpoints (lib_magicnaming.namespace_cache)."""
+    draw: Callable[[DrawJob], list] = no_drawing
+    """Draws portraits through the WebUI's txt2img (:func:`.portraits.webui_draw`); the caller holds the
+    queue lock."""
+    job: Callable[[str, int, Progress], AbstractContextManager[Progress]] = caller_progress_only
+    """``job(name, steps, progress)`` -> the progress to report each step of long work with, shown where the
+    WebUI shows its own jobs (:func:`.job_progress.webui_job`); the caller holds the queue lock."""
 
 
 def identity_library(settings: MagicNamingSettings | None = None) -> IdentityLibrary:
@@ -74,6 +113,61 @@ def webui_encode_texts(texts: list[str]) -> torch.Tensor:
     return crossattn.float().clone()
 
 
+def webui_loaded_checkpoint(*, compute_hash: bool = True) -> SourceCheckpoint:
+    """The loaded SDXL checkpoint's short hash (the WebUI's own, sha256 of the file; hashed here once per
+    version of the file when the WebUI has not, e.g. under ``--no-hashing``) and its name."""
+    from pathlib import Path
+
+    from modules import shared
+
+    from lib_magicnaming.namespace_cache import SourceCheckpoint
+    from lib_magicnaming.webui.encoder_cache import checkpoint_sha256
+
+    model = shared.sd_model
+    if model is None or not getattr(model, "is_sdxl", False):
+        raise EncoderError("the name space is measured with an SDXL checkpoint loaded in the WebUI: load one")
+    info = getattr(model, "sd_checkpoint_info", None)
+    if info is None:
+        raise EncoderError("the loaded checkpoint has no checkpoint information: load an SDXL checkpoint")
+    title = str(getattr(info, "name_for_extra", None) or getattr(info, "title", None) or "checkpoint")
+    sha256 = getattr(info, "sha256", None)
+    if not sha256 and compute_hash and hasattr(info, "calculate_shorthash"):
+        info.calculate_shorthash()  # the WebUI's own hash, cached in its cache.json
+        sha256 = getattr(info, "sha256", None)
+    filename = getattr(info, "filename", None)
+    if not sha256 and compute_hash and filename and Path(filename).is_file():
+        sha256 = checkpoint_sha256(Path(filename))
+    if not sha256:
+        raise EncoderError(f"the loaded checkpoint {title} has not been hashed yet")
+    return SourceCheckpoint(str(sha256)[:SHORT_HASH_CHARS].lower(), title)
+
+
+def webui_names_list() -> NamesList:
+    """The names list of the names-list setting (the shipped one when blank); EncoderError when the setting
+    names a file that cannot be used (a problem of the setup, not of a request)."""
+    from lib_magicnaming.errors import NamespaceError
+    from lib_magicnaming.names_list import read_names_list
+
+    try:
+        return read_names_list(current_settings().names_list_path)
+    except NamespaceError as error:
+        raise EncoderError(f"the MagicNaming names-list setting: {error}") from error
+
+
+def webui_namespace_cache() -> NamespaceCache:
+    """The name-space statistics folder of the configured MagicNaming folder (``<folder>/namespace``)."""
+    from lib_magicnaming.namespace_cache import NamespaceCache
+
+    return NamespaceCache(current_settings().namespace_dir)
+
+
+def webui_draw(job: DrawJob) -> list:
+    """:func:`.portraits.webui_draw` (imported when first used)."""
+    from lib_magicnaming.webui import portraits
+
+    return portraits.webui_draw(job)
+
+
 def webui_queue_lock() -> AbstractContextManager:
     """``modules.call_queue.queue_lock``, the lock the WebUI holds around each generation."""
     from modules import call_queue
@@ -89,4 +183,9 @@ def webui_services() -> Services:
         encoder_status=encoder_status,
         encode_texts=webui_encode_texts,
         queue_lock=webui_queue_lock,
+        loaded_checkpoint=webui_loaded_checkpoint,
+        names_list=webui_names_list,
+        namespace_cache=webui_namespace_cache,
+        draw=webui_draw,
+        job=webui_job,
     )

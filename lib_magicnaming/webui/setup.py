@@ -33,16 +33,29 @@ def saved_identity_names() -> list[str]:
         return []
 
 
+def short_status(status) -> str:
+    """A few words on the photo encoder for the accordion (its full status goes in the hover text)."""
+    if not status.missing:
+        state = "loaded" if status.loaded else "ready"
+        return f"Photo encoder: {status.checkpoint} [{status.checkpoint_hash}], {state}"
+    if status.checkpoint is None:
+        return "Photo encoder: none installed (names, mixes and samples work without one)"
+    return "Photo encoder: a package is missing (hover for details)"
+
+
 def status_line() -> str:
-    """One line of HTML: the encoder's state and the face detector's provider."""
+    """One short line of HTML on the photo encoder; the full status (what is missing, the face detector)
+    is its hover text."""
     try:
         from lib_magicnaming.webui.encoder_cache import encoder_status
 
-        text = encoder_status().summary()
+        status = encoder_status()
+        text, details = short_status(status), status.summary()
     except Exception as error:  # the status line reports problems, it must never raise
         log_skipped("cannot read the encoder status", error)
-        text = f"MagicNaming encoder status unavailable: {error}"
-    return f"<span class='magicnaming-status'>{html.escape(text)}</span>"
+        text, details = "MagicNaming encoder status unavailable (hover for details)", str(error)
+    return (f"<span class='magicnaming-status' title='{html.escape(details, quote=True)}'>"
+            f"{html.escape(text)}</span>")
 
 
 def on_script_load() -> None:

@@ -17,6 +17,9 @@ from typing import Any
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.namespace import MIX_METHODS
 from lib_magicnaming.webui.log import log_skipped
+from lib_magicnaming.webui.portraits import MAX_PORTRAITS, SIZE_RANGE, STEPS_RANGE, PortraitSettings
+from lib_magicnaming.webui.sample_actions import DEFAULT_SOURCE_LABEL, SOURCE_LABELS, SampleActions
+from lib_magicnaming.webui.sampling import DEFAULT_CANDIDATES
 from lib_magicnaming.webui.tab_actions import LIBRARY_HEADERS, TabActions, message_html
 
 
@@ -30,8 +33,9 @@ def ask_delete(name: str | None) -> tuple[Any, str, str]:
     return gr.update(visible=True), f"Delete the identity `{name}` for good?", ""
 
 
-def _photos_section(gr: Any) -> SimpleNamespace:
-    with gr.Tab("From photos", elem_id="magicnaming_tab_photos"):
+def _photos_section(gr: Any, needs: str) -> SimpleNamespace:
+    with gr.Tab("From photos", id="photos", elem_id="magicnaming_tab_photos"):
+        gr.Markdown(needs, elem_id="magicnaming_photos_needs")
         ui = SimpleNamespace(
             photos=gr.File(label="Face photos (1 or more of the same person)", file_count="multiple",
                            file_types=["image"], type="binary", elem_id="magicnaming_photos"),
@@ -59,7 +63,7 @@ def _mix_save_row(gr: Any, ui: SimpleNamespace) -> None:
 
 
 def _names_section(gr: Any) -> SimpleNamespace:
-    with gr.Tab("From names", elem_id="magicnaming_tab_names"):
+    with gr.Tab("From names", id="names", elem_id="magicnaming_tab_names"):
         gr.Markdown("Names SDXL knows, with weights. Uses the loaded SDXL checkpoint, no encoder.")
         ui = SimpleNamespace(text=gr.Textbox(label="Names", placeholder="0.6 Ada Lovelace + 0.4 Alan Turing"))
         _mix_save_row(gr, ui)
@@ -67,30 +71,42 @@ def _names_section(gr: Any) -> SimpleNamespace:
 
 
 def _mix_section(gr: Any) -> SimpleNamespace:
-    with gr.Tab("Mix", elem_id="magicnaming_tab_mix"):
+    with gr.Tab("Mix", id="mix", elem_id="magicnaming_tab_mix"):
         text = gr.Textbox(label="Saved identities, weighted", placeholder="0.5 alice + 0.5 bob")
         ui = SimpleNamespace(text=text)
         _mix_save_row(gr, ui)
     return ui
 
 
-def _sample_section(gr: Any) -> SimpleNamespace:
-    with gr.Tab("Sample", elem_id="magicnaming_tab_sample"):
-        gr.Markdown("A fictional person drawn from the encoder's name-space statistics.")
-        ui = SimpleNamespace()
+def _sample_section(gr: Any, namespace_status: str) -> SimpleNamespace:
+    with gr.Tab("Sample", id="sample", elem_id="magicnaming_tab_sample"):
+        gr.Markdown("A fictional person: a point of the loaded checkpoint's name space, measured once from "
+                    "many well-known names (or of the encoder checkpoint's). The same seed gives the same "
+                    "person.")
+        ui = SimpleNamespace(status=gr.Markdown(namespace_status, elem_id="magicnaming_namespace_status"))
         with gr.Row():
+            ui.source = gr.Radio(list(SOURCE_LABELS), value=DEFAULT_SOURCE_LABEL, label="Source",
+                                 elem_id="magicnaming_sample_source")
             ui.seed = gr.Number(0, label="Seed", precision=0)
             ui.scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Scale")
         with gr.Row():
+            ui.count = gr.Slider(1, MAX_PORTRAITS, value=DEFAULT_CANDIDATES, step=1, label="Candidates")
+            ui.size = gr.Slider(*SIZE_RANGE, value=PortraitSettings.size, step=64, label="Portrait size")
+            ui.steps = gr.Slider(*STEPS_RANGE, value=PortraitSettings.steps, step=1, label="Portrait steps")
+            ui.draw = gr.Button("Draw candidates", variant="secondary", elem_id="magicnaming_sample_draw")
+        ui.gallery = gr.Gallery(label="Candidates (seeds from Seed on; click one to choose it)", columns=4,
+                                height="auto", elem_id="magicnaming_candidates")
+        ui.candidates = gr.State([])
+        with gr.Row():
             ui.name = gr.Textbox(label="Identity name")
             ui.overwrite = gr.Checkbox(False, label="Overwrite")
-            ui.save = gr.Button("Save identity", variant="primary")
+            ui.save = gr.Button("Save identity", variant="primary", elem_id="magicnaming_sample_save")
     return ui
 
 
 def _library_section(gr: Any, initial: tuple[list, list, list[str]]) -> SimpleNamespace:
     gallery, rows, names = initial
-    with gr.Tab("Library", elem_id="magicnaming_tab_library") as library_tab:
+    with gr.Tab("Library", id="library", elem_id="magicnaming_tab_library") as library_tab:
         ui = SimpleNamespace(
             tab=library_tab,
             refresh=gr.Button("Refresh"),
@@ -106,6 +122,12 @@ def _library_section(gr: Any, initial: tuple[list, list, list[str]]) -> SimpleNa
         with gr.Row():
             ui.delete = gr.Button("Delete", variant="stop")
             ui.export = gr.Button("Export")
+            ui.draw = gr.Button("Draw portrait", elem_id="magicnaming_library_draw")
+        with gr.Row():
+            ui.portrait = gr.Image(label="Portrait", type="pil", interactive=False, height=256,
+                                   elem_id="magicnaming_library_portrait")
+            ui.use_portrait = gr.Button("Use as thumbnail")
+            ui.pending_portrait = gr.State(None)
         with gr.Row(visible=False) as ui.confirm_row:
             ui.confirm_text = gr.Markdown()
             ui.pending_delete = gr.State(None)
@@ -121,15 +143,23 @@ def _library_section(gr: Any, initial: tuple[list, list, list[str]]) -> SimpleNa
     return ui
 
 
-def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNamespace) -> Callable:
+def _wire(
+    gr: Any, actions: TabActions, sample_actions: SampleActions, status: Any, message: Any,
+    ui: SimpleNamespace,
+) -> Callable:
     """Connect every event; returns the library refresh function (for the page-load event)."""
     library = ui.library
     library_outputs = [library.gallery, library.table, library.selected, library.details]
 
+    def identity_details(name: str | None) -> str:
+        """The identity's details and the listed names nearest to it."""
+        return "  \n".join(part for part in (actions.identity_details(name),
+                                             sample_actions.nearest_text(name)) if part)
+
     def refresh_library(selected: str | None = None):
         gallery, rows, names = actions.library_view()
         selected = selected if selected in names else None
-        details = actions.identity_details(selected) if selected else ""
+        details = identity_details(selected) if selected else ""
         table = rows or [[""] * len(LIBRARY_HEADERS)]
         return gallery, table, gr.update(choices=names, value=selected), details
 
@@ -147,8 +177,9 @@ def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNam
     def from_names(name, text, method, overwrite, progress=gr.Progress()):
         return (actions.create_from_names(name, text, method, overwrite, progress), *refresh_library())
 
-    def sampled(name, seed, scale, overwrite, progress=gr.Progress()):
-        return (actions.create_sampled(name, seed, scale, overwrite, progress), *refresh_library())
+    def sampled(name, seed, scale, overwrite, source, candidates, progress=gr.Progress()):
+        saved = sample_actions.create_sampled(name, seed, scale, overwrite, source, candidates, progress)
+        return (saved, *refresh_library(), sample_actions.namespace_status_text())
 
     photos, names, mix, sample = ui.photos, ui.names, ui.mix, ui.sample
     saved = [message, *library_outputs]
@@ -157,13 +188,15 @@ def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNam
     photos.save.click(saving(actions.save_photos), [photos.preview, photos.name, photos.overwrite], saved)
     names.save.click(from_names, [names.name, names.text, names.method, names.overwrite], saved)
     mix.save.click(saving(actions.create_mix), [mix.name, mix.text, mix.method, mix.overwrite], saved)
-    sample.save.click(sampled, [sample.name, sample.seed, sample.scale, sample.overwrite], saved)
+    sample.save.click(sampled, [sample.name, sample.seed, sample.scale, sample.overwrite, sample.source,
+                                sample.candidates], [*saved, sample.status])
+    _wire_sample_and_portraits(gr, sample_actions, message, ui, saved, refresh_library)
 
     refreshed = library.refresh.click(refresh_library, [library.selected], library_outputs)
     refreshed.then(actions.encoder_status_text, [], [status])
     library.tab.select(refresh_library, [library.selected], library_outputs)
     # a new selection withdraws a pending delete confirmation (it names the previous identity)
-    library.selected.change(actions.identity_details, [library.selected], [library.details]).then(
+    library.selected.change(identity_details, [library.selected], [library.details]).then(
         lambda: (gr.update(visible=False), None), [], [library.confirm_row, library.pending_delete])
 
     def rename(old, new):
@@ -187,6 +220,38 @@ def _wire(gr: Any, actions: TabActions, status: Any, message: Any, ui: SimpleNam
     return refresh_library
 
 
+def _wire_sample_and_portraits(
+    gr: Any, sample_actions: SampleActions, message: Any, ui: SimpleNamespace, saved: list,
+    refresh_library: Callable,
+) -> None:
+    """Sample's candidates (draw, click to choose) and the library's portrait (draw, use as thumbnail)."""
+    sample, library = ui.sample, ui.library
+
+    def draw_candidates(seed, count, scale, source, size, steps, progress=gr.Progress()):
+        return sample_actions.draw_candidates(seed, count, scale, source, size, steps, progress)
+
+    def choose(candidates, event):
+        seed, text = sample_actions.choose_candidate(candidates, event.index)
+        return (gr.update() if seed is None else seed), text
+
+    # gradio finds the event data parameter by its type (not a string annotation: gr is no global here)
+    choose.__annotations__ = {"event": gr.SelectData}
+
+    def draw_portrait(name, progress=gr.Progress()):
+        return sample_actions.draw_portrait(name, progress)
+
+    def use_portrait(pending, selected):
+        return (sample_actions.use_portrait(pending), *refresh_library(selected))
+
+    sample.draw.click(draw_candidates,
+                      [sample.seed, sample.count, sample.scale, sample.source, sample.size, sample.steps],
+                      [sample.gallery, sample.candidates, sample.status, message])
+    sample.gallery.select(choose, [sample.candidates], [sample.seed, message])
+    library.draw.click(draw_portrait, [library.selected],
+                       [library.portrait, library.pending_portrait, message])
+    library.use_portrait.click(use_portrait, [library.pending_portrait, library.selected], saved)
+
+
 def initial_library(actions: TabActions) -> tuple[list, list, list[str]]:
     """The library view at build time (empty if the folder cannot be read: the UI must still build)."""
     try:
@@ -196,19 +261,26 @@ def initial_library(actions: TabActions) -> tuple[list, list, list[str]]:
         return [], [], []
 
 
-def build_tab(actions: TabActions) -> Any:
-    """Lay out the tab (a ``gr.Blocks``) and wire its events to ``actions``."""
+def build_tab(actions: TabActions, sample_actions: SampleActions | None = None) -> Any:
+    """Lay out the tab (a ``gr.Blocks``) and wire its events to ``actions`` (and ``sample_actions``, made
+    over the same services when not given). It opens on *From photos* when an encoder is installed, else on
+    *From names*."""
     import gradio as gr
 
+    sample_actions = sample_actions or SampleActions(actions.cases.services)
     with gr.Blocks(analytics_enabled=False) as blocks:
         status = gr.Markdown(actions.encoder_status_text(), elem_id="magicnaming_tab_status")
         message = gr.HTML(elem_id="magicnaming_tab_message")
-        with gr.Tabs(elem_id="magicnaming_tabs"):
+        with gr.Tabs(elem_id="magicnaming_tabs", selected=sample_actions.starting_section()) as sections:
+            # The WebUI's ui-config.json would otherwise restore the section of the first start (seen in the
+            # real A1111: "photos" kept after the encoder was removed); modules/ui_loadsave.py skips this flag.
+            sections.do_not_save_to_config = True
             ui = SimpleNamespace(
-                photos=_photos_section(gr), names=_names_section(gr), mix=_mix_section(gr),
-                sample=_sample_section(gr), library=_library_section(gr, initial_library(actions)),
+                photos=_photos_section(gr, sample_actions.photos_need_text()), names=_names_section(gr),
+                mix=_mix_section(gr), sample=_sample_section(gr, sample_actions.namespace_status_text()),
+                library=_library_section(gr, initial_library(actions)),
             )
-        refresh_library = _wire(gr, actions, status, message, ui)
+        refresh_library = _wire(gr, actions, sample_actions, status, message, ui)
         blocks.load(refresh_library, [], [ui.library.gallery, ui.library.table, ui.library.selected,
                                           ui.library.details])
     return blocks

@@ -62,7 +62,12 @@ def describe_origin(origin: dict) -> str:
     if kind == "photos":
         return f"{len(origin.get('photo_hashes', []))} photo(s), encoder {origin.get('encoder_hash', '?')}"
     if kind == "sampled":
-        return f"sampled: seed {origin.get('seed')}, scale {origin.get('scale')}"
+        source = ""
+        if "checkpoint_hash" in origin:
+            source = f" from checkpoint {origin['checkpoint_hash']}"
+        elif "encoder_hash" in origin:
+            source = f" from encoder {origin['encoder_hash']}"
+        return f"sampled{source}: seed {origin.get('seed')}, scale {origin.get('scale')}"
     return str(kind)
 
 
@@ -197,15 +202,6 @@ class TabActions:
 
         return _message_of(lambda: _saved(self.cases.create_mix(
             name, parse_weighted_names(mix_text), method, overwrite=bool(overwrite)
-        )))
-
-    def create_sampled(
-        self, name: str, seed: float, scale: float, overwrite: bool,
-        progress: Callable[..., Any] = no_progress,
-    ) -> str:
-        """Save a fictional identity sampled from the encoder's name-space statistics."""
-        return _message_of(lambda: _saved(self.cases.create_sampled(
-            name, int(seed), float(scale), overwrite=bool(overwrite), progress=progress
         )))
 
     # -- managing

@@ -13,15 +13,16 @@ and its events to calls; neither adds rules of its own.
 
 from __future__ import annotations
 
-import math
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lib_magicnaming.errors import IdentityError, IdentityExists, MagicNamingError
 from lib_magicnaming.tags import validate_identity_name
 from lib_magicnaming.webui.encoder_cache import EncoderStatus
+from lib_magicnaming.webui.job_progress import Progress, no_progress
+from lib_magicnaming.webui.sampling import CHECKPOINT_SOURCE, SamplingUseCases
 from lib_magicnaming.webui.services import Services
 
 if TYPE_CHECKING:
@@ -30,12 +31,7 @@ if TYPE_CHECKING:
     from lib_magicnaming.identity_file import IdentityInfo
     from lib_magicnaming.identity_library import IdentityLibrary
 
-Progress = Callable[..., Any]
 WeightedNames = Sequence[tuple[str, float]]
-
-
-def no_progress(*_args: Any, **_kwargs: Any) -> None:
-    """The progress callback when none is given (gr.Progress must not be tested for truth: it has a len)."""
 
 
 def photo_report_json(report: PhotoReport) -> dict[str, Any]:
@@ -175,19 +171,19 @@ class IdentityUseCases:
         return self.create_from_encoded(name, result, overwrite=overwrite), result
 
     def create_sampled(
-        self, name: str, seed: int, scale: float = 1.0, *, overwrite: bool = False,
-        progress: Progress = no_progress,
+        self, name: str, seed: int, scale: float = 1.0, *, source: str = CHECKPOINT_SOURCE,
+        overwrite: bool = False, thumbnail: Any = None, progress: Progress = no_progress,
     ) -> IdentityInfo:
-        """Save a fictional identity drawn from the encoder checkpoint's name-space statistics.
+        """Save a fictional person (:meth:`.sampling.SamplingUseCases.sample`): from the loaded checkpoint's
+        name space (``source="checkpoint"``, measured on first use) or the encoder checkpoint's statistics
+        (``"encoder"``). The name, seed, scale and source are checked before any work (a bad scale is the
+        caller's mistake, HTTP 400, not "encoder unavailable"). ``thumbnail``: usually the chosen candidate's
+        portrait."""
+        from lib_magicnaming.identity import Identity
 
-        A bad scale is the caller's mistake (MagicNamingError, HTTP 400), checked before the encoder, whose
-        own EncoderError for it would read as "encoder unavailable" (503).
-        """
         library = self._library_for_new(name, overwrite)
-        if not math.isfinite(float(scale)) or float(scale) < 0:
-            raise MagicNamingError(f"the scale must be a finite number >= 0, not {scale!r}")
-        progress(0.3, desc="Loading the MagicNaming encoder")
-        identity = self.services.encoder().make_sampled_identity(name, int(seed), float(scale))
+        sampled = SamplingUseCases(self.services).sample(seed, scale, source, progress)
+        identity = Identity(name, sampled.embedding, sampled.origin, thumbnail=thumbnail)
         return library.save(identity, overwrite=bool(overwrite))
 
     # -- managing

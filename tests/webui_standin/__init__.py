@@ -134,6 +134,10 @@ def _namespace(kind: str = V1_10_1) -> types.SimpleNamespace:
     def load_xyz_grid():
         return scripts.load_script(str(BUILTIN_SCRIPTS / "xyz_grid.py"), str(STANDIN_ROOT))
 
+    def load_seed_section():
+        """The txt2img Seed section (an AlwaysOn built-in whose setup sets p.seed for UI requests)."""
+        return scripts.load_script(str(BUILTIN_SCRIPTS / "seed.py"), str(STANDIN_ROOT))
+
     def make_runner(is_img2img: bool = False) -> scripts.ScriptRunner:
         runner = scripts.ScriptRunner()
         runner.initialize_scripts(is_img2img)
@@ -176,6 +180,7 @@ def _namespace(kind: str = V1_10_1) -> types.SimpleNamespace:
         api=api,
         load_script=load_script,
         load_xyz_grid=load_xyz_grid,
+        load_seed_section=load_seed_section,
         make_runner=make_runner,
         txt2img=txt2img,
         repo_root=REPO_ROOT,

@@ -11,6 +11,7 @@ both subclass the stand-in's ``TextConditionalModel`` (chunks of 75, BREAK, emph
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -77,8 +78,13 @@ class ToyConditioner(torch.nn.Module):
 
 @dataclass(frozen=True)
 class CheckpointInfo:
+    """modules/sd_models.py's CheckpointInfo as it is once the checkpoint has loaded (hashed: ``sha256`` set,
+    ``sd_model.sd_model_hash`` its first 10 characters). Here the "file" is the model's name."""
+
     name_for_extra: str
     title: str
+    sha256: str | None = None
+    filename: str = ""
 
 
 class ToySDXL(torch.nn.Module):
@@ -98,8 +104,9 @@ class ToySDXL(torch.nn.Module):
             clip_l = ToyTower(768, "clip_l", seed=1, return_pooled=False)
             self.conditioner = ToyConditioner([clip_l, clip_g])
             self.cond_stage_model = self.conditioner
-        self.sd_checkpoint_info = CheckpointInfo(name, f"{name}.safetensors")
-        self.sd_model_hash = "0123456789"
+        sha256 = hashlib.sha256(name.encode()).hexdigest()
+        self.sd_checkpoint_info = CheckpointInfo(name, f"{name}.safetensors [{sha256[:10]}]", sha256)
+        self.sd_model_hash = sha256[:10]
         self.encoded_texts: list[str] = []
 
     @contextlib.contextmanager

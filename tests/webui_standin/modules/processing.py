@@ -1,6 +1,8 @@
 """Stand-in for modules/processing.py (v1.10.1): the txt2img path a script's hooks and the conditioning see.
 
-Kept as in the real file: ``process_images_inner``'s hook order (before_process, setup_prompts, process, then
+Kept as in the real file: the ``scripts``/``script_args`` setters that run the scripts' ``setup`` once both
+are set (skipping UI-only ones when ``p.is_api``); seeds from ``get_fixed_seed``, a list taken as given;
+``process_images_inner``'s hook order (before_process, setup_prompts, process, then
 per batch: slice prompts, before_process_batch(prompts=p.prompts), parse_extra_network_prompts (strips every
 ``<word:...>`` tag), process_batch, setup_conds, sample (process_before_every_sampling), postprocess_batch,
 prompts re-sliced from all_prompts, infotexts, postprocess); the persistent conditioning caches
@@ -14,6 +16,7 @@ the conditioning the real samplers would reconstruct (``p.sampler_log``), and im
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 
 import torch
@@ -48,9 +51,28 @@ class ToySampler:
         return x
 
 
+def get_fixed_seed(seed):
+    if seed == "" or seed is None:
+        seed = -1
+    elif isinstance(seed, str):
+        try:
+            seed = int(seed)
+        except Exception:
+            seed = -1
+
+    if seed == -1:
+        return int(random.randrange(4294967294))
+
+    return seed
+
+
 class StableDiffusionProcessing:
     cached_uc = [None, None]
     cached_c = [None, None]
+    scripts_value = None
+    script_args_value = None
+    scripts_setup_complete = False
+    is_api = False
 
     def __init__(
         self,
@@ -105,6 +127,37 @@ class StableDiffusionProcessing:
     @property
     def sd_model(self):
         return shared.sd_model
+
+    @sd_model.setter
+    def sd_model(self, value):
+        pass
+
+    @property
+    def scripts(self):
+        return self.scripts_value
+
+    @scripts.setter
+    def scripts(self, value):
+        self.scripts_value = value
+
+        if self.scripts_value and self.script_args_value and not self.scripts_setup_complete:
+            self.setup_scripts()
+
+    @property
+    def script_args(self):
+        return self.script_args_value
+
+    @script_args.setter
+    def script_args(self, value):
+        self.script_args_value = value
+
+        if self.scripts_value and self.script_args_value and not self.scripts_setup_complete:
+            self.setup_scripts()
+
+    def setup_scripts(self):
+        self.scripts_setup_complete = True
+
+        self.scripts.setup_scrips(self, is_ui=not self.is_api)
 
     def comment(self, text):
         self.comments[text] = 1
@@ -565,14 +618,22 @@ V1_10_1 = WebUIProcessing()
 
 
 def process_images_inner(p: StableDiffusionProcessing, webui: WebUIProcessing = V1_10_1) -> Processed:
-    seed = p.seed if p.seed != -1 else 1234
+    seed = get_fixed_seed(p.seed)
+    subseed = get_fixed_seed(p.subseed)
 
     webui.clear_notes(p)
 
     p.setup_prompts()
 
-    p.all_seeds = [int(seed) + x for x in range(len(p.all_prompts))]
-    p.all_subseeds = list(p.all_seeds)
+    if isinstance(seed, list):
+        p.all_seeds = seed
+    else:
+        p.all_seeds = [int(seed) + (x if p.subseed_strength == 0 else 0) for x in range(len(p.all_prompts))]
+
+    if isinstance(subseed, list):
+        p.all_subseeds = subseed
+    else:
+        p.all_subseeds = [int(subseed) + x for x in range(len(p.all_prompts))]
 
     if p.scripts is not None:
         p.scripts.process(p)

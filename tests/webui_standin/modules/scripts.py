@@ -3,7 +3,9 @@
 What the extension relies on is kept: scripts are imported from their file with the module name set to the
 file's base name and the extension folder first on ``sys.path`` while loading; ``setup_ui`` calls ``ui()``
 inside gradio Blocks, starting the argument list with the selectable-script index at position 0, and gives
-each script its ``args_from:args_to`` slice; every hook runs inside try/except that reports and carries on.
+each script its ``args_from:args_to`` slice; ``setup_scrips`` runs each AlwaysOn script's ``setup`` (but not
+those of ``ScriptBuiltinUI``, the WebUI's own seed and sampler sections, for an API request); every hook runs
+inside try/except that reports and carries on.
 """
 
 import importlib.util
@@ -113,6 +115,12 @@ class Script:
 
 
 current_basedir = paths.script_path
+
+
+class ScriptBuiltinUI(Script):
+    """The WebUI's own sections written as scripts (seed, sampler): their ``setup`` runs for the UI only."""
+
+    setup_for_ui_only = True
 
 
 def basedir():
@@ -248,6 +256,17 @@ class ScriptRunner:
 
     def postprocess(self, p, processed):
         self._run_hook("postprocess", p, processed)
+
+    def setup_scrips(self, p, *, is_ui=True):
+        for script in self.ordered_scripts("setup"):
+            if not is_ui and script.setup_for_ui_only:
+                continue
+
+            try:
+                script_args = p.script_args[script.args_from : script.args_to]
+                script.setup(p, *script_args)
+            except Exception:
+                errors.report(f"Error running setup: {script.filename}", exc_info=True)
 
     def run(self, p, *args):
         script_index = args[0]

@@ -1,4 +1,5 @@
-"""Stand-in for modules/shared.py: ``opts``, ``cmd_opts``, ``state``, ``sd_model`` and friends.
+"""Stand-in for modules/shared.py: ``opts``, ``cmd_opts``, ``state``, ``sd_model``, ``progress_print_out`` and
+friends.
 
 Option defaults are those of modules/shared_options.py in v1.10.1 for the options the processing path reads.
 Tests set ``shared.sd_model`` to a toy model (tests/webui_standin/toy_sdxl.py).
@@ -6,6 +7,7 @@ Tests set ``shared.sd_model`` to a toy model (tests/webui_standin/toy_sdxl.py).
 
 import argparse
 import os
+import sys
 
 from modules import options, paths
 
@@ -22,6 +24,7 @@ cmd_opts = argparse.Namespace(
     embeddings_dir=os.path.join(paths.data_path, "embeddings"),
     data_dir=paths.data_path,
     models_dir=None,
+    disable_console_progressbars=False,
 )
 
 _defaults = {
@@ -47,7 +50,8 @@ opts = options.Options({key: OptionInfo(value) for key, value in _defaults.items
 
 
 class State:
-    """Progress and stop flags of the current job (modules/shared_state.py)."""
+    """Progress and stop flags of the current job (modules/shared_state.py); ``GET /sdapi/v1/progress``
+    answers with ``job``, ``job_count``, ``job_no`` and ``textinfo``."""
 
     def __init__(self):
         self.interrupted = False
@@ -56,6 +60,7 @@ class State:
         self.job = ""
         self.job_count = 0
         self.job_no = 0
+        self.textinfo = None
 
     def interrupt(self):
         self.interrupted = True
@@ -67,6 +72,7 @@ class State:
         self.interrupted = False
         self.skipped = False
         self.stopping_generation = False
+        self.textinfo = None
         self.job = job
         self.job_count = -1
         self.job_no = 0
@@ -77,6 +83,9 @@ class State:
 
 
 state = State()
+
+progress_print_out = sys.stdout
+"""Where the console progress bars go (tqdm's ``file``)."""
 
 sd_model = None
 """The loaded checkpoint; tests assign a toy model here."""
