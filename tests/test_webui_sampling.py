@@ -339,8 +339,8 @@ def _restore_saved_ui_settings(blocks, saved: dict) -> None:
 
 
 def test_the_starting_section_is_not_restored_from_the_webuis_ui_config(standin):
-    """Found in the real A1111: ui-config.json kept "photos" from a start with an encoder, so the tab opened on
-    From photos after the encoder was removed."""
+    """Found in the real A1111: ui-config.json kept "photos" from a start with an encoder, so the tab opened
+    on From photos after the encoder was removed."""
     blocks = _tab(standin)
     _restore_saved_ui_settings(blocks, {"magicnaming/Tabs@magicnaming_tabs/selected": "photos"})
     by_id = {c["props"].get("elem_id"): c for c in blocks.get_config_file()["components"]}

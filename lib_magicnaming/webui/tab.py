@@ -273,7 +273,8 @@ def build_tab(actions: TabActions, sample_actions: SampleActions | None = None) 
         message = gr.HTML(elem_id="magicnaming_tab_message")
         with gr.Tabs(elem_id="magicnaming_tabs", selected=sample_actions.starting_section()) as sections:
             # The WebUI's ui-config.json would otherwise restore the section of the first start (seen in the
-            # real A1111: "photos" kept after the encoder was removed); modules/ui_loadsave.py skips this flag.
+            # real A1111: "photos" kept after the encoder was removed); modules/ui_loadsave.py skips this
+            # flag.
             sections.do_not_save_to_config = True
             ui = SimpleNamespace(
                 photos=_photos_section(gr, sample_actions.photos_need_text()), names=_names_section(gr),

@@ -12,6 +12,7 @@ setting changes the result as in the real encoders.
 
 from __future__ import annotations
 
+import hashlib
 import types
 from dataclasses import dataclass
 
@@ -97,16 +98,21 @@ class ToyForgeSD15(RecordingMixin, StableDiffusion):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class CheckpointInfo:
-    """modules/sd_models.py's CheckpointInfo, as far as processing and infotext read it."""
+    """modules/sd_models.py's CheckpointInfo, as far as processing, infotext and the name-space cache read
+    it: ``sha256`` is None until ``calculate_shorthash()`` hashes the file (here its name), sets it and
+    returns its first 10 characters (``forge_model_reload`` calls it at every load). A plain class's repr,
+    as the real one's: ``forge_model_reload`` compares ``str(forge_loading_parameters)``, which holds it."""
 
     filename: str
     name_for_extra: str
     title: str
+    sha256: str | None = None
 
     def calculate_shorthash(self):
-        return "0123456789"
+        self.sha256 = hashlib.sha256(self.filename.encode()).hexdigest()
+        return self.sha256[:10]
 
 
 CHECKPOINTS = {

@@ -3,11 +3,12 @@
 Built on the v1.10.1 stand-in's (tests/webui_standin/modules/processing.py: prompts, caches and their key,
 hires prompts and conds, the toy sampler), with what Forge changed:
 
-* ``process_images`` loads the model first (``manage_model_and_prompt_cache`` -> ``forge_model_reload``, which
-  sets ``p.sd_model``); ``process_images_inner`` resets ``p.sd_model.comments`` and
-  ``.extra_generation_params`` (not ``model_hijack``'s), runs the batches under ``torch.inference_mode``,
-  calls ``forge_model_reload`` again before each batch, and after ``setup_conds`` copies the model's
-  ``extra_generation_params`` into the infotext and its ``comments`` under the image;
+* ``process_images`` loads the model first (``manage_model_and_prompt_cache`` -> ``forge_model_reload``; its
+  ``p.sd_model = ...`` goes to v1.10.1's property setter, which ignores it: ``p.sd_model`` is
+  ``shared.sd_model`` in Forge too, modules/processing.py:262-268); ``process_images_inner`` resets
+  ``p.sd_model.comments`` and ``.extra_generation_params`` (not ``model_hijack``'s), runs the batches under
+  ``torch.inference_mode``, calls ``forge_model_reload`` again before each batch, and after ``setup_conds``
+  copies the model's ``extra_generation_params`` into the infotext and its ``comments`` under the image;
 * ``get_conds_with_caching`` sets the model's clip skip, and after computing a cond copies
   ``backend.text_processing.classic_engine.last_extra_generation_params`` (the engines' 'TI' entry) into the
   model's ``extra_generation_params`` and into the cache's third slot (replayed on a cache hit), then resets
@@ -35,8 +36,6 @@ SamplerCall = _v1_10_1.SamplerCall
 class StableDiffusionProcessing(_v1_10_1.StableDiffusionProcessing):
     cached_uc = [None, None, None]
     cached_c = [None, None, None]
-    sd_model = None
-    """Set by ``manage_model_and_prompt_cache`` (an attribute in Forge, not v1.10.1's property)."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

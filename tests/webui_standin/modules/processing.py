@@ -73,6 +73,8 @@ class StableDiffusionProcessing:
     script_args_value = None
     scripts_setup_complete = False
     is_api = False
+    scheduler = None
+    """v1.10.1's dataclass field ``scheduler: str = None`` (a field with a default is a class attribute)."""
 
     def __init__(
         self,
