@@ -163,6 +163,94 @@ def test_from_names_loads_the_checkpoint_the_webuis_way_instead_of_answering_503
     assert "models/" not in detail and "Stable-diffusion" not in detail
 
 
+NAMES = ["Alan Turing", "Marie Curie", "Frida Kahlo", "Nelson Mandela", "Greta Garbo", "Bob Marley"]
+
+
+@pytest.fixture()
+def forge_sample(tmp_path):
+    """The Forge stand-in as a user starts it: MagicNaming's scripts and REST routes loaded, the txt2img
+    runner built (with the Seed section), a short names list chosen, the checkpoint chosen but not loaded."""
+    with webui_for(FORGE) as webui:
+        webui.shared.cmd_opts.magicnaming_dir = str(tmp_path / "mn")
+        webui.shared.cmd_opts.magicnaming_device = None
+        webui.shared.cmd_opts.embeddings_dir = str(tmp_path / "embeddings")
+        webui.shared.cmd_opts.api = True
+        webui.load_script(ROOT / "scripts" / "magicnaming_app.py")
+        webui.script_callbacks.ui_settings_callback()
+        names_file = tmp_path / "people.txt"
+        names_file.write_text("\n".join(NAMES) + "\n", encoding="utf-8")
+        webui.shared.opts.set("magicnaming_names_list", str(names_file))
+        webui.use_checkpoint("sdxl")
+        webui.load_seed_section()
+        webui.load_script(ROOT / "scripts" / "magicnaming.py")
+        webui.script_callbacks.before_ui_callback()
+        webui.make_runner()
+        app = FastAPI()
+        webui.api.api_middleware(app)
+        webui.script_callbacks.app_started_callback(None, app)
+        yield webui, TestClient(app)
+
+
+@pytest.mark.ui_stack
+def test_sample_portraits_load_the_checkpoint_and_draw_through_forges_txt2img(forge_sample, monkeypatch):
+    """Before any generation Forge has no model: the name-space status says so (no error), and Sample loads
+    the checkpoint the WebUI's way, measures its name space with Forge's engines and draws the candidates
+    in one batch through Forge's processing, each identity in its portrait's conditioning."""
+    webui, client = forge_sample
+    loaded = []
+    webui.script_callbacks.on_model_loaded(loaded.append)
+    status = client.get("/magicnaming/v1/namespace")
+    assert status.status_code == 200 and status.json()["measured"] is False
+    assert "no checkpoint is loaded in the WebUI yet" in status.json()["status"]
+    assert loaded == []  # asking never loads
+
+    drawn = []
+    real_process_images = webui.processing.process_images
+    monkeypatch.setattr(webui.processing, "process_images",
+                        lambda p: drawn.append(p) or real_process_images(p))
+    body = {"seed": 3, "count": 2, "size": 128, "steps": 2}
+    response = client.post("/magicnaming/v1/identities/sample/candidates", json=body)
+    assert response.status_code == 200, response.text
+    model = webui.sd_models.model_data.sd_model
+    assert loaded == [model]  # loaded once, by forge_model_reload
+    assert model.encoded_texts[: len(NAMES)] == NAMES  # the name space, measured with Forge's engines
+    (p,) = drawn
+    assert (p.batch_size, p.width, p.sampler_name, p.scheduler) == (2, 128, "DPM++ 2M", "Karras")
+    from lib_magicnaming.webui.sampling import SamplingUseCases
+    from lib_magicnaming.webui.services import webui_services
+
+    cases = SamplingUseCases(webui_services())
+    call = next(c for c in p.sampler_log if c.step == 0)
+    for index, seed in enumerate([3, 4]):
+        row = call.conds_list[index][0][0]
+        torch.testing.assert_close(call.cond["crossattn"][row, 1:9], cases.sample(seed).embedding,
+                                   rtol=0, atol=1e-6)
+    candidates = response.json()["candidates"]
+    assert candidates[0]["origin"]["checkpoint_hash"] == model.sd_checkpoint_info.sha256[:10]
+    assert client.get("/magicnaming/v1/namespace").json()["measured"] is True
+
+
+def test_portraits_name_the_schedule_in_the_sampler_where_processing_has_no_scheduler_field():
+    """Forge Classic's processing (1f95d717) predates the separate ``scheduler`` field: its samplers list
+    names the schedule ('DPM++ 2M Karras', modules/sd_samplers_kdiffusion.py)."""
+    from dataclasses import dataclass
+
+    with webui_for(V1_10_1):
+        from lib_magicnaming.webui.compat import sampler_fields
+
+        @dataclass
+        class Classic:
+            sampler_name: str = None
+
+        @dataclass
+        class Current(Classic):
+            scheduler: str = None
+
+        assert sampler_fields(Classic, "DPM++ 2M", "Karras") == {"sampler_name": "DPM++ 2M Karras"}
+        assert sampler_fields(Current, "DPM++ 2M", "Karras") == {"sampler_name": "DPM++ 2M",
+                                                                  "scheduler": "Karras"}
+
+
 def test_names_are_encoded_with_the_clip_skip_of_the_settings_as_plain_tensors(forge):
     from lib_magicnaming.webui import services
 

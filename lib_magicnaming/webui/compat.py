@@ -30,6 +30,9 @@ hash, which placeholders have not). :meth:`TextEngines.forget_used` takes the pl
 Comments under the image (:func:`comments_of`): ``model_hijack.comments`` (A1111 layout), or the model's own
 ``comments`` (Forge: modules/processing.py copies ``p.sd_model.comments``).
 
+Processing's sampler fields (:func:`sampler_fields`): a separate ``scheduler`` field, or the schedule in the
+sampler's name (older code: Forge Classic).
+
 The model on demand (:func:`load_model`): Forge loads its checkpoint when a generation starts
 (``modules.sd_models.forge_model_reload``, which processing, the samplers and the checkpoint merger call;
 ``shared.sd_model`` is a stand-in object until then); A1111's ``shared.sd_model`` loads it when first read.
@@ -69,7 +72,8 @@ IN_PLACE_UNAVAILABLE = (
     f"{SHARED_DATABASE} with the model's cond_stage_model.process_texts nor {MODEL_ENGINES}. "
     "Use 'prepend' mode (it works here), or a WebUI that MagicNaming supports."
 )
-NO_MODEL_MESSAGE = "identities from names need an SDXL checkpoint loaded in the WebUI: load one"
+NO_MODEL_MESSAGE = "{needed_by} need an SDXL checkpoint loaded in the WebUI: load one"
+NOT_LOADED_YET = "no checkpoint is loaded in the WebUI yet (it loads one for the first generation)"
 
 
 def _module(name: str):
@@ -237,11 +241,11 @@ def peek_model() -> Any:
     return getattr(getattr(_module("modules.sd_models"), "model_data", None), "sd_model", None)
 
 
-def load_model() -> Any:
+def load_model(needed_by: str = "identities from names") -> Any:
     """The WebUI's checkpoint, loaded now if it is not yet, the WebUI's own way (call under the queue lock).
 
     EncoderError when it cannot be loaded (the details go to the console, not to API callers: they may hold
-    server paths) or when no checkpoint is there.
+    server paths) or when no checkpoint is there (the message says what ``needed_by`` it).
     """
     reload = getattr(_module("modules.sd_models"), "forge_model_reload", None)
     try:
@@ -257,8 +261,18 @@ def load_model() -> Any:
             "console): choose a working SDXL checkpoint in the WebUI"
         ) from None
     if not is_loaded_model(model):
-        raise EncoderError(NO_MODEL_MESSAGE)
+        raise EncoderError(NO_MODEL_MESSAGE.format(needed_by=needed_by))
     return model
+
+
+def sampler_fields(processing_class: type, sampler_name: str, scheduler: str) -> dict[str, str]:
+    """The keyword arguments choosing a sampler and its schedule for ``processing_class``: ``sampler_name``
+    and ``scheduler`` where processing has a ``scheduler`` field (A1111 v1.9+, Forge, Forge Neo, reForge);
+    else one name, as the samplers list of older code names them ('DPM++ 2M Karras': Forge Classic's
+    modules/sd_samplers_kdiffusion.py)."""
+    if hasattr(processing_class, "scheduler"):  # a dataclass field with a default: a class attribute
+        return {"sampler_name": sampler_name, "scheduler": scheduler}
+    return {"sampler_name": f"{sampler_name} {scheduler}"}
 
 
 def prepare_text_encoding(model: Any) -> None:

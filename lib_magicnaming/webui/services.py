@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from lib_magicnaming.webui.portraits import DrawJob
 
 
-def no_loaded_checkpoint(*, compute_hash: bool = True) -> SourceCheckpoint:
+def no_loaded_checkpoint(*, compute_hash: bool = True, load: bool = False) -> SourceCheckpoint:
     """The default of :attr:`Services.loaded_checkpoint` where no WebUI serves one."""
     raise EncoderError("no SDXL checkpoint is loaded: load one in the WebUI")
 
@@ -71,7 +71,8 @@ class Services:
     API) so it never runs beside one. Never taken during a generation, which holds it already."""
     loaded_checkpoint: Callable[..., SourceCheckpoint] = no_loaded_checkpoint
     """The SDXL checkpoint loaded in the WebUI, as its short hash and title (EncoderError when none is).
-    ``compute_hash=False``: EncoderError rather than hashing a checkpoint file the WebUI has not hashed."""
+    ``compute_hash=False``: EncoderError rather than hashing a checkpoint file the WebUI has not hashed.
+    ``load=True`` (under the queue lock): load the WebUI's checkpoint first if it has not loaded one yet."""
     names_list: Callable[[], NamesList] = shipped_names_list
     """The names list the settings choose (lib_magicnaming.names_list)."""
     namespace_cache: Callable[[], NamespaceCache] = no_namespace_cache
@@ -97,9 +98,10 @@ def webui_encode_texts(texts: list[str]) -> torch.Tensor:
     the WebUI's own way if it is not loaded yet (Forge loads it lazily); EncoderError if it is not SDXL."""
     import torch
 
-    model = compat.load_model()
+    needed_by = "identities from names"
+    model = compat.load_model(needed_by)
     if not getattr(model, "is_sdxl", False):
-        raise EncoderError(compat.NO_MODEL_MESSAGE)
+        raise EncoderError(compat.NO_MODEL_MESSAGE.format(needed_by=needed_by))
     compat.prepare_text_encoding(model)
     with torch.no_grad(), compat.text_encoding_context():
         cond = model.get_learned_conditioning(texts)
@@ -113,19 +115,21 @@ def webui_encode_texts(texts: list[str]) -> torch.Tensor:
     return crossattn.float().clone()
 
 
-def webui_loaded_checkpoint(*, compute_hash: bool = True) -> SourceCheckpoint:
+def webui_loaded_checkpoint(*, compute_hash: bool = True, load: bool = False) -> SourceCheckpoint:
     """The loaded SDXL checkpoint's short hash (the WebUI's own, sha256 of the file; hashed here once per
-    version of the file when the WebUI has not, e.g. under ``--no-hashing``) and its name."""
+    version of the file when the WebUI has not, e.g. under ``--no-hashing``) and its name. ``load``: load
+    the WebUI's checkpoint first if it is not loaded yet (the WebUI's own way; the caller holds the queue
+    lock)."""
     from pathlib import Path
-
-    from modules import shared
 
     from lib_magicnaming.namespace_cache import SourceCheckpoint
     from lib_magicnaming.webui.encoder_cache import checkpoint_sha256
 
-    model = shared.sd_model
-    if model is None or not getattr(model, "is_sdxl", False):
-        raise EncoderError("the name space is measured with an SDXL checkpoint loaded in the WebUI: load one")
+    model = compat.load_model("Sample and the name space") if load else compat.current_model()
+    if not compat.is_loaded_model(model):
+        raise EncoderError(compat.NOT_LOADED_YET)
+    if not getattr(model, "is_sdxl", False):
+        raise EncoderError(compat.NO_MODEL_MESSAGE.format(needed_by="Sample and the name space"))
     info = getattr(model, "sd_checkpoint_info", None)
     if info is None:
         raise EncoderError("the loaded checkpoint has no checkpoint information: load an SDXL checkpoint")
