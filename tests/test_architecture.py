@@ -100,3 +100,30 @@ def test_the_core_imports_no_webui():
         imported |= {node.module or "" for node in nodes if isinstance(node, ast.ImportFrom)}
         webui = sorted(m for m in imported if m.split(".")[0] in ("modules", "gradio") or ".webui" in m)
         assert not webui, f"{name} imports {webui}"
+
+
+WEBUI_SPECIFIC = {
+    "modules.sd_hijack", "modules.sd_models", "modules.textual_inversion", "backend",
+    "sd_hijack", "sd_models", "model_hijack", "embedding_db", "cond_stage_model", "sd_model",
+    "forge_model_reload", "text_processing_engine_l", "text_processing_engine_g",
+    "last_extra_generation_params",
+}
+"""Where the WebUIs differ (module docstring of lib_magicnaming/webui/compat.py)."""
+
+
+def test_only_the_compat_module_knows_where_the_webuis_differ():
+    for name, path in product_modules().items():
+        if not name.startswith("lib_magicnaming.webui") or name == "lib_magicnaming.webui.compat":
+            continue
+        used = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                used.add(node.module)
+                used.update(f"{node.module}.{alias.name}" for alias in node.names)
+                used.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Import):
+                used.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Attribute):
+                used.add(node.attr)
+        touched = {item for item in used if item in WEBUI_SPECIFIC or item.split(".")[0] == "backend"}
+        assert not touched, f"{name} uses {sorted(touched)}: ask lib_magicnaming.webui.compat instead"

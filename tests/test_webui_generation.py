@@ -1,12 +1,23 @@
-"""txt2img through the WebUI stand-in's real hook order with MagicNaming loaded: what reaches the sampler."""
+"""txt2img through each WebUI stand-in's real hook order with MagicNaming loaded: what reaches the sampler.
+
+Every test runs in the v1.10.1 stand-in and in the Forge stand-in (Forge's SDXL text engines, lazy model
+loading, inference mode, comments and TI infotext on the model); tests/test_webui_forge.py has what only
+Forge and Forge Neo do.
+"""
 
 import pytest
 import torch
-from webui_standin.extension import save_identity
+from webui_standin import FORGE, V1_10_1, webui_for
+from webui_standin.extension import build_extension, save_identity
 
 from lib_magicnaming.errors import MagicNamingError
 
-pytest_plugins = ["webui_standin", "webui_standin.extension"]  # fixtures: webui, magicnaming
+
+@pytest.fixture(params=[V1_10_1, FORGE])
+def magicnaming(request, tmp_path):
+    """MagicNaming loaded into the stand-in of each WebUI in turn."""
+    with webui_for(request.param) as webui:
+        yield build_extension(webui, tmp_path / "identities")
 
 
 def first_cond(p, pass_name="first", step=0, item=0):
@@ -66,17 +77,23 @@ def test_in_place_rows_are_where_the_webui_tokenizer_put_the_placeholder(magicna
     assert "mode: in place" in processed.infotexts[0]
 
 
-def test_in_place_placeholders_leave_the_embedding_database_as_it_was(magicnaming):
+def test_in_place_placeholders_leave_the_embedding_databases_as_they_were(magicnaming):
     # Left behind, they would reach the Textual Inversion extra-networks page, which needs a file name
     # (modules/ui_extra_networks_textual_inversion.py: os.path.splitext(embedding.filename)).
-    from modules import sd_hijack
+    magicnaming.webui.model()
+    databases = magicnaming.webui.embedding_databases()
+    assert len(databases) == (1 if magicnaming.webui.kind == "v1.10.1" else 2)
 
-    database = sd_hijack.model_hijack.embedding_db
-    before = (dict(database.word_embeddings), {k: list(v) for k, v in database.ids_lookup.items()})
+    def contents():
+        return [
+            (dict(db.word_embeddings), {k: list(v) for k, v in db.ids_lookup.items()}) for db in databases
+        ]
+
+    before = contents()
     p, _ = magicnaming.run("a photo of <name:alice> and <name:bob> hiking", args=(True, "in place"))
     cond, _ = first_cond(p)
     assert torch.equal(cond["crossattn"][4:12], magicnaming.alice)
-    assert (dict(database.word_embeddings), {k: list(v) for k, v in database.ids_lookup.items()}) == before
+    assert contents() == before
 
 
 def test_in_place_rows_across_long_prompts_break_and_emphasis(magicnaming):
@@ -129,7 +146,8 @@ def test_cache_follows_the_identity_alice_bob_none_alice(magicnaming):
 
 
 def test_a_cache_hit_is_reused_untouched_and_an_edited_identity_is_a_new_key(magicnaming):
-    model = magicnaming.webui.shared.sd_model
+    model = magicnaming.webui.model()
+    model.encoded_texts = []
     p1, _ = magicnaming.run("<name:alice> reading")
     before = first_cond(p1)[0]["crossattn"].clone()
     encoded = len(model.encoded_texts)
@@ -218,7 +236,7 @@ def test_a_face_upload_is_the_identity_face_without_saving(magicnaming):
 
 
 def test_non_sdxl_model_gives_a_clear_message_and_untagged_prompts_still_work(magicnaming):
-    magicnaming.webui.shared.sd_model = magicnaming.webui.toy.ToySD15()
+    magicnaming.webui.use_checkpoint("sd15")
     with pytest.raises(MagicNamingError, match="SDXL checkpoints only.*toy-sd15"):
         magicnaming.run("<name:alice> at work")
     p, _ = magicnaming.run("nobody at work")
@@ -226,7 +244,7 @@ def test_non_sdxl_model_gives_a_clear_message_and_untagged_prompts_still_work(ma
 
 
 def test_refiner_width_takes_the_bigg_half(magicnaming):
-    magicnaming.webui.shared.sd_model = magicnaming.webui.toy.ToySDXL(refiner=True, name="toy-refiner")
+    magicnaming.webui.use_checkpoint("refiner")
     p, _ = magicnaming.run("<name:alice> on a boat")
     crossattn = first_cond(p)[0]["crossattn"]
     assert crossattn.shape[-1] == 1280
@@ -287,6 +305,7 @@ def test_without_injected_services_identities_come_from_the_configured_folder(ma
 def test_interleaved_generations_keep_their_own_identities(magicnaming):
     """Two requests whose hooks interleave (as concurrent API calls may): state travels with each p."""
     webui = magicnaming.webui
+    webui.model()  # what process_images does first in Forge
 
     def prepared(prompt):
         p = webui.txt2img(magicnaming.runner, {"magicnaming": [True]}, prompt=prompt, steps=2)

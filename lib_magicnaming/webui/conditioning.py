@@ -14,21 +14,24 @@ markers. For each text the proxy:
    first (:func:`lib_magicnaming.splice.prepend_identity`), into NEW tensors; texts without markers pass
    through untouched.
 
-Splice warnings (prompt tokens pushed out of chunk 0) go to ``model_hijack.comments``, which processing shows
-under the image. Nothing here keeps state: identities come from :data:`lib_magicnaming.webui.store.EMBEDDINGS`
+Where the texts are chunked, where placeholders go and where warnings are shown differ between the WebUIs:
+:mod:`.compat` says. Splice warnings (prompt tokens pushed out of chunk 0) go to the comments the WebUI shows
+under the image; the placeholders are taken out of the textual-inversion infotext entry the WebUI's text
+engines wrote. Nothing here keeps state: identities come from :data:`lib_magicnaming.webui.store.EMBEDDINGS`
 by the hash in the marker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 
 from lib_magicnaming.constants import CHUNK_TEXT_TOKENS
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.splice import Placement, place_identities, prepend_identity
-from lib_magicnaming.webui import embeddings
+from lib_magicnaming.webui import compat, embeddings
 from lib_magicnaming.webui.http_status import INTERNAL_ERROR
 from lib_magicnaming.webui.markers import (
     IN_PLACE,
@@ -75,23 +78,18 @@ def require_sdxl(model) -> None:
         raise MagicNamingError(NOT_SDXL_MESSAGE.format(name=repr(name)))
 
 
-def _comment(text: str) -> None:
-    from modules import sd_hijack
+def _comment(model, text: str) -> None:
+    comments = compat.comments_of(model)
+    if comments is not None and text not in comments:
+        comments.append(text)
 
-    if text not in sd_hijack.model_hijack.comments:
-        sd_hijack.model_hijack.comments.append(text)
 
-
-def _chunk0_token_count(model, text: str) -> int | None:
+def _chunk0_token_count(engines: compat.TextEngines | None, text: str) -> int | None:
     """Prompt tokens in chunk 0 of ``text`` as the WebUI chunks it (for the prepend warning), if knowable."""
-    stage = getattr(model, "cond_stage_model", None)
-    if stage is None:
+    id_end = engines.id_end if engines is not None else None
+    if id_end is None:
         return None
-    embedders = getattr(stage, "embedders", None)
-    id_end = getattr(stage, "id_end", None) or (getattr(embedders[0], "id_end", None) if embedders else None)
-    if id_end is None or not hasattr(stage, "process_texts"):
-        return None
-    tokens = stage.process_texts([text])[0][0][0].tokens[1:-1]
+    tokens = engines.process_texts([text])[0][0][0].tokens[1:-1]
     count = len(tokens)
     while count and tokens[count - 1] == id_end:
         count -= 1
@@ -101,17 +99,19 @@ def _chunk0_token_count(model, text: str) -> int | None:
 def splice_item(model, cond, text: str, encoded_text: str, store: EmbeddingStore):
     """One text's conditioning (a per-item dict slice or a (rows, W) tensor), identities spliced in."""
     markers = find_markers(text)
+    engines = compat.text_engines(model)
+    in_place = any(m.mode == IN_PLACE for m in markers)
     placements = [
         Placement(row, store.require(marker.short_hash), marker.strength)
         for row, marker in (
-            embeddings.locate_markers(model, encoded_text) if any(m.mode == IN_PLACE for m in markers) else []
+            embeddings.locate_markers(compat.require_text_engines(model), encoded_text) if in_place else []
         )
     ]
     if placements:
         cond = place_identities(cond, placements)
     prepends = list({m.short_hash: m for m in markers if m.mode == PREPEND}.values())
     if prepends:
-        token_count = _chunk0_token_count(model, encoded_text)
+        token_count = _chunk0_token_count(engines, encoded_text)
         for marker in reversed(prepends):
             cond, report = prepend_identity(
                 cond,
@@ -121,7 +121,7 @@ def splice_item(model, cond, text: str, encoded_text: str, store: EmbeddingStore
             )
             token_count = None
             for warning in report.warnings:
-                _comment(warning)
+                _comment(model, warning)
     return cond
 
 
@@ -160,9 +160,11 @@ class SplicingModel:
             return self._model.get_learned_conditioning(_same_kind(texts, [strip_markers(t) for t in texts]))
         require_sdxl(self._model)
         in_place = [m.text for text in texts for m in find_markers(text) if m.mode == IN_PLACE]
-        with embeddings.placeholders_registered(self._model, in_place):
+        with self._placeholders(in_place):
             encoded_texts = [strip_markers(text, PREPEND) for text in texts]
             conds = self._model.get_learned_conditioning(_same_kind(texts, encoded_texts))
+            if in_place:
+                compat.require_text_engines(self._model).forget_used(in_place)
             items = [
                 splice_item(self._model, _item(conds, i), text, encoded, self._store)
                 if is_marked
@@ -172,6 +174,11 @@ class SplicingModel:
                 )
             ]
         return _stack(items)
+
+    def _placeholders(self, marker_texts: list[str]):
+        if not marker_texts:
+            return nullcontext()
+        return embeddings.placeholders_registered(compat.require_text_engines(self._model), marker_texts)
 
 
 def make_wrapper(original: Callable, store: EmbeddingStore = EMBEDDINGS) -> Callable:

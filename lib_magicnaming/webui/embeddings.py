@@ -1,16 +1,19 @@
 """In-place mode: a textual-inversion placeholder per marker, so the WebUI's tokenizer finds its rows.
 
-Registered in the WebUI's embedding database (``modules.sd_hijack.model_hijack.embedding_db``) under the
-marker word, the placeholder makes ``tokenize_line`` (modules/sd_hijack_clip.py) reserve ID_TOKENS token
-slots where the marker stands and record a ``PromptChunkFix(offset, embedding)`` for it, after emphasis,
-BREAK, chunking and comma back-tracking did their work. The rows the identity goes to are then
-``chunk * 77 + offset + 1 .. + 8`` (row 0 of a chunk is the start token). The placeholder's input vectors are
-zeros (a neutral input for the text encoder); its output rows are replaced by the identity's F_ID.
+Registered under the marker word in the WebUI's embedding database(s) (which ones: :mod:`.compat`), the
+placeholder makes the WebUI's ``tokenize_line`` (modules/sd_hijack_clip.py in A1111; Forge's
+backend/text_processing/classic_engine.py is the same algorithm) reserve ID_TOKENS token slots where the
+marker stands and record a ``PromptChunkFix(offset, embedding)`` for it, after emphasis, BREAK, chunking and
+comma back-tracking did their work. The rows the identity goes to are then ``chunk * 77 + offset + 1 .. + 8``
+(row 0 of a chunk is the start token). The placeholder's input vectors are zeros (a neutral input for the text
+encoder); its output rows are replaced by the identity's F_ID.
 
-Placeholders live in the database only while the conditioning that needs them is computed
+Placeholders live in the databases only while the conditioning that needs them is computed
 (:func:`placeholders_registered`), which the WebUI does under its queue lock. Left registered, they would
 show up in the Textual Inversion extra-networks page, whose cards need a file name a placeholder has not
-(``os.path.splitext(embedding.filename)`` in modules/ui_extra_networks_textual_inversion.py).
+(``os.path.splitext(embedding.filename)`` in modules/ui_extra_networks_textual_inversion.py). Registered per
+computation, in the engines of the model computing it, they also follow Forge's model (re)loads, which
+build new engines with new databases.
 """
 
 from __future__ import annotations
@@ -28,21 +31,15 @@ from lib_magicnaming.constants import (
     SDXL_CONTEXT_WIDTH,
 )
 from lib_magicnaming.errors import SpliceError
+from lib_magicnaming.webui.compat import TextEngines
 from lib_magicnaming.webui.markers import MARKER_RE, Marker, parse_marker
 
 
-def _embedding_db():
-    from modules import sd_hijack
-
-    return sd_hijack.model_hijack.embedding_db
-
-
-def placeholder_embedding(marker_text: str):
-    """A WebUI ``Embedding`` of ID_TOKENS zero vectors for both SDXL towers, named ``marker_text``."""
-    from modules.textual_inversion.textual_inversion import Embedding
-
+def placeholder_embedding(embedding_class: type, marker_text: str):
+    """An ``embedding_class`` (the WebUI's ``Embedding``) of ID_TOKENS zero vectors for both SDXL towers,
+    named ``marker_text``."""
     vec = {"clip_l": torch.zeros(ID_TOKENS, CLIP_L_WIDTH), "clip_g": torch.zeros(ID_TOKENS, CLIP_G_WIDTH)}
-    embedding = Embedding(vec, marker_text)
+    embedding = embedding_class(vec, marker_text)
     embedding.vectors = ID_TOKENS
     embedding.shape = SDXL_CONTEXT_WIDTH
     embedding.cached_checksum = parse_marker(marker_text).short_hash[:4]
@@ -50,20 +47,22 @@ def placeholder_embedding(marker_text: str):
 
 
 @contextmanager
-def placeholders_registered(model, marker_texts: Iterable[str]) -> Iterator[None]:
-    """Register a placeholder for each marker for the duration of the block, then remove those it added.
-
-    Removal uses the WebUI's own rule: ``register_embedding_by_name(None, model, name)`` deletes the entry.
-    """
-    database = _embedding_db()
-    added = [text for text in dict.fromkeys(marker_texts) if text not in database.word_embeddings]
-    for marker_text in added:
-        database.register_embedding_by_name(placeholder_embedding(marker_text), model, marker_text)
+def placeholders_registered(engines: TextEngines, marker_texts: Iterable[str]) -> Iterator[None]:
+    """Register a placeholder for each marker in every database of ``engines`` for the duration of the block,
+    then remove those it added (``register_embedding_by_name`` with ``None``: the WebUI's own removal)."""
+    added = []
     try:
+        for database in engines.databases:
+            embedding_class = engines.embedding_class(database)
+            for marker_text in dict.fromkeys(marker_texts):
+                if marker_text not in database.word_embeddings:
+                    embedding = placeholder_embedding(embedding_class, marker_text)
+                    engines.register(database, embedding, marker_text)
+                    added.append((database, marker_text))
         yield
     finally:
-        for marker_text in added:
-            database.register_embedding_by_name(None, model, marker_text)
+        for database, marker_text in reversed(added):
+            engines.register(database, None, marker_text)
 
 
 PLACEHOLDER_TOKEN = 0
@@ -88,13 +87,13 @@ def placeholder_row(chunk_tokens: list[list[int]], chunk_index: int, offset: int
     return chunk_index * CHUNK_ROWS + offset + 1
 
 
-def locate_markers(model, text: str) -> list[tuple[int, Marker]]:
+def locate_markers(engines: TextEngines, text: str) -> list[tuple[int, Marker]]:
     """(first row, marker) for every in-place marker in ``text``, from the WebUI's own chunking.
 
     Raises SpliceError when the tokenizer did not place every marker of ``text`` (so an identity is never
     silently lost).
     """
-    batch_chunks, _token_count = model.cond_stage_model.process_texts([text])
+    batch_chunks, _token_count = engines.process_texts([text])
     chunks = batch_chunks[0]
     found: list[tuple[int, Marker]] = []
     for chunk_index, chunk in enumerate(chunks):

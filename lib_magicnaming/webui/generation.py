@@ -31,12 +31,14 @@ from typing import Any
 
 from lib_magicnaming.errors import EncoderError, FaceError, IdentityNotFound, MagicNamingError
 from lib_magicnaming.tags import TAG_WORD, identity_key, rewrite_name_tags
+from lib_magicnaming.webui import compat
 from lib_magicnaming.webui.conditioning import require_sdxl
 from lib_magicnaming.webui.http_status import BAD_REQUEST, INTERNAL_ERROR, http_status
 from lib_magicnaming.webui.infotext import INFOTEXT_KEY, PerImageInfotext, format_summary
 from lib_magicnaming.webui.limits import check_prompt_tags
 from lib_magicnaming.webui.log import logger
 from lib_magicnaming.webui.markers import (
+    IN_PLACE,
     check_strength,
     format_error_marker,
     format_marker,
@@ -61,6 +63,12 @@ IDENTITY_OVERRIDE_ATTRIBUTE = "magicnaming_identity"
 """Set on ``p`` (X/Y/Z plot): every tag names this identity instead."""
 STRENGTH_OVERRIDE_ATTRIBUTE = "magicnaming_strength"
 """Set on ``p`` (X/Y/Z plot): every tag takes this strength instead."""
+
+HOOK_MISSING_COMMENT = (
+    "MagicNaming could not hook into this WebUI's prompt conditioning "
+    f"({'.'.join(compat.CONDITIONING_HOOK)} not found), so the WebUI dropped the <name:...> tags; "
+    "the console says what is missing."
+)
 
 _TAG_START_RE = re.compile(rf"<{TAG_WORD}:", re.IGNORECASE)
 
@@ -201,12 +209,6 @@ def stop_generation(prompts: MutableSequence[str], message: str, status: int = B
     prompts[0] = f"{format_error_marker(message)} {prompts[0]}"
 
 
-def _current_model():
-    from modules import shared
-
-    return shared.sd_model
-
-
 def _batch_texts(p, prompts: Sequence[str], batch_number: int) -> list[str]:
     texts = [*prompts, *getattr(p, "negative_prompts", [])]
     if getattr(p, "enable_hr", False) and getattr(p, "all_hr_prompts", None):
@@ -267,9 +269,15 @@ def rewrite_batch(
     if state.settings is None or not state.settings.enabled:
         add_note(p, EXTENSION_OFF_NOTE)
         return
+    if not compat.conditioning_hook_active():
+        add_note(p, HOOK_MISSING_COMMENT)
+        return
     try:
         check_prompt_tags(texts)
-        require_sdxl(_current_model())
+        model = compat.current_model()
+        require_sdxl(model)
+        if state.settings.mode == IN_PLACE:
+            compat.require_text_engines(model)
         resolver = IdentityResolver(p, state, services or webui_services(), store)
         _rewrite_items(p, resolver, state, prompts, batch_number)
         _update_infotext(p, state, batch_number * p.batch_size + len(prompts))

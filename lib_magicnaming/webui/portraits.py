@@ -117,11 +117,10 @@ def webui_draw(job: DrawJob) -> list[Any]:
 
     from modules import processing, scripts, shared
 
+    from lib_magicnaming.webui import compat
     from lib_magicnaming.webui.conditioning import require_sdxl
 
-    model = shared.sd_model
-    if model is None:
-        raise EncoderError("portraits need an SDXL checkpoint loaded in the WebUI: load one")
+    model = compat.load_model("portraits")  # a WebUI that loads its checkpoint lazily may not have yet
     require_sdxl(model)
     runner = scripts.scripts_txt2img
     if runner is None:
@@ -141,8 +140,8 @@ def webui_draw(job: DrawJob) -> list[Any]:
         cfg_scale=float(settings.cfg_scale),
         width=settings.size,
         height=settings.size,
-        sampler_name=settings.sampler_name,
-        scheduler=settings.scheduler,
+        **compat.sampler_fields(processing.StableDiffusionProcessingTxt2Img, settings.sampler_name,
+                                settings.scheduler),
         do_not_save_samples=True,
         do_not_save_grid=True,
     )

@@ -135,16 +135,21 @@ class SamplingUseCases:
 
     def namespace(self, progress: Progress = no_progress) -> CheckpointNamespace:
         """The loaded checkpoint's name space: from its cache file, or measured now (once) under the queue
-        lock and cached. EncoderError when no SDXL checkpoint is loaded or the names list is unusable."""
+        lock and cached; the WebUI's checkpoint is loaded first if it is not yet (the WebUI's own way).
+        EncoderError when no SDXL checkpoint can be had or the names list is unusable."""
         cache = self.services.namespace_cache()
         names_list = self.services.names_list()
-        found = cache.load(self.services.loaded_checkpoint(), names_list)
+        try:
+            found = cache.load(self.services.loaded_checkpoint(), names_list)
+        except EncoderError:  # no checkpoint loaded yet, or not an SDXL one: decided under the lock
+            found = None
         if found is not None:
             return found
         self._check_listed_names(names_list)
         progress(0.0, desc="Waiting for the WebUI's queue")
         with self.services.queue_lock():
-            checkpoint = self.services.loaded_checkpoint()  # the model cannot change while the lock is held
+            # loaded now if the WebUI has not yet; the model cannot change while the lock is held
+            checkpoint = self.services.loaded_checkpoint(load=True)
             found = cache.load(checkpoint, names_list)  # measured by another request while this one waited
             if found is not None:
                 return found

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from lib_magicnaming.constants import SDXL_CONTEXT_WIDTH, SHORT_HASH_CHARS
 from lib_magicnaming.errors import EncoderError
+from lib_magicnaming.webui import compat
 from lib_magicnaming.webui.encoder_cache import EncoderStatus, encoder_status, get_encoder
 from lib_magicnaming.webui.job_progress import Progress, caller_progress_only, webui_job
 from lib_magicnaming.webui.options import MagicNamingSettings, current_settings
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from lib_magicnaming.webui.portraits import DrawJob
 
 
-def no_loaded_checkpoint(*, compute_hash: bool = True) -> SourceCheckpoint:
+def no_loaded_checkpoint(*, compute_hash: bool = True, load: bool = False) -> SourceCheckpoint:
     """The default of :attr:`Services.loaded_checkpoint` where no WebUI serves one."""
     raise EncoderError("no SDXL checkpoint is loaded: load one in the WebUI")
 
@@ -62,8 +63,9 @@ class Services:
     encoder_status: Callable[[], EncoderStatus]
     """What the photo encoder needs and has."""
     encode_texts: Callable[[list[str]], torch.Tensor]
-    """The text encoders of the checkpoint loaded in the WebUI: prompts -> crossattn (N, 77k, 2048); an
-    EncoderError when no SDXL base checkpoint is loaded."""
+    """The text encoders of the WebUI's checkpoint (loaded on demand, the WebUI's way): prompts -> crossattn
+    (N, 77k, 2048), a plain float32 tensor; an EncoderError when no SDXL base checkpoint can be had. Call it
+    under ``queue_lock``."""
     queue_lock: Callable[[], AbstractContextManager]
     """-> the WebUI's queue lock, held around model work started outside a generation (the tab, the REST
     API) so it never runs beside one. Never taken during a generation, which holds it already."""
@@ -72,7 +74,8 @@ class Services:
     no model work, so it runs before the queue lock is taken (None, or returning None: cannot tell)."""
     loaded_checkpoint: Callable[..., SourceCheckpoint] = no_loaded_checkpoint
     """The SDXL checkpoint loaded in the WebUI, as its short hash and title (EncoderError when none is).
-    ``compute_hash=False``: EncoderError rather than hashing a checkpoint file the WebUI has not hashed."""
+    ``compute_hash=False``: EncoderError rather than hashing a checkpoint file the WebUI has not hashed.
+    ``load=True`` (under the queue lock): load the WebUI's checkpoint first if it has not loaded one yet."""
     names_list: Callable[[], NamesList] = shipped_names_list
     """The names list the settings choose (lib_magicnaming.names_list)."""
     namespace_cache: Callable[[], NamespaceCache] = no_namespace_cache
@@ -94,14 +97,16 @@ def identity_library(settings: MagicNamingSettings | None = None) -> IdentityLib
 
 
 def webui_encode_texts(texts: list[str]) -> torch.Tensor:
-    """The loaded SDXL model's ``get_learned_conditioning(texts)['crossattn']``; EncoderError if not SDXL."""
+    """The WebUI's checkpoint's ``get_learned_conditioning(texts)['crossattn']``, loading the checkpoint first
+    the WebUI's own way if it is not loaded yet (Forge loads it lazily); EncoderError if it is not SDXL."""
     import torch
-    from modules import devices, shared
 
-    model = shared.sd_model
-    if model is None or not getattr(model, "is_sdxl", False):
-        raise EncoderError("identities from names need an SDXL checkpoint loaded in the WebUI: load one")
-    with torch.no_grad(), devices.autocast():
+    needed_by = "identities from names"
+    model = compat.load_model(needed_by)
+    if not getattr(model, "is_sdxl", False):
+        raise EncoderError(compat.NO_MODEL_MESSAGE.format(needed_by=needed_by))
+    compat.prepare_text_encoding(model)
+    with torch.no_grad(), compat.text_encoding_context():
         cond = model.get_learned_conditioning(texts)
     crossattn = cond["crossattn"] if isinstance(cond, dict) else cond
     if crossattn.shape[-1] != SDXL_CONTEXT_WIDTH:
@@ -109,7 +114,8 @@ def webui_encode_texts(texts: list[str]) -> torch.Tensor:
             f"the loaded checkpoint's text conditioning is {crossattn.shape[-1]} wide, not SDXL's "
             f"{SDXL_CONTEXT_WIDTH} (the SDXL refiner?): load an SDXL base checkpoint to encode names"
         )
-    return crossattn.float()
+    # clone(): Forge computes under torch.inference_mode, whose tensors refuse later in-place work
+    return crossattn.float().clone()
 
 
 def webui_count_chunks(text: str) -> int | None:
@@ -129,19 +135,21 @@ def webui_count_chunks(text: str) -> int | None:
     return None
 
 
-def webui_loaded_checkpoint(*, compute_hash: bool = True) -> SourceCheckpoint:
+def webui_loaded_checkpoint(*, compute_hash: bool = True, load: bool = False) -> SourceCheckpoint:
     """The loaded SDXL checkpoint's short hash (the WebUI's own, sha256 of the file; hashed here once per
-    version of the file when the WebUI has not, e.g. under ``--no-hashing``) and its name."""
+    version of the file when the WebUI has not, e.g. under ``--no-hashing``) and its name. ``load``: load
+    the WebUI's checkpoint first if it is not loaded yet (the WebUI's own way; the caller holds the queue
+    lock)."""
     from pathlib import Path
-
-    from modules import shared
 
     from lib_magicnaming.namespace_cache import SourceCheckpoint
     from lib_magicnaming.webui.encoder_cache import checkpoint_sha256
 
-    model = shared.sd_model
-    if model is None or not getattr(model, "is_sdxl", False):
-        raise EncoderError("the name space is measured with an SDXL checkpoint loaded in the WebUI: load one")
+    model = compat.load_model("Sample and the name space") if load else compat.current_model()
+    if not compat.is_loaded_model(model):
+        raise EncoderError(compat.NOT_LOADED_YET)
+    if not getattr(model, "is_sdxl", False):
+        raise EncoderError(compat.NO_MODEL_MESSAGE.format(needed_by="Sample and the name space"))
     info = getattr(model, "sd_checkpoint_info", None)
     if info is None:
         raise EncoderError("the loaded checkpoint has no checkpoint information: load an SDXL checkpoint")

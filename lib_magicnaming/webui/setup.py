@@ -1,21 +1,25 @@
 """What the script file does once at load: install the conditioning wrapper, the X/Y/Z axes and the console
-handler of our logger, and register their removal/late registration with the WebUI's callbacks; and the
-accordion's two readers of the library and the encoder, which must never break the txt2img tab."""
+handler of our logger, say in the console what this WebUI lacks (:func:`.compat.report_layout`, again for each
+loaded model), and register the removal/late registration with the WebUI's callbacks; and the accordion's
+two readers of the library and the encoder, which must never break the txt2img tab."""
 
 from __future__ import annotations
 
 import html
 
+from lib_magicnaming.webui import compat
 from lib_magicnaming.webui.conditioning import make_wrapper
 from lib_magicnaming.webui.hijack import AttributeHijack
 from lib_magicnaming.webui.log import install_console_handler, log_skipped
 
 
-def install_conditioning_hijack() -> AttributeHijack:
-    """Wrap ``modules.prompt_parser.get_learned_conditioning``; the handle's ``remove`` undoes it."""
-    from modules import prompt_parser
-
-    return AttributeHijack(prompt_parser, "get_learned_conditioning", make_wrapper).install()
+def install_conditioning_hijack() -> AttributeHijack | None:
+    """Wrap ``modules.prompt_parser.get_learned_conditioning``; the handle's ``remove`` undoes it. None when
+    the WebUI has no such function (:func:`.compat.report_layout` says so)."""
+    module = compat.conditioning_hook_module()
+    if module is None:
+        return None
+    return AttributeHijack(module, compat.CONDITIONING_HOOK[1], make_wrapper).install()
 
 
 def saved_identity_names() -> list[str]:
@@ -67,5 +71,9 @@ def on_script_load() -> None:
 
     install_console_handler()
     hijack = install_conditioning_hijack()
-    script_callbacks.on_script_unloaded(hijack.remove)
+    if hijack is not None:
+        script_callbacks.on_script_unloaded(hijack.remove)
+    model = compat.peek_model()
+    compat.report_layout(model if compat.is_loaded_model(model) else None)
+    script_callbacks.on_model_loaded(compat.report_model_layout)
     script_callbacks.on_before_ui(lambda: xyz.register_axes(saved_identity_names))

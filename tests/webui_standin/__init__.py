@@ -1,10 +1,13 @@
-"""A stand-in for the parts of the AUTOMATIC1111 WebUI (v1.10.1) that MagicNaming imports, for tests.
+"""Stand-ins for the parts of the WebUIs that MagicNaming imports, for tests: AUTOMATIC1111 v1.10.1 (this
+folder) and Forge (tests/forge_standin: Forge's SDXL engine path over this one; "forge-neo" is the same with
+Forge Neo's model unloading).
 
-``webui_modules()`` puts the stand-in's ``modules`` package on ``sys.path`` (fresh, so every test starts with
-empty caches, callbacks and settings) and removes it, and every module imported from it, afterwards. The
-``webui`` pytest fixture (``pytest_plugins = ["webui_standin"]`` in a test module) does that around a test
-and hands over a namespace of the stand-in's modules, the toy model classes, and helpers to load the
-extension's script file and build txt2img runs.
+``webui_modules(kind)`` puts the stand-in's ``modules`` (and Forge's ``backend``) packages on ``sys.path``
+(fresh, so every test starts with empty caches, callbacks and settings) and removes them, and every module
+imported from them, afterwards. The ``webui`` pytest fixture (``pytest_plugins = ["webui_standin"]`` in a
+test module) does that around a test for v1.10.1, :func:`webui_for` for any of :data:`WEBUIS`; both hand over
+a namespace of the stand-in's modules, the toys, and helpers to load the extension's script file, choose the
+checkpoint and build txt2img runs, the same for every kind.
 """
 
 from __future__ import annotations
@@ -17,31 +20,41 @@ from pathlib import Path
 import pytest
 
 STANDIN_ROOT = Path(__file__).resolve().parent
+FORGE_ROOT = STANDIN_ROOT.parent / "forge_standin"
 BUILTIN_SCRIPTS = STANDIN_ROOT / "builtin_scripts"
 REPO_ROOT = STANDIN_ROOT.parents[1]
+
+V1_10_1 = "v1.10.1"
+FORGE = "forge"
+FORGE_NEO = "forge-neo"
+WEBUIS = (V1_10_1, FORGE, FORGE_NEO)
+"""The stand-ins: A1111 v1.10.1; Forge dfdcbab6; Forge with Forge Neo 283cb2c4's model unloading."""
+
+
+def _roots(kind: str) -> tuple[Path, ...]:
+    return (STANDIN_ROOT,) if kind == V1_10_1 else (FORGE_ROOT, STANDIN_ROOT)
 
 
 def _standin_module_names() -> list[str]:
     names = []
+    roots = (str(STANDIN_ROOT), str(FORGE_ROOT))
     for name, module in list(sys.modules.items()):
-        if name == "modules" or name.startswith("modules.") or name == "toy_sdxl" or name.endswith(".py"):
+        if name.split(".")[0] in ("modules", "backend") or name.startswith("toy_") or name.endswith(".py"):
             names.append(name)
-        elif name.startswith("webui_standin.toy_sdxl"):
-            names.append(name)
-        elif getattr(module, "__file__", None) and str(STANDIN_ROOT) in str(module.__file__):
+        elif getattr(module, "__file__", None) and any(root in str(module.__file__) for root in roots):
             names.append(name)
     return names
 
 
 @contextlib.contextmanager
-def webui_modules():
-    """The stand-in ``modules`` package importable inside the block; forgotten (with the extension's
-    WebUI glue, which imports it) when the block ends."""
-    if "modules" in sys.modules and str(STANDIN_ROOT) not in str(
-        getattr(sys.modules["modules"], "__file__", "")
-    ):
+def webui_modules(kind: str = V1_10_1):
+    """The stand-in's packages importable inside the block; forgotten (with the extension's WebUI glue,
+    which imports them) when the block ends."""
+    loaded = str(getattr(sys.modules.get("modules"), "__file__", ""))
+    if "modules" in sys.modules and str(STANDIN_ROOT) not in loaded and str(FORGE_ROOT) not in loaded:
         raise RuntimeError("another 'modules' package is imported; the WebUI stand-in cannot take its place")
-    sys.path.insert(0, str(STANDIN_ROOT))
+    roots = [str(root) for root in _roots(kind)]
+    sys.path[0:0] = roots
     try:
         yield
     finally:
@@ -49,11 +62,58 @@ def webui_modules():
             sys.modules.pop(name, None)
         for name in [n for n in sys.modules if n.startswith("lib_magicnaming.webui")]:
             sys.modules.pop(name, None)
-        sys.path.remove(str(STANDIN_ROOT))
+        for root in roots:
+            sys.path.remove(root)
 
 
-def _namespace() -> types.SimpleNamespace:
-    import toy_sdxl
+def _checkpoint_helpers(kind: str) -> dict:
+    """``use_checkpoint(name)`` ('sdxl', 'refiner', 'sd15' or None), ``model()`` (the checkpoint a generation
+    would use, loaded as the WebUI loads it), ``embedding_databases()`` (where placeholders would go) and
+    ``toy`` for the stand-in of ``kind``."""
+    if kind == V1_10_1:
+        import toy_sdxl
+        from modules import sd_hijack, shared
+
+        models = {
+            "sdxl": toy_sdxl.ToySDXL,
+            "refiner": lambda: toy_sdxl.ToySDXL(refiner=True, name="toy-refiner"),
+            "sd15": toy_sdxl.ToySD15,
+        }
+
+        def use_checkpoint(name):
+            shared.sd_model = None if name is None else models[name]()
+
+        return dict(
+            toy=toy_sdxl,
+            use_checkpoint=use_checkpoint,
+            model=lambda: shared.sd_model,
+            embedding_databases=lambda: [sd_hijack.model_hijack.embedding_db],
+        )
+
+    import toy_forge_sdxl
+    from modules import sd_models
+
+    sd_models.UNLOAD_DELETES_ENGINES = kind == FORGE_NEO
+
+    def use_checkpoint(name):
+        info = None if name is None else toy_forge_sdxl.CHECKPOINTS[name][0]
+        sd_models.model_data.forge_loading_parameters = dict(checkpoint_info=info)
+
+    def embedding_databases():
+        model = sd_models.model_data.sd_model
+        engines = [value for key, value in sorted(vars(model).items()) if key.startswith("text_processing")]
+        return [engine.embeddings for engine in engines]
+
+    return dict(
+        toy=toy_forge_sdxl,
+        use_checkpoint=use_checkpoint,
+        model=lambda: sd_models.forge_model_reload()[0],
+        embedding_databases=embedding_databases,
+        sd_models=sd_models,
+    )
+
+
+def _namespace(kind: str = V1_10_1) -> types.SimpleNamespace:
     from modules import (
         extra_networks,
         infotext_utils,
@@ -107,6 +167,8 @@ def _namespace() -> types.SimpleNamespace:
         return p
 
     return types.SimpleNamespace(
+        kind=kind,
+        **_checkpoint_helpers(kind),
         shared=shared,
         processing=processing,
         prompt_parser=prompt_parser,
@@ -116,7 +178,6 @@ def _namespace() -> types.SimpleNamespace:
         extra_networks=extra_networks,
         infotext_utils=infotext_utils,
         api=api,
-        toy=toy_sdxl,
         load_script=load_script,
         load_xyz_grid=load_xyz_grid,
         load_seed_section=load_seed_section,
@@ -126,8 +187,15 @@ def _namespace() -> types.SimpleNamespace:
     )
 
 
+@contextlib.contextmanager
+def webui_for(kind: str):
+    """The stand-in of ``kind`` (one of :data:`WEBUIS`) for the block (see the module docstring)."""
+    with webui_modules(kind):
+        yield _namespace(kind)
+
+
 @pytest.fixture
 def webui():
-    """The WebUI stand-in for one test (see the module docstring)."""
-    with webui_modules():
-        yield _namespace()
+    """The v1.10.1 WebUI stand-in for one test (see the module docstring)."""
+    with webui_for(V1_10_1) as namespace:
+        yield namespace

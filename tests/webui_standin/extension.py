@@ -1,4 +1,4 @@
-"""MagicNaming loaded into the WebUI stand-in: a library with two identities, a fake photo encoder, the
+"""MagicNaming loaded into a WebUI stand-in: a library with two identities, a fake photo encoder, the
 script file loaded as the WebUI loads it, and helpers to run txt2img (in process, or through the WebUI's own
 API: ``api_client`` and :func:`txt2img_request`) and read what reached the sampler.
 
@@ -77,7 +77,8 @@ def build_extension(webui, folder) -> types.SimpleNamespace:
     alice = save_identity(library, "alice", 1)
     bob = save_identity(library, "bob", 2)
     encoder = FakeEncoder()
-    webui.shared.sd_model = webui.toy.ToySDXL()
+    webui.shared.cmd_opts.embeddings_dir = str(folder.parent / "embeddings")
+    webui.use_checkpoint("sdxl")
     webui.load_xyz_grid()
     module = webui.load_script(webui.repo_root / "scripts" / "magicnaming.py")
     webui.script_callbacks.before_ui_callback()
@@ -98,7 +99,7 @@ def build_extension(webui, folder) -> types.SimpleNamespace:
         batch = webui.prompt_parser.SdConditioning(
             [text], width=size, height=size, is_negative_prompt=negative
         )
-        cond = webui.shared.sd_model.get_learned_conditioning(batch)
+        cond = webui.model().get_learned_conditioning(batch)
         return {key: value[0] for key, value in cond.items()}
 
     return types.SimpleNamespace(

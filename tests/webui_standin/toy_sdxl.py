@@ -5,46 +5,27 @@ modules/sd_hijack.py wrapping each tower): a CLIP-L-like tower (768 wide) and a 
 both subclass the stand-in's ``TextConditionalModel`` (chunks of 75, BREAK, emphasis, TI fixes through
 ``EmbeddingsWithFixes``); ``get_learned_conditioning`` returns ``{'crossattn': (B, 77k, 2048),
 'vector': (B, 2816)}``, zeros for an all-empty negative prompt. The refiner variant has only the bigG tower
-(crossattn width 1280, vector 2560). The "transformer" is a causal running mean plus a fixed linear map, so
-every row depends on the tokens before it, like a causal text encoder. The tokenizer splits text as CLIP's
-pre-tokenizer does (letters, single digits, punctuation runs), one id per piece, ids from a CRC.
+(crossattn width 1280, vector 2560). Tokenizer and "transformer": toy_text.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
-import zlib
 from dataclasses import dataclass
 
 import torch
 from modules import prompt_parser, sd_hijack, sd_hijack_clip, shared
-
-VOCAB = 49408
-ID_START = 49406
-ID_END = 49407
-TABLE_ROWS = 2048
-_PIECE_RE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.IGNORECASE)
-
-
-def toy_token_ids(text: str) -> list[int]:
-    """Token ids of ``text``: one per pre-tokenizer piece, lower-cased, no start/end tokens."""
-    return [zlib.crc32(piece.encode()) % (ID_START - 1) + 1 for piece in _PIECE_RE.findall(text.lower())]
-
-
-class _HashedTable(torch.nn.Module):
-    """Token embedding: a fixed random table indexed by id modulo its size."""
-
-    def __init__(self, width: int, seed: int):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.weight = torch.nn.Parameter(
-            torch.randn(TABLE_ROWS, width, generator=generator), requires_grad=False
-        )
-
-    def forward(self, input_ids):
-        return self.weight[input_ids % TABLE_ROWS]
+from toy_text import (
+    COMMA_TOKEN,
+    ID_END,
+    ID_START,
+    HashedTable,
+    ToyEncoderWeights,
+    end_rows,
+    size_embedding,
+    toy_token_ids,
+)
 
 
 class ToyTower(sd_hijack_clip.TextConditionalModel):
@@ -55,13 +36,11 @@ class ToyTower(sd_hijack_clip.TextConditionalModel):
         self.width = width
         self.textual_inversion_key = textual_inversion_key
         self.token_embedding = sd_hijack.EmbeddingsWithFixes(
-            _HashedTable(width, seed), self.hijack, textual_inversion_key=textual_inversion_key
+            HashedTable(width, seed), self.hijack, textual_inversion_key=textual_inversion_key
         )
-        generator = torch.Generator().manual_seed(seed + 1)
-        self.positions = torch.randn(77, width, generator=generator) * 0.1
-        self.mix = torch.randn(width, width, generator=generator) / width**0.5
+        self.weights = ToyEncoderWeights(width, seed)
         self.return_pooled = return_pooled
-        self.comma_token = toy_token_ids(",")[0]
+        self.comma_token = COMMA_TOKEN
         self.id_start = ID_START
         self.id_end = ID_END
         self.id_pad = ID_END if textual_inversion_key == "clip_l" else 0
@@ -70,12 +49,9 @@ class ToyTower(sd_hijack_clip.TextConditionalModel):
         return [toy_token_ids(text) for text in texts]
 
     def encode_with_transformers(self, tokens):
-        x = self.token_embedding(tokens) + self.positions[: tokens.shape[1]]
-        counts = torch.arange(1, tokens.shape[1] + 1, dtype=x.dtype).reshape(1, -1, 1)
-        z = torch.tanh((x + torch.cumsum(x, dim=1) / counts) @ self.mix) + 0.25
+        z = self.weights.encode(self.token_embedding(tokens))
         if self.return_pooled:
-            end = [row.index(ID_END) if ID_END in row else len(row) - 1 for row in tokens.tolist()]
-            z.pooled = z[torch.arange(z.shape[0]), torch.tensor(end)]
+            z.pooled = end_rows(tokens, z)
         return z
 
 
@@ -109,14 +85,6 @@ class CheckpointInfo:
     title: str
     sha256: str | None = None
     filename: str = ""
-
-
-def _size_embedding(values: torch.Tensor, dims: int = 256) -> torch.Tensor:
-    """Sinusoidal embedding of each of (B, n) numbers into ``dims``, concatenated: (B, n * dims)."""
-    half = dims // 2
-    freqs = torch.exp(-torch.arange(half, dtype=torch.float32) * (9.21 / half))
-    angles = values.unsqueeze(-1).float() * freqs
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).flatten(1)
 
 
 class ToySDXL(torch.nn.Module):
@@ -178,7 +146,7 @@ class ToySDXL(torch.nn.Module):
             sizes = torch.tensor(
                 [[height, width, opts.sdxl_crop_top, opts.sdxl_crop_left, height, width]]
             ).repeat(n, 1)
-        vector = torch.cat([pooled, _size_embedding(sizes)], dim=1)
+        vector = torch.cat([pooled, size_embedding(sizes)], dim=1)
         return {"crossattn": torch.cat(crossattn, dim=2), "vector": vector}
 
 

@@ -73,6 +73,8 @@ class StableDiffusionProcessing:
     script_args_value = None
     scripts_setup_complete = False
     is_api = False
+    scheduler = None
+    """v1.10.1's dataclass field ``scheduler: str = None`` (a field with a default is a class attribute)."""
 
     def __init__(
         self,
@@ -595,11 +597,33 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     return res
 
 
-def process_images_inner(p: StableDiffusionProcessing) -> Processed:
+class WebUIProcessing:
+    """Where ``process_images_inner`` differs between the WebUIs: v1.10.1 here; the Forge stand-in
+    (tests/forge_standin/modules/processing.py) runs the same function with its own."""
+
+    def clear_notes(self, p) -> None:
+        """Empty the comments and infotext entries the conditioning leaves for the image."""
+        model_hijack.clear_comments()
+
+    def notes(self, p) -> tuple[dict, list]:
+        """(infotext entries, comments) the conditioning left."""
+        return model_hijack.extra_generation_params, model_hijack.comments
+
+    def batches_context(self):
+        return torch.no_grad()
+
+    def before_batch(self, p) -> None:
+        pass
+
+
+V1_10_1 = WebUIProcessing()
+
+
+def process_images_inner(p: StableDiffusionProcessing, webui: WebUIProcessing = V1_10_1) -> Processed:
     seed = get_fixed_seed(p.seed)
     subseed = get_fixed_seed(p.subseed)
 
-    model_hijack.clear_comments()
+    webui.clear_notes(p)
 
     p.setup_prompts()
 
@@ -618,8 +642,9 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
 
     infotexts = []
     output_images = []
-    with torch.no_grad():
-        p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
+    with webui.batches_context():
+        with devices.autocast():
+            p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
 
         if state.job_count == -1:
             state.job_count = p.n_iter
@@ -629,6 +654,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
 
             if state.interrupted or state.stopping_generation:
                 break
+
+            webui.before_batch(p)
 
             p.prompts = p.all_prompts[n * p.batch_size : (n + 1) * p.batch_size]
             p.negative_prompts = p.all_negative_prompts[n * p.batch_size : (n + 1) * p.batch_size]
@@ -655,9 +682,10 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
 
             p.setup_conds()
 
-            p.extra_generation_params.update(model_hijack.extra_generation_params)
+            extra_generation_params, comments = webui.notes(p)
+            p.extra_generation_params.update(extra_generation_params)
 
-            for comment in model_hijack.comments:
+            for comment in comments:
                 p.comment(comment)
 
             samples_ddim = p.sample(

@@ -173,24 +173,7 @@ class TextConditionalModel(torch.nn.Module):
     def forward(self, texts):
         """(B, 77 * chunks, C) for a batch of texts; plus chunk 0's pooled (B, C) if return_pooled."""
         batch_chunks, token_count = self.process_texts(texts)
-
-        used_embeddings = {}
-        chunk_count = max([len(x) for x in batch_chunks])
-
-        zs = []
-        for i in range(chunk_count):
-            batch_chunk = [chunks[i] if i < len(chunks) else self.empty_chunk() for chunks in batch_chunks]
-
-            tokens = [x.tokens for x in batch_chunk]
-            multipliers = [x.multipliers for x in batch_chunk]
-            self.hijack.fixes = [x.fixes for x in batch_chunk]
-
-            for fixes in self.hijack.fixes:
-                for _position, embedding in fixes:
-                    used_embeddings[embedding.name] = embedding
-
-            z = self.process_tokens(tokens, multipliers)
-            zs.append(z)
+        zs, used_embeddings = self.encode_chunks(batch_chunks)
 
         if opts.textual_inversion_add_hashes_to_infotext and used_embeddings:
             hashes = []
@@ -211,6 +194,30 @@ class TextConditionalModel(torch.nn.Module):
             return torch.hstack(zs), zs[0].pooled
         else:
             return torch.hstack(zs)
+
+    def encode_chunks(self, batch_chunks):
+        """The loop of the real ``forward``: the texts' chunks encoded chunk by chunk (texts with fewer chunks
+        get empty ones), each chunk's TI fixes handed to the embedding layer through ``self.hijack.fixes``;
+        returns the encodings and the embeddings used, by name. (Forge's engine runs the same loop.)"""
+        used_embeddings = {}
+        chunk_count = max([len(x) for x in batch_chunks])
+
+        zs = []
+        for i in range(chunk_count):
+            batch_chunk = [chunks[i] if i < len(chunks) else self.empty_chunk() for chunks in batch_chunks]
+
+            tokens = [x.tokens for x in batch_chunk]
+            multipliers = [x.multipliers for x in batch_chunk]
+            self.hijack.fixes = [x.fixes for x in batch_chunk]
+
+            for fixes in self.hijack.fixes:
+                for _position, embedding in fixes:
+                    used_embeddings[embedding.name] = embedding
+
+            z = self.process_tokens(tokens, multipliers)
+            zs.append(z)
+
+        return zs, used_embeddings
 
     def process_tokens(self, remade_batch_tokens, batch_multipliers):
         """Encode one chunk per text and apply the "Original" emphasis (multipliers, then mean restored)."""

@@ -50,6 +50,11 @@ class EmbeddingDatabase:
 
     def register_embedding_by_name(self, embedding, model, name):
         ids = model.cond_stage_model.tokenize([name])[0]
+        return self.register_ids(embedding, name, ids)
+
+    def register_ids(self, embedding, name, ids):
+        """The rest of the real ``register_embedding_by_name`` once the name is tokenized (Forge's database,
+        tests/forge_standin/backend/text_processing/textual_inversion.py, shares it)."""
         first_id = ids[0]
         if first_id not in self.ids_lookup:
             self.ids_lookup[first_id] = []
