@@ -119,20 +119,13 @@ def webui_encode_texts(texts: list[str]) -> torch.Tensor:
 
 
 def webui_count_chunks(text: str) -> int | None:
-    """The chunks the loaded model's text encoders make of ``text``, as the WebUI chunks prompts (BREAK,
-    emphasis, comma back-tracking): ``process_texts`` of A1111's SDXL conditioner or of Forge's CLIP-L text
-    engine. None when no loaded model offers it."""
-    from modules import shared
-
-    model = shared.sd_model
-    holders = (getattr(model, "cond_stage_model", None), getattr(model, "text_processing_engine_l", None))
-    for holder in holders:
-        if holder is not None and callable(getattr(holder, "process_texts", None)):
-            result = holder.process_texts([text])
-            if result is not None:
-                batch_chunks = result[0]
-                return len(batch_chunks[0])
-    return None
+    """The chunks the loaded model's text engines make of ``text``, as the WebUI chunks prompts (BREAK,
+    emphasis, comma back-tracking), without loading a model. None when no loaded model offers it."""
+    engines = compat.text_engines(compat.peek_model())
+    if engines is None:
+        return None
+    result = engines.process_texts([text])
+    return None if result is None else len(result[0][0])
 
 
 def webui_loaded_checkpoint(*, compute_hash: bool = True, load: bool = False) -> SourceCheckpoint:
