@@ -60,13 +60,10 @@ def _face_values(box, score):
     return col, row, values
 
 
-def write_yunet_onnx(path, faces, *, only_at_width: int | None = None) -> Path:
-    """Write the tiny YuNet-signature model to ``path``.
 
-    ``faces``: (x1, y1, x2, y2, score) in detector-input pixels, at most one per 32 px cell.
-    ``only_at_width``: the faces are there only when the input is this wide (rounded up to 32, as OpenCV
-    pads it), to test detection retried at a smaller size.
-    """
+def _graph_builder():
+    """(nodes, initializers, const, node) for building a small ONNX graph, with the constants both YuNet
+    stand-ins use (zero, one, the width and height axes) already made."""
     from onnx import helper, numpy_helper
 
     nodes, initializers = [], []
@@ -83,6 +80,16 @@ def write_yunet_onnx(path, faces, *, only_at_width: int | None = None) -> Path:
     const("one", 1.0)
     const("axis_w", 3, np.int64)
     const("axis_h", 2, np.int64)
+    return nodes, initializers, const, node
+
+def write_yunet_onnx(path, faces, *, only_at_width: int | None = None) -> Path:
+    """Write the tiny YuNet-signature model to ``path``.
+
+    ``faces``: (x1, y1, x2, y2, score) in detector-input pixels, at most one per 32 px cell.
+    ``only_at_width``: the faces are there only when the input is this wide (rounded up to 32, as OpenCV
+    pads it), to test detection retried at a smaller size.
+    """
+    nodes, initializers, const, node = _graph_builder()
     cells, used = [], set()
     for x1, y1, x2, y2, score in faces:
         col, row, values = _face_values((x1, y1, x2, y2), score)
@@ -168,22 +175,7 @@ def write_centred_yunet_onnx(path, box: tuple[float, float, float, float], *,
     computed from the cell's column and row and the grid's size, so OpenCV's NMS keeps one face. The score
     of every cell is sigmoid(mean pixel value - ``dark_level``); strides 8 and 16 find nothing.
     """
-    from onnx import helper, numpy_helper
-
-    nodes, initializers = [], []
-
-    def const(name, value, dtype=np.float32):
-        initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
-        return name
-
-    def node(op, inputs, output, **attrs):
-        nodes.append(helper.make_node(op, inputs, [output], **attrs))
-        return output
-
-    const("zero", 0.0)
-    const("one", 1.0)
-    const("axis_w", 3, np.int64)
-    const("axis_h", 2, np.int64)
+    nodes, initializers, const, node = _graph_builder()
     outputs = {}
     for stride in YUNET_STRIDES:
         pooled = node("AveragePool", ["input"], f"pool{stride}", kernel_shape=[stride, stride],
