@@ -22,6 +22,8 @@ from webui_standin.extension import build_extension
 from lib_magicnaming.errors import MagicNamingError
 from lib_magicnaming.namespace import f_id_from_encoding
 
+pytestmark = pytest.mark.ui_stack
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
