@@ -108,12 +108,14 @@ def _sample_section(gr: Any, namespace_status: str) -> SimpleNamespace:
 
 
 def _library_section(gr: Any, initial: tuple[list, list, list[str]]) -> SimpleNamespace:
-    gallery, rows, names = initial
+    _, rows, names = initial  # thumbnails come with the page's load event (build_tab's blocks.load):
+    # saving images at build time needs the WebUI's temp folder, which Forge Neo has not made yet then
+    # (seen in the real Neo: FileNotFoundError in ui_tempdir, and the whole tab was missing)
     with gr.Tab("Library", id="library", elem_id="magicnaming_tab_library") as library_tab:
         ui = SimpleNamespace(
             tab=library_tab,
             refresh=gr.Button("Refresh"),
-            gallery=gr.Gallery(gallery, label="Saved identities", columns=8, height="auto",
+            gallery=gr.Gallery([], label="Saved identities", columns=8, height="auto",
                                elem_id="magicnaming_library_gallery"),
             table=gr.Dataframe(rows or None, headers=LIBRARY_HEADERS, interactive=False, wrap=True),
             selected=gr.Dropdown(choices=names, label="Identity", elem_id="magicnaming_library_selected"),
