@@ -2,8 +2,13 @@
 
 import base64
 import io
+import threading
 
 import pytest
+from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
 from gradio_wire import choice_values, new_session, target_ids
 from PIL import Image
 from webui_standin.extension import txt2img_request as request
@@ -157,3 +162,29 @@ def test_opening_the_accordion_or_refresh_rereads_the_saved_identities(webui):
     session = new_session(blocks)
     refreshed = asyncio.run(blocks.process_api(event(controls.refresh), [], state=session))["data"]
     assert choice_values(refreshed[0]["choices"]) == ["alice", "bob", "carol"] and refreshed[1] == "status"
+
+
+def test_on_forges_api_stack_a_stopped_generation_is_answered_not_re_raised(magicnaming, monkeypatch):
+    """Forge's API registers no middleware (modules/api/api.py: ``#api_middleware(self.app)``) and makes its
+    app with ``exception_handlers={Exception: _handle_exception}`` (webui.py), which Starlette runs in its
+    ServerErrorMiddleware: it answers, then re-raises, and uvicorn logs "Exception in ASGI application" and
+    drops the client's connection (seen in the real Forge dfdcbab6: the next request on that connection got
+    "Connection reset by peer"). A stop must reach the caller as an HTTPException instead: answered with its
+    status by FastAPI's own handler, never re-raised (TestClient re-raises what the server re-raises)."""
+
+    def forge_handle_exception(request, e):  # webui.py:_handle_exception, Forge dfdcbab6
+        info = vars(e)
+        content = {"error": type(e).__name__, "detail": info.get("detail", ""), "body": info.get("body", ""),
+                   "message": str(e)}
+        return JSONResponse(status_code=int(info.get("status_code", 500)), content=jsonable_encoder(content))
+
+    app = FastAPI(exception_handlers={Exception: forge_handle_exception})
+    monkeypatch.setattr(magicnaming.webui.api, "api_middleware", lambda app: None)
+    magicnaming.webui.api.Api(app, threading.Lock())
+    client = TestClient(app)  # raise_server_exceptions: a re-raised exception fails the test here
+    response = client.post("/sdapi/v1/txt2img", json=request("<name:carol> jogging", [True]))
+    assert response.status_code == 404
+    assert "no saved identity called 'carol'" in response.json()["detail"]
+    response = client.post("/sdapi/v1/txt2img", json=request("<name:alice jogging", [True]))
+    assert response.status_code == 400 and "not closed" in response.json()["detail"]
+    assert client.post("/sdapi/v1/txt2img", json=request("<name:bob> jogging", [True])).status_code == 200

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import torch
+from fastapi import HTTPException
 
 from lib_magicnaming.constants import CHUNK_TEXT_TOKENS
 from lib_magicnaming.errors import MagicNamingError
@@ -52,15 +53,33 @@ NOT_SDXL_MESSAGE = (
 LOST_MESSAGE = StopMessage("MagicNaming stopped this generation (the message was lost).", INTERNAL_ERROR)
 
 
-def stop_error(stop: StopMessage) -> MagicNamingError:
-    """The error that stops a generation. The WebUI API's exception handler answers with its ``status_code``
-    and ``detail`` (``vars(e).get(...)`` in modules/api/api.py), so a bad tag or arg is a 4xx, not a 500."""
-    # The WebUI shows "MagicNamingError: <message>": the class name already says whose it is.
-    message = stop.text.removeprefix("MagicNaming: ")
-    error = MagicNamingError(message)
-    error.status_code = stop.status
-    error.detail = message
-    return error
+class GenerationStopped(MagicNamingError, HTTPException):
+    """The error that stops a generation: a MagicNamingError, and an HTTPException carrying its status.
+
+    Being an HTTPException is what lets every WebUI's API answer it as the caller's mistake: A1111's exception
+    handler answers with its ``status_code`` and ``detail`` (``vars(e).get(...)`` in modules/api/api.py), and
+    Forge, whose API registers no middleware (modules/api/api.py: ``#api_middleware(self.app)``) and handles
+    other exceptions only in Starlette's ServerErrorMiddleware (webui.py: ``exception_handlers={Exception:
+    ...}``), answers it through FastAPI's HTTPException handler; any other exception there is re-raised after
+    the answer, so uvicorn prints "Exception in ASGI application" and drops the client's connection.
+    On the wire and in the WebUI it is called MagicNamingError, as before.
+    """
+
+    def __init__(self, message: str, status: int):
+        HTTPException.__init__(self, status_code=status, detail=message)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        # The WebUI shows "MagicNamingError: <message>"; HTTPException's own str() puts the status first.
+        return self.detail
+
+
+GenerationStopped.__name__ = GenerationStopped.__qualname__ = MagicNamingError.__name__
+
+
+def stop_error(stop: StopMessage) -> GenerationStopped:
+    """The error that stops a generation with ``stop``'s message and HTTP status."""
+    return GenerationStopped(stop.text.removeprefix("MagicNaming: "), stop.status)
 
 
 def raise_for_error_markers(texts: Sequence[str]) -> None:
