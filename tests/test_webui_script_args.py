@@ -188,3 +188,14 @@ def test_on_forges_api_stack_a_stopped_generation_is_answered_not_re_raised(magi
     response = client.post("/sdapi/v1/txt2img", json=request("<name:alice jogging", [True]))
     assert response.status_code == 400 and "not closed" in response.json()["detail"]
     assert client.post("/sdapi/v1/txt2img", json=request("<name:bob> jogging", [True])).status_code == 200
+
+
+def test_a_stop_reads_in_the_webui_as_a_magicnaming_error_with_its_message():
+    from lib_magicnaming.webui.conditioning import stop_error
+    from lib_magicnaming.webui.store import StopMessage
+
+    message = "there is no saved identity called 'carol'."
+    error = stop_error(StopMessage(f"MagicNaming: {message}", 404))
+    # the text the UI shows under the image (modules/call_queue.py:88, v1.10.1; the same in Forge)
+    assert f"{type(error).__name__}: {error}" == f"MagicNamingError: {message}"
+    assert isinstance(error, MagicNamingError) and (error.status_code, error.detail) == (404, str(error))
